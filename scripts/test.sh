@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Every check CI runs, in the order that fails fastest. Run from anywhere.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export SA_BUILDBOX_DIR="${SA_BUILDBOX_DIR:-$(bash scripts/provision.sh | tail -n 1)}"
+echo "== buildbox: $SA_BUILDBOX_DIR"
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo xtask codegen --check"
+cargo xtask codegen --check
+echo "== cargo xtask layering"
+cargo xtask layering
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+echo "== cargo test"
+cargo test --workspace --locked

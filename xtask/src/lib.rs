@@ -1,0 +1,14 @@
+//! Library half of `xtask`, so that tests can run the same checks as `cargo xtask`.
+
+pub mod codegen;
+pub mod layering;
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root (the parent of this crate's directory).
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}

@@ -1,0 +1,40 @@
+//! Project automation, run as `cargo xtask <command>`.
+//!
+//! `xtask` is the only writer of generated code. Commands:
+//! - `codegen [--check]`: regenerate `crates/sa-proto/src/generated` from the vendored protos
+//!   (pure Rust: protox compiles the protos, tonic-prost-build emits the code); `--check` fails
+//!   when the checked-in code differs from what would be generated.
+//! - `layering`: fail if any workspace crate depends upward in proto <- cas <- generator <-
+//!   instantiator <- cli.
+
+use std::process::ExitCode;
+
+use xtask::{codegen, layering, project_root};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("codegen") => {
+            let check = match &args[1..] {
+                [] => false,
+                [flag] if flag == "--check" => true,
+                _ => return usage(),
+            };
+            codegen::run(&project_root(), check)
+        }
+        Some("layering") if args.len() == 1 => layering::check(&project_root()),
+        _ => return usage(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage() -> ExitCode {
+    eprintln!("usage: cargo xtask codegen [--check] | layering");
+    ExitCode::from(2)
+}
