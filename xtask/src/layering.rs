@@ -36,6 +36,9 @@ pub fn check(root: &Path) -> Result<()> {
                 .into_iter()
                 .flatten()
                 .filter(|dep| dep["path"].is_string())
+                // A crate's dev-dependency on itself only turns on features for its own tests
+                // (sa-cas's `testing`): not an edge of the layering.
+                .filter(|dep| !(dep["name"] == package["name"] && dep["kind"] == "dev"))
                 .filter_map(|dep| dep["name"].as_str().map(str::to_owned))
                 .collect();
             (name, deps)

@@ -1,8 +1,44 @@
 //! Content-addressable storage for speculative-actions.
 //!
-//! This crate is the only one that touches storage: digests and digest functions, the
-//! batch-first `Cas` and `ActionCache` traits, a local store laid out like buildbox-casd's, an
-//! in-memory store, a gRPC backend, and the Merkle-tree toolkit (canonical `Directory` encoding,
-//! ingest, walk, materialize). The generator and instantiator are written against its traits.
+//! This crate is the only one that touches storage. It holds:
+//!
+//! - [`Digest`] and [`DigestFunction`]: a digest is valid by construction (hash of the
+//!   function's length, size within `int64`) and knows its function, so SHA-256 and BLAKE3
+//!   digests never mix; the proto `Digest` is converted at the boundary.
+//! - The batch-first [`Cas`] and [`ActionCache`] traits: batch calls are the primitive, single
+//!   blobs are default methods, and every implementation is blocking and callable from rayon
+//!   worker threads.
+//! - Backends: [`LocalCas`] (a directory laid out exactly like buildbox-casd's store),
+//!   [`MemoryCas`] (tests and benches) and [`GrpcCas`] (any REAPI server).
+//! - The Merkle toolkit in [`merkle`]: canonical `Directory` construction and validation,
+//!   batched level-by-level tree fetching, ingest from disk and safe materialization.
+//!
+//! ```
+//! use sa_cas::{Cas, DigestFunction, MemoryCas, merkle};
+//!
+//! let cas = MemoryCas::new(DigestFunction::Sha256);
+//! let hello = cas.write_blob("hello\n".into()).unwrap();
+//! let dir = merkle::DirectoryBuilder::new().file("hello.txt", &hello, false).build(cas.digest_function()).unwrap();
+//! let root = cas.write_blob(merkle::directory_blob(cas.digest_function(), &dir).into_data()).unwrap();
+//! let tree = merkle::fetch_tree(&cas, &root, &Default::default()).unwrap();
+//! assert_eq!(tree.files(&root).unwrap(), vec![("hello.txt".to_string(), hello, false)]);
+//! ```
 
 #![deny(missing_docs)]
+
+mod digest;
+mod error;
+mod grpc;
+mod local;
+mod memory;
+pub mod merkle;
+mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use digest::{Digest, DigestFunction, HASH_LEN, Hasher};
+pub use error::{CasError, ResultExt};
+pub use grpc::{GrpcCas, GrpcConfig};
+pub use local::{LocalCas, LocalCasConfig};
+pub use memory::MemoryCas;
+pub use store::{ActionCache, Blob, Cas, Store, read_message, write_message};

@@ -1,0 +1,759 @@
+//! [`GrpcCas`]: a REAPI v2 server (CAS, ByteStream, ActionCache, Capabilities) behind the
+//! blocking, batch-first [`Cas`] and [`ActionCache`] traits.
+//!
+//! The client owns a tokio runtime and blocks on it, so it can be called from any thread that
+//! is not itself running async code (rayon workers included). Batches are sized by the
+//! server's `max_batch_total_size_bytes` and never above 4 MiB (buildbox-casd advertises no
+//! limit yet rejects larger messages); larger blobs go through ByteStream. Every RPC runs under
+//! a semaphore (bounded concurrency), a per-attempt timeout, and retries with exponential
+//! backoff on UNAVAILABLE, RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED. Every blob read is
+//! verified against its digest.
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sa_proto::google::bytestream::byte_stream_client::ByteStreamClient;
+use sa_proto::google::bytestream::{ReadRequest, WriteRequest};
+use sa_proto::reapi::action_cache_client::ActionCacheClient;
+use sa_proto::reapi::batch_update_blobs_request;
+use sa_proto::reapi::capabilities_client::CapabilitiesClient;
+use sa_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+use sa_proto::reapi::{
+    ActionResult, BatchReadBlobsRequest, BatchUpdateBlobsRequest, Directory,
+    FindMissingBlobsRequest, GetActionResultRequest, GetCapabilitiesRequest, GetTreeRequest,
+    ServerCapabilities, UpdateActionResultRequest,
+};
+use tokio::sync::Semaphore;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Request, Status};
+
+use crate::digest::{Digest, DigestFunction};
+use crate::error::{CasError, io_error};
+use crate::merkle::batch_ranges;
+use crate::store::{ActionCache, Blob, Cas, check_content, check_function};
+
+/// The largest gRPC message we send: servers commonly receive at most 4 MiB.
+const MAX_MESSAGE: u64 = 4 << 20;
+/// Room left in a batch for the request's own framing.
+const BATCH_HEADROOM: u64 = 64 << 10;
+/// ByteStream chunk size.
+const CHUNK: usize = 1 << 20;
+/// Digests per FindMissingBlobs request.
+const FIND_MISSING_CHUNK: usize = 10_000;
+
+/// How to reach a REAPI server.
+#[derive(Clone, Debug)]
+pub struct GrpcConfig {
+    /// `grpc://host:port`, `grpcs://host:port` or `unix:/path/to/socket`.
+    pub endpoint: String,
+    /// The REAPI instance name ("" for none).
+    pub instance_name: String,
+    /// Extra request headers, such as `authorization`; values never appear in errors or logs.
+    pub headers: Vec<(String, String)>,
+    /// PEM file of a CA to trust for `grpcs://` (besides the system roots).
+    pub tls_ca_cert: Option<PathBuf>,
+    /// PEM files of a client certificate and its key, for mutual TLS.
+    pub tls_client_identity: Option<(PathBuf, PathBuf)>,
+    /// The digest function to use; the server must support it.
+    pub digest_function: DigestFunction,
+    /// The most RPCs in flight at once.
+    pub max_concurrent_rpcs: usize,
+    /// Deadline of one attempt of one RPC.
+    pub rpc_timeout: Duration,
+    /// Deadline of establishing the connection.
+    pub connect_timeout: Duration,
+    /// Retries after the first attempt, for retryable codes.
+    pub max_retries: u32,
+    /// First backoff delay; doubles each retry, capped at 5 s.
+    pub retry_delay: Duration,
+}
+
+impl GrpcConfig {
+    /// The defaults for `endpoint`.
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        GrpcConfig {
+            endpoint: endpoint.into(),
+            instance_name: String::new(),
+            headers: Vec::new(),
+            tls_ca_cert: None,
+            tls_client_identity: None,
+            digest_function: DigestFunction::Sha256,
+            max_concurrent_rpcs: 16,
+            rpc_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            max_retries: 5,
+            retry_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A REAPI server as a store. See the module documentation.
+pub struct GrpcCas {
+    runtime: tokio::runtime::Runtime,
+    channel: Channel,
+    config: GrpcConfig,
+    headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
+    semaphore: Arc<Semaphore>,
+    max_batch_bytes: u64,
+    capabilities: ServerCapabilities,
+}
+
+impl std::fmt::Debug for GrpcCas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Header values are secrets: only their names are shown.
+        f.debug_struct("GrpcCas")
+            .field("endpoint", &self.config.endpoint)
+            .field("instance_name", &self.config.instance_name)
+            .field("headers", &self.headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
+            .field("digest_function", &self.config.digest_function)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+fn connect_error(config: &GrpcConfig, reason: impl std::fmt::Display) -> CasError {
+    CasError::Connect { endpoint: config.endpoint.clone(), reason: reason.to_string() }
+}
+
+impl GrpcCas {
+    /// Connects, reads the server's capabilities, and checks that it supports the digest
+    /// function.
+    pub fn connect(config: GrpcConfig) -> Result<GrpcCas, CasError> {
+        let mut headers = Vec::new();
+        for (key, value) in &config.headers {
+            let key = AsciiMetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes())
+                .map_err(|_| connect_error(&config, format!("invalid header name {key:?}")))?;
+            let value = AsciiMetadataValue::try_from(value.as_str()).map_err(|_| {
+                connect_error(&config, format!("header {key} has an invalid value (not shown)"))
+            })?;
+            headers.push((key, value));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sa-grpc")
+            .enable_all()
+            .build()
+            .map_err(|err| connect_error(&config, format!("starting the runtime: {err}")))?;
+        let channel = runtime.block_on(open_channel(&config))?;
+        let semaphore = Arc::new(Semaphore::new(config.max_concurrent_rpcs.max(1)));
+        let mut cas = GrpcCas {
+            runtime,
+            channel,
+            config,
+            headers,
+            semaphore,
+            max_batch_bytes: MAX_MESSAGE - BATCH_HEADROOM,
+            capabilities: ServerCapabilities::default(),
+        };
+        let capabilities = cas.call("GetCapabilities", |channel| {
+            let request = cas.request(GetCapabilitiesRequest {
+                instance_name: cas.config.instance_name.clone(),
+            });
+            async move { CapabilitiesClient::new(channel).get_capabilities(request).await }
+        });
+        let capabilities = capabilities.map_err(|err| match err {
+            CasError::Rpc { code, message, .. } => {
+                connect_error(&cas.config, format!("GetCapabilities: {code:?}: {message}"))
+            }
+            other => other,
+        })?;
+        let cache = capabilities.cache_capabilities.clone().unwrap_or_default();
+        let wanted = cas.config.digest_function.to_proto() as i32;
+        let supported = if cache.digest_functions.is_empty() {
+            // Servers before REAPI 2.? list nothing: SHA-256 is the only safe assumption.
+            wanted == DigestFunction::Sha256.to_proto() as i32
+        } else {
+            cache.digest_functions.contains(&wanted)
+        };
+        if !supported {
+            return Err(CasError::UnsupportedDigestFunction(format!(
+                "{} (server {} supports {:?})",
+                cas.config.digest_function, cas.config.endpoint, cache.digest_functions
+            )));
+        }
+        let limit = u64::try_from(cache.max_batch_total_size_bytes).unwrap_or(0);
+        let limit = if limit == 0 { MAX_MESSAGE } else { limit.min(MAX_MESSAGE) };
+        cas.max_batch_bytes = limit.saturating_sub(BATCH_HEADROOM).max(limit / 2);
+        cas.capabilities = capabilities;
+        Ok(cas)
+    }
+
+    /// The capabilities the server announced.
+    pub fn capabilities(&self) -> &ServerCapabilities {
+        &self.capabilities
+    }
+
+    /// The gRPC channel, for services this type does not wrap (Execution).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GrpcConfig {
+        &self.config
+    }
+
+    /// Runs a future on the client's runtime (for callers that use [`GrpcCas::channel`]).
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// Wraps a message in a request with the configured headers and deadline.
+    pub fn request<T>(&self, message: T) -> Request<T> {
+        make_request(&self.headers, self.config.rpc_timeout, message)
+    }
+
+    /// The whole tree below `root` through `GetTree`, following pages. Directories come without
+    /// their digests (the server's encoding is not ours to trust), so the level-by-level
+    /// [`crate::merkle::fetch_tree`] is what the rest of the project uses.
+    pub fn get_tree(&self, root: &Digest) -> Result<Vec<Directory>, CasError> {
+        check_function(self.config.digest_function, root)?;
+        let mut directories = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let token = page_token.clone();
+            let pages = self.call("GetTree", |channel| {
+                let request = self.request(GetTreeRequest {
+                    instance_name: self.config.instance_name.clone(),
+                    root_digest: Some(root.to_proto()),
+                    page_size: 0,
+                    page_token: token.clone(),
+                    digest_function: self.function_field(),
+                });
+                async move {
+                    let mut stream = ContentAddressableStorageClient::new(channel)
+                        .get_tree(request)
+                        .await?
+                        .into_inner();
+                    let mut pages = Vec::new();
+                    while let Some(page) = stream.message().await? {
+                        pages.push(page);
+                    }
+                    Ok(tonic::Response::new(pages))
+                }
+            })?;
+            let mut next = String::new();
+            for page in pages {
+                directories.extend(page.directories);
+                next = page.next_page_token;
+            }
+            if next.is_empty() {
+                return Ok(directories);
+            }
+            page_token = next;
+        }
+    }
+
+    /// The `digest_function` request field: unset for SHA-256, which every server assumes
+    /// (and some reject when named).
+    fn function_field(&self) -> i32 {
+        match self.config.digest_function {
+            DigestFunction::Sha256 => 0,
+            other => other.to_proto() as i32,
+        }
+    }
+
+    /// `[instance/]blobs/[function/]hash/size`, or with `uploads/<uuid>/` for writes.
+    fn resource_name(&self, digest: &Digest, upload: bool) -> String {
+        let mut name = String::new();
+        if !self.config.instance_name.is_empty() {
+            name.push_str(&self.config.instance_name);
+            name.push('/');
+        }
+        if upload {
+            name.push_str(&format!("uploads/{}/", uuid::Uuid::new_v4()));
+        }
+        name.push_str("blobs/");
+        if digest.function() != DigestFunction::Sha256 {
+            name.push_str(digest.function().name());
+            name.push('/');
+        }
+        name.push_str(&format!("{}/{}", digest.hash_hex(), digest.size()));
+        name
+    }
+
+    /// Runs one RPC with the semaphore, the deadline and retries; `make` builds one attempt of
+    /// the call from a channel (and must build its request anew: retries call it again).
+    fn call<T, F, Fut>(&self, operation: &'static str, make: F) -> Result<T, CasError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.runtime.block_on(self.call_async(operation, make))
+    }
+
+    async fn call_async<T, F, Fut>(&self, operation: &'static str, make: F) -> Result<T, CasError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut delay = self.config.retry_delay;
+        let mut attempt = 0;
+        loop {
+            let permit = self.semaphore.acquire().await.expect("the semaphore is never closed");
+            let result =
+                tokio::time::timeout(self.config.rpc_timeout, make(self.channel.clone())).await;
+            drop(permit);
+            let status = match result {
+                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) => status,
+                Err(_) => Status::deadline_exceeded(format!(
+                    "no answer within {:?}",
+                    self.config.rpc_timeout
+                )),
+            };
+            let retryable = matches!(
+                status.code(),
+                Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded
+            );
+            if !retryable || attempt >= self.config.max_retries {
+                let message = if attempt > 0 {
+                    format!("{} (after {} attempts)", status.message(), attempt + 1)
+                } else {
+                    status.message().to_owned()
+                };
+                return Err(CasError::Rpc { operation, code: status.code(), message });
+            }
+            tracing::debug!(operation, code = ?status.code(), attempt, "retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+            attempt += 1;
+        }
+    }
+
+    fn batch_read(&self, digests: &[Digest]) -> Result<Vec<Bytes>, CasError> {
+        let response =
+            self.call("BatchReadBlobs", |channel| {
+                let request = self.request(BatchReadBlobsRequest {
+                    instance_name: self.config.instance_name.clone(),
+                    digests: digests.iter().map(Digest::to_proto).collect(),
+                    acceptable_compressors: Vec::new(),
+                    digest_function: self.function_field(),
+                });
+                async move {
+                    ContentAddressableStorageClient::new(channel).batch_read_blobs(request).await
+                }
+            })?;
+        let mut found = std::collections::HashMap::with_capacity(response.responses.len());
+        for item in response.responses {
+            let Some(proto) = item.digest.as_ref() else { continue };
+            let Ok(digest) = Digest::from_proto(self.config.digest_function, proto) else {
+                continue;
+            };
+            found.insert(digest, item);
+        }
+        digests
+            .iter()
+            .map(|digest| {
+                let item = found.get(digest).ok_or_else(|| CasError::Rpc {
+                    operation: "BatchReadBlobs",
+                    code: Code::Internal,
+                    message: format!("the response has no entry for {digest}"),
+                })?;
+                let code = item.status.as_ref().map(|s| s.code).unwrap_or(0);
+                match Code::from(code) {
+                    Code::Ok => {}
+                    Code::NotFound => return Err(CasError::NotFound(*digest)),
+                    other => {
+                        let message =
+                            item.status.as_ref().map(|s| s.message.clone()).unwrap_or_default();
+                        return Err(CasError::Rpc {
+                            operation: "BatchReadBlobs",
+                            code: other,
+                            message: format!("{digest}: {message}"),
+                        });
+                    }
+                }
+                check_content(digest, &item.data, true)?;
+                Ok(item.data.clone())
+            })
+            .collect()
+    }
+
+    fn batch_update(&self, blobs: &[Blob]) -> Result<(), CasError> {
+        let response = self.call("BatchUpdateBlobs", |channel| {
+            let request = self.request(BatchUpdateBlobsRequest {
+                instance_name: self.config.instance_name.clone(),
+                requests: blobs
+                    .iter()
+                    .map(|blob| batch_update_blobs_request::Request {
+                        digest: Some(blob.digest().to_proto()),
+                        data: blob.data().clone(),
+                        compressor: 0,
+                    })
+                    .collect(),
+                digest_function: self.function_field(),
+            });
+            async move {
+                ContentAddressableStorageClient::new(channel).batch_update_blobs(request).await
+            }
+        })?;
+        for item in response.responses {
+            let code = item.status.as_ref().map(|s| s.code).unwrap_or(0);
+            if code != 0 {
+                let digest =
+                    item.digest.map(|d| format!("{}/{}", d.hash, d.size_bytes)).unwrap_or_default();
+                let message = item.status.map(|s| s.message).unwrap_or_default();
+                return Err(CasError::Rpc {
+                    operation: "BatchUpdateBlobs",
+                    code: Code::from(code),
+                    message: format!("{digest}: {message}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Streams a blob through ByteStream Read into `out`, verifying it.
+    fn stream_read(&self, digest: &Digest, out: &mut dyn Write) -> Result<(), CasError> {
+        let resource_name = self.resource_name(digest, false);
+        // Retries restart the stream; `out` must then be written from the start, so the blob
+        // is collected per attempt and written only once it is complete and verified.
+        let chunks: Vec<Bytes> = self
+            .call("ByteStream.Read", |channel| {
+                let request = self.request(ReadRequest {
+                    resource_name: resource_name.clone(),
+                    read_offset: 0,
+                    read_limit: 0,
+                });
+                async move {
+                    let mut stream =
+                        ByteStreamClient::new(channel).read(request).await?.into_inner();
+                    let mut chunks = Vec::new();
+                    while let Some(response) = stream.message().await? {
+                        chunks.push(response.data);
+                    }
+                    Ok(tonic::Response::new(chunks))
+                }
+            })
+            .map_err(|err| match err {
+                CasError::Rpc { code: Code::NotFound, .. } => CasError::NotFound(*digest),
+                other => other,
+            })?;
+        let mut hasher = digest.function().hasher();
+        for chunk in &chunks {
+            hasher.update(chunk);
+        }
+        let actual = hasher.finish();
+        if actual.size() != digest.size() {
+            return Err(CasError::SizeMismatch { digest: *digest, actual: actual.size() });
+        }
+        if actual != *digest {
+            return Err(CasError::DigestMismatch { expected: *digest, actual });
+        }
+        for chunk in chunks {
+            out.write_all(&chunk).map_err(io_error("<output>"))?;
+        }
+        Ok(())
+    }
+
+    /// Uploads a blob through ByteStream Write, reading it chunk by chunk from `source`.
+    fn stream_write(
+        &self,
+        digest: &Digest,
+        source: &dyn Fn() -> Result<Box<dyn Read + Send>, CasError>,
+    ) -> Result<(), CasError> {
+        let size = digest.size();
+        self.call("ByteStream.Write", |channel| {
+            let resource_name = self.resource_name(digest, true);
+            let (sender, receiver) = tokio::sync::mpsc::channel::<WriteRequest>(4);
+            let reader = source();
+            let producer = self.runtime.spawn_blocking(move || -> Result<(), CasError> {
+                let mut reader = reader?;
+                let mut offset = 0u64;
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    let mut filled = 0;
+                    while filled < CHUNK {
+                        let n =
+                            reader.read(&mut buf[filled..]).map_err(io_error("<upload source>"))?;
+                        if n == 0 {
+                            break;
+                        }
+                        filled += n;
+                    }
+                    let finish = offset + filled as u64 >= size || filled < CHUNK;
+                    let request = WriteRequest {
+                        resource_name: if offset == 0 {
+                            resource_name.clone()
+                        } else {
+                            String::new()
+                        },
+                        write_offset: offset as i64,
+                        finish_write: finish,
+                        data: Bytes::copy_from_slice(&buf[..filled]),
+                    };
+                    offset += filled as u64;
+                    if sender.blocking_send(request).is_err() || finish {
+                        return Ok(());
+                    }
+                }
+            });
+            let request = self.request(tokio_stream::wrappers::ReceiverStream::new(receiver));
+            async move {
+                let response = ByteStreamClient::new(channel).write(request).await;
+                match producer.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => {
+                        return Err(Status::aborted(format!("reading the upload: {err}")));
+                    }
+                    Err(err) => return Err(Status::internal(format!("upload reader: {err}"))),
+                }
+                let response = response?;
+                let committed = response.get_ref().committed_size;
+                if committed != size as i64 {
+                    return Err(Status::data_loss(format!(
+                        "server committed {committed} of {size} bytes"
+                    )));
+                }
+                Ok(response)
+            }
+        })
+        .map(|_| ())
+    }
+}
+
+fn make_request<T>(
+    headers: &[(AsciiMetadataKey, AsciiMetadataValue)],
+    timeout: Duration,
+    message: T,
+) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(timeout);
+    for (key, value) in headers {
+        request.metadata_mut().insert(key.clone(), value.clone());
+    }
+    request
+}
+
+async fn open_channel(config: &GrpcConfig) -> Result<Channel, CasError> {
+    let endpoint_text = config.endpoint.as_str();
+    if let Some(path) = endpoint_text.strip_prefix("unix:") {
+        let path = PathBuf::from(path.trim_start_matches("//"));
+        if !path.is_absolute() {
+            return Err(connect_error(config, "unix socket path must be absolute"));
+        }
+        let endpoint =
+            Endpoint::from_static("http://localhost").connect_timeout(config.connect_timeout);
+        return endpoint
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .map_err(|err| connect_error(config, error_chain(&err)));
+    }
+    let (scheme, host_port) = if let Some(rest) = endpoint_text.strip_prefix("grpc://") {
+        ("http", rest)
+    } else if let Some(rest) = endpoint_text.strip_prefix("grpcs://") {
+        ("https", rest)
+    } else {
+        return Err(connect_error(
+            config,
+            "expected grpc://HOST:PORT, grpcs://HOST:PORT or unix:/PATH",
+        ));
+    };
+    if host_port.is_empty() || host_port.contains('/') {
+        return Err(connect_error(config, "expected HOST:PORT after the scheme"));
+    }
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{host_port}"))
+        .map_err(|err| connect_error(config, err))?
+        .connect_timeout(config.connect_timeout)
+        .tcp_nodelay(true);
+    if scheme == "https" {
+        let host = host_port.rsplit_once(':').map(|(h, _)| h).unwrap_or(host_port);
+        let mut tls =
+            ClientTlsConfig::new().domain_name(host.trim_matches(['[', ']'])).with_native_roots();
+        if let Some(ca) = &config.tls_ca_cert {
+            let pem = std::fs::read(ca)
+                .map_err(|err| connect_error(config, format!("{}: {err}", ca.display())))?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        if let Some((cert, key)) = &config.tls_client_identity {
+            let cert_pem = std::fs::read(cert)
+                .map_err(|err| connect_error(config, format!("{}: {err}", cert.display())))?;
+            let key_pem = std::fs::read(key)
+                .map_err(|err| connect_error(config, format!("{}: {err}", key.display())))?;
+            tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
+        }
+        endpoint =
+            endpoint.tls_config(tls).map_err(|err| connect_error(config, error_chain(&err)))?;
+    } else if config.tls_ca_cert.is_some() || config.tls_client_identity.is_some() {
+        return Err(connect_error(config, "TLS options need a grpcs:// endpoint"));
+    }
+    endpoint.connect().await.map_err(|err| connect_error(config, error_chain(&err)))
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl Cas for GrpcCas {
+    fn digest_function(&self) -> DigestFunction {
+        self.config.digest_function
+    }
+
+    fn read_blobs(&self, digests: &[Digest]) -> Result<Vec<Bytes>, CasError> {
+        for digest in digests {
+            check_function(self.config.digest_function, digest)?;
+        }
+        let mut out = vec![Bytes::new(); digests.len()];
+        let mut small = Vec::new();
+        for (i, digest) in digests.iter().enumerate() {
+            if digest.is_empty_blob() {
+                continue;
+            } else if digest.size() > self.max_batch_bytes / 2 {
+                let mut data = Vec::with_capacity(digest.size() as usize);
+                self.stream_read(digest, &mut data)?;
+                out[i] = Bytes::from(data);
+            } else {
+                small.push(i);
+            }
+        }
+        let small_digests: Vec<Digest> = small.iter().map(|&i| digests[i]).collect();
+        for range in batch_ranges(small_digests.iter().map(Digest::size), self.max_batch_bytes) {
+            let blobs = self.batch_read(&small_digests[range.clone()])?;
+            for (k, data) in range.zip(blobs) {
+                out[small[k]] = data;
+            }
+        }
+        Ok(out)
+    }
+
+    fn write_blobs(&self, blobs: &[Blob]) -> Result<(), CasError> {
+        let mut small = Vec::new();
+        for blob in blobs {
+            check_function(self.config.digest_function, blob.digest())?;
+            if blob.digest().is_empty_blob() {
+                continue;
+            } else if blob.digest().size() > self.max_batch_bytes / 2 {
+                let data = blob.data().clone();
+                self.stream_write(blob.digest(), &move || {
+                    Ok(Box::new(std::io::Cursor::new(data.clone())) as Box<dyn Read + Send>)
+                })?;
+            } else {
+                small.push(blob.clone());
+            }
+        }
+        for range in batch_ranges(small.iter().map(|b| b.digest().size()), self.max_batch_bytes) {
+            self.batch_update(&small[range])?;
+        }
+        Ok(())
+    }
+
+    fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, CasError> {
+        let mut seen = std::collections::HashSet::new();
+        let unique: Vec<Digest> = digests
+            .iter()
+            .filter(|d| seen.insert(**d))
+            .filter(|d| !d.is_empty_blob())
+            .copied()
+            .collect();
+        let mut missing = Vec::new();
+        for chunk in unique.chunks(FIND_MISSING_CHUNK) {
+            for digest in chunk {
+                check_function(self.config.digest_function, digest)?;
+            }
+            let response = self.call("FindMissingBlobs", |channel| {
+                let request = self.request(FindMissingBlobsRequest {
+                    instance_name: self.config.instance_name.clone(),
+                    blob_digests: chunk.iter().map(Digest::to_proto).collect(),
+                    digest_function: self.function_field(),
+                });
+                async move {
+                    ContentAddressableStorageClient::new(channel).find_missing_blobs(request).await
+                }
+            })?;
+            let answered: std::collections::HashSet<Digest> = response
+                .missing_blob_digests
+                .iter()
+                .map(|d| Digest::from_proto(self.config.digest_function, d))
+                .collect::<Result<_, _>>()?;
+            missing.extend(chunk.iter().filter(|d| answered.contains(d)).copied());
+        }
+        Ok(missing)
+    }
+
+    fn max_batch_bytes(&self) -> u64 {
+        self.max_batch_bytes
+    }
+
+    fn read_blob_to(&self, digest: &Digest, out: &mut dyn Write) -> Result<(), CasError> {
+        check_function(self.config.digest_function, digest)?;
+        if digest.is_empty_blob() {
+            return Ok(());
+        }
+        self.stream_read(digest, out)
+    }
+
+    fn write_file(&self, digest: &Digest, path: &Path) -> Result<(), CasError> {
+        check_function(self.config.digest_function, digest)?;
+        if digest.size() <= self.max_batch_bytes / 2 {
+            let data = std::fs::read(path).map_err(io_error(path))?;
+            let blob = Blob::new(self.config.digest_function, data);
+            if blob.digest() != digest {
+                return Err(CasError::DigestMismatch { expected: *digest, actual: *blob.digest() }
+                    .context(format!("storing {}", path.display())));
+            }
+            return self.write_blobs(&[blob]);
+        }
+        let path_buf = path.to_path_buf();
+        self.stream_write(digest, &move || {
+            let file = std::fs::File::open(&path_buf).map_err(io_error(&path_buf))?;
+            Ok(Box::new(std::io::BufReader::new(file)) as Box<dyn Read + Send>)
+        })
+        .map_err(|err| err.context(format!("uploading {}", path.display())))
+    }
+}
+
+impl ActionCache for GrpcCas {
+    fn get_action_result(&self, action: &Digest) -> Result<Option<ActionResult>, CasError> {
+        check_function(self.config.digest_function, action)?;
+        let result = self.call("GetActionResult", |channel| {
+            let request = self.request(GetActionResultRequest {
+                instance_name: self.config.instance_name.clone(),
+                action_digest: Some(action.to_proto()),
+                inline_stdout: false,
+                inline_stderr: false,
+                inline_output_files: Vec::new(),
+                digest_function: self.function_field(),
+            });
+            async move { ActionCacheClient::new(channel).get_action_result(request).await }
+        });
+        match result {
+            Ok(result) => Ok(Some(result)),
+            Err(CasError::Rpc { code: Code::NotFound, .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    fn update_action_result(&self, action: &Digest, result: &ActionResult) -> Result<(), CasError> {
+        check_function(self.config.digest_function, action)?;
+        self.call("UpdateActionResult", |channel| {
+            let request = self.request(UpdateActionResultRequest {
+                instance_name: self.config.instance_name.clone(),
+                action_digest: Some(action.to_proto()),
+                action_result: Some(result.clone()),
+                results_cache_policy: None,
+                digest_function: self.function_field(),
+            });
+            async move { ActionCacheClient::new(channel).update_action_result(request).await }
+        })
+        .map(|_| ())
+    }
+}

@@ -1,0 +1,323 @@
+//! [`LocalCas`]: a store in a directory laid out exactly like buildbox-casd's (and BuildStream's
+//! local cache), so the same directory works with casd, BuildStream and `sa`.
+//!
+//! ```text
+//! ROOT/cas/objects/<2 hex>/<62 hex>          blobs, named by hash, read-only
+//! ROOT/cas/tmp/                               temp files, renamed into objects/
+//! ROOT/actioncache/objects/<2 hex>/<62 hex>  serialized ActionResults, named by action hash
+//! ROOT/actioncache/tmp/
+//! ```
+//!
+//! Every write goes to a temp file in the store's own tmp directory and is renamed into place,
+//! so a reader (or a writer killed at any moment) never sees a partial object; concurrent
+//! writers in several processes are safe because the content under a name is always the same.
+//! Objects are not fsynced: a crash of the machine (not of the process) may lose recent writes,
+//! which content addressing turns into misses, never into corrupt reads of the right size.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use prost::Message;
+use rayon::prelude::*;
+use sa_proto::reapi::ActionResult;
+
+use crate::digest::{Digest, DigestFunction};
+use crate::error::{CasError, io_error};
+use crate::store::{ActionCache, Blob, Cas, check_content, check_function};
+
+/// Prefix of the temp files this crate writes; only these are cleaned as stale.
+const TMP_PREFIX: &str = "sa-tmp-";
+/// Temp files of ours older than this are from dead writers and are removed on open.
+const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
+/// Batches at least this long are read or written in parallel.
+const PARALLEL_BATCH: usize = 8;
+
+/// Options of a [`LocalCas`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalCasConfig {
+    /// The digest function of the blobs in this directory.
+    pub digest_function: DigestFunction,
+    /// Hash every blob read and fail on a mismatch (sizes are always checked).
+    pub verify_reads: bool,
+}
+
+impl Default for LocalCasConfig {
+    fn default() -> Self {
+        LocalCasConfig { digest_function: DigestFunction::Sha256, verify_reads: true }
+    }
+}
+
+/// A casd-compatible store in a local directory. See the module documentation.
+#[derive(Debug)]
+pub struct LocalCas {
+    root: PathBuf,
+    config: LocalCasConfig,
+}
+
+impl LocalCas {
+    /// Opens (creating as needed) the store at `root`, removing stale temp files of ours.
+    pub fn open(root: impl AsRef<Path>, config: LocalCasConfig) -> Result<LocalCas, CasError> {
+        let root = root.as_ref().to_path_buf();
+        let store = LocalCas { root, config };
+        for dir in [store.cas_objects(), store.cas_tmp(), store.ac_objects(), store.ac_tmp()] {
+            fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        }
+        store.clean_stale_temp_files(STALE_TMP_AGE)?;
+        Ok(store)
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The options the store was opened with.
+    pub fn config(&self) -> LocalCasConfig {
+        self.config
+    }
+
+    /// Removes temp files of ours older than `age` (left by writers that died).
+    pub fn clean_stale_temp_files(&self, age: Duration) -> Result<usize, CasError> {
+        let mut removed = 0;
+        let now = SystemTime::now();
+        for dir in [self.cas_tmp(), self.ac_tmp()] {
+            for entry in fs::read_dir(&dir).map_err(io_error(&dir))? {
+                let entry = entry.map_err(io_error(&dir))?;
+                if !entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                    continue;
+                }
+                let modified = entry.metadata().and_then(|m| m.modified());
+                let stale = modified.map(|m| now.duration_since(m).unwrap_or_default() >= age);
+                if stale.unwrap_or(false) {
+                    match fs::remove_file(entry.path()) {
+                        Ok(()) => removed += 1,
+                        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                        Err(err) => return Err(io_error(entry.path())(err)),
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The path of a blob's object file.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        object_path(&self.cas_objects(), digest)
+    }
+
+    /// The path of an action's result file.
+    pub fn action_result_path(&self, action: &Digest) -> PathBuf {
+        object_path(&self.ac_objects(), action)
+    }
+
+    fn cas_objects(&self) -> PathBuf {
+        self.root.join("cas").join("objects")
+    }
+
+    fn cas_tmp(&self) -> PathBuf {
+        self.root.join("cas").join("tmp")
+    }
+
+    fn ac_objects(&self) -> PathBuf {
+        self.root.join("actioncache").join("objects")
+    }
+
+    fn ac_tmp(&self) -> PathBuf {
+        self.root.join("actioncache").join("tmp")
+    }
+
+    fn read_one(&self, digest: &Digest) -> Result<Bytes, CasError> {
+        check_function(self.config.digest_function, digest)?;
+        if digest.is_empty_blob() {
+            return Ok(Bytes::new());
+        }
+        let path = self.blob_path(digest);
+        let data = match fs::read(&path) {
+            Ok(data) => data,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                return Err(CasError::NotFound(*digest));
+            }
+            Err(err) => return Err(io_error(path)(err)),
+        };
+        check_content(digest, &data, self.config.verify_reads)?;
+        Ok(Bytes::from(data))
+    }
+
+    fn write_one(&self, blob: &Blob) -> Result<(), CasError> {
+        let digest = blob.digest();
+        check_function(self.config.digest_function, digest)?;
+        if digest.is_empty_blob() || self.blob_path(digest).exists() {
+            return Ok(());
+        }
+        self.persist(digest, &self.cas_tmp(), true, |file| file.write_all(blob.data()))
+    }
+
+    /// Writes through a temp file in `tmp_dir`, then renames it to the object path.
+    fn persist(
+        &self,
+        digest: &Digest,
+        tmp_dir: &Path,
+        is_blob: bool,
+        fill: impl FnOnce(&mut fs::File) -> io::Result<()>,
+    ) -> Result<(), CasError> {
+        let mut tmp = tempfile::Builder::new()
+            .prefix(TMP_PREFIX)
+            .tempfile_in(tmp_dir)
+            .map_err(io_error(tmp_dir))?;
+        fill(tmp.as_file_mut()).map_err(io_error(tmp.path()))?;
+        let (objects, mode) =
+            if is_blob { (self.cas_objects(), 0o444) } else { (self.ac_objects(), 0o600) };
+        let target = object_path(&objects, digest);
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode))
+            .map_err(io_error(tmp.path()))?;
+        let tmp = match tmp.persist(&target) {
+            Ok(_) => return Ok(()),
+            Err(err) if err.error.kind() == io::ErrorKind::NotFound => err.file,
+            Err(err) => return Err(io_error(&target)(err.error)),
+        };
+        // The prefix directory is missing (a store not made by casd or us): make it, retry.
+        let parent = target.parent().expect("object paths have a prefix directory");
+        fs::create_dir_all(parent).map_err(io_error(parent))?;
+        tmp.persist(&target).map_err(|err| io_error(&target)(err.error))?;
+        Ok(())
+    }
+}
+
+fn object_path(objects: &Path, digest: &Digest) -> PathBuf {
+    let hex = digest.hash_hex();
+    objects.join(&hex[..2]).join(&hex[2..])
+}
+
+impl Cas for LocalCas {
+    fn digest_function(&self) -> DigestFunction {
+        self.config.digest_function
+    }
+
+    fn read_blobs(&self, digests: &[Digest]) -> Result<Vec<Bytes>, CasError> {
+        if digests.len() >= PARALLEL_BATCH {
+            digests.par_iter().map(|d| self.read_one(d)).collect()
+        } else {
+            digests.iter().map(|d| self.read_one(d)).collect()
+        }
+    }
+
+    fn write_blobs(&self, blobs: &[Blob]) -> Result<(), CasError> {
+        if blobs.len() >= PARALLEL_BATCH {
+            blobs.par_iter().try_for_each(|b| self.write_one(b))
+        } else {
+            blobs.iter().try_for_each(|b| self.write_one(b))
+        }
+    }
+
+    fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, CasError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut missing = Vec::new();
+        for digest in digests {
+            check_function(self.config.digest_function, digest)?;
+            if seen.insert(*digest) && !digest.is_empty_blob() && !self.blob_path(digest).exists() {
+                missing.push(*digest);
+            }
+        }
+        Ok(missing)
+    }
+
+    fn max_batch_bytes(&self) -> u64 {
+        // No transport limit: batches only bound memory.
+        64 << 20
+    }
+
+    fn read_blob_to(&self, digest: &Digest, out: &mut dyn Write) -> Result<(), CasError> {
+        check_function(self.config.digest_function, digest)?;
+        if digest.is_empty_blob() {
+            return Ok(());
+        }
+        let path = self.blob_path(digest);
+        let file = match fs::File::open(&path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                return Err(CasError::NotFound(*digest));
+            }
+            Err(err) => return Err(io_error(path)(err)),
+        };
+        let mut hasher = digest.function().hasher();
+        let mut reader = io::BufReader::with_capacity(256 << 10, file);
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = reader.read(&mut buf).map_err(io_error(&path))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(io_error("<output>"))?;
+        }
+        let actual = hasher.finish();
+        if actual.size() != digest.size() {
+            return Err(CasError::SizeMismatch { digest: *digest, actual: actual.size() });
+        }
+        if self.config.verify_reads && actual != *digest {
+            return Err(CasError::DigestMismatch { expected: *digest, actual });
+        }
+        Ok(())
+    }
+
+    fn write_file(&self, digest: &Digest, path: &Path) -> Result<(), CasError> {
+        check_function(self.config.digest_function, digest)?;
+        if digest.is_empty_blob() || self.blob_path(digest).exists() {
+            return Ok(());
+        }
+        let mut source = fs::File::open(path).map_err(io_error(path))?;
+        let mut actual = None;
+        self.persist(digest, &self.cas_tmp(), true, |file| {
+            let mut hasher = digest.function().hasher();
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                let n = source.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                file.write_all(&buf[..n])?;
+            }
+            let found = hasher.finish();
+            actual = Some(found);
+            if found == *digest {
+                Ok(())
+            } else {
+                Err(io::Error::other("content changed while storing"))
+            }
+        })
+        .map_err(|err| match actual {
+            Some(actual) if actual != *digest => {
+                CasError::DigestMismatch { expected: *digest, actual }
+                    .context(format!("storing {}", path.display()))
+            }
+            _ => err,
+        })
+    }
+}
+
+impl ActionCache for LocalCas {
+    fn get_action_result(&self, action: &Digest) -> Result<Option<ActionResult>, CasError> {
+        check_function(self.config.digest_function, action)?;
+        let path = self.action_result_path(action);
+        let data = match fs::read(&path) {
+            Ok(data) => data,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(io_error(path)(err)),
+        };
+        ActionResult::decode(&data[..]).map(Some).map_err(|source| {
+            CasError::Decode { what: "ActionResult", digest: *action, source }
+                .context(format!("action cache entry {}", path.display()))
+        })
+    }
+
+    fn update_action_result(&self, action: &Digest, result: &ActionResult) -> Result<(), CasError> {
+        check_function(self.config.digest_function, action)?;
+        let data = result.encode_to_vec();
+        self.persist(action, &self.ac_tmp(), false, |file| file.write_all(&data))
+    }
+}

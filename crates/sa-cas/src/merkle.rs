@@ -1,0 +1,669 @@
+//! Merkle trees of REAPI `Directory` messages: canonical construction and validation, batched
+//! level-by-level fetching, ingest from disk, and materialization to disk.
+//!
+//! Structure is kept apart from hashing: [`DirectoryBuilder`] makes canonical `Directory`
+//! values, [`directory_blob`] is the one place they are encoded and hashed, and
+//! [`decode_directory`] is the one place outside data becomes a `Directory` (decoded and
+//! validated, so every later use may assume safe, unique, sorted names).
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use bytes::Bytes;
+use prost::Message;
+use rayon::prelude::*;
+use sa_proto::reapi::{Directory, DirectoryNode, FileNode, SymlinkNode};
+
+use crate::digest::{Digest, DigestFunction};
+use crate::error::{CasError, io_error};
+use crate::store::{Blob, Cas};
+
+/// Bounds on the trees this module accepts; exceeding one is an error, not an out-of-memory kill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeLimits {
+    /// The deepest nesting of directories below a root.
+    pub max_depth: usize,
+    /// The most entries (files, directories, symlinks) in one Directory.
+    pub max_entries: usize,
+    /// The most distinct directories in one fetch.
+    pub max_directories: usize,
+}
+
+impl Default for TreeLimits {
+    fn default() -> Self {
+        TreeLimits { max_depth: 256, max_entries: 1 << 20, max_directories: 50_000_000 }
+    }
+}
+
+/// Whether `name` is one safe path segment: not empty, `.` or `..`, no `/` and no NUL.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        Err("empty name".to_owned())
+    } else if name == "." || name == ".." {
+        Err(format!("name {name:?} is not allowed"))
+    } else if name.contains('/') {
+        Err(format!("name {name:?} contains '/'"))
+    } else if name.contains('\0') {
+        Err(format!("name {name:?} contains NUL"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks that a decoded `Directory` is canonical and safe: every name one safe segment,
+/// each list sorted by name with no duplicates, no name in two lists, valid digests, non-empty
+/// symlink targets.
+pub fn validate_directory(
+    function: DigestFunction,
+    digest: &Digest,
+    directory: &Directory,
+    limits: &TreeLimits,
+) -> Result<(), CasError> {
+    let invalid = |reason: String| CasError::InvalidDirectory { digest: *digest, reason };
+    let entries = directory.files.len() + directory.directories.len() + directory.symlinks.len();
+    if entries > limits.max_entries {
+        return Err(CasError::LimitExceeded(format!(
+            "Directory {digest} has {entries} entries, the limit is {}",
+            limits.max_entries
+        )));
+    }
+    fn sorted<'a>(kind: &str, names: impl Iterator<Item = &'a str>) -> Result<(), String> {
+        let mut previous: Option<&str> = None;
+        for name in names {
+            check_name(name).map_err(|reason| format!("{kind} {reason}"))?;
+            if let Some(previous) = previous {
+                if previous == name {
+                    return Err(format!("{kind} {name:?} appears twice"));
+                }
+                if previous > name {
+                    return Err(format!("{kind}s not sorted: {previous:?} before {name:?}"));
+                }
+            }
+            previous = Some(name);
+        }
+        Ok(())
+    }
+    sorted("file", directory.files.iter().map(|f| f.name.as_str())).map_err(invalid)?;
+    sorted("directory", directory.directories.iter().map(|d| d.name.as_str())).map_err(invalid)?;
+    sorted("symlink", directory.symlinks.iter().map(|s| s.name.as_str())).map_err(invalid)?;
+    if !directory.directories.is_empty() || !directory.symlinks.is_empty() {
+        let mut names = HashSet::with_capacity(entries);
+        let all = directory.files.iter().map(|f| &f.name);
+        let all = all.chain(directory.directories.iter().map(|d| &d.name));
+        for name in all.chain(directory.symlinks.iter().map(|s| &s.name)) {
+            if !names.insert(name) {
+                return Err(invalid(format!("name {name:?} is used by two kinds of entry")));
+            }
+        }
+    }
+    for file in &directory.files {
+        Digest::from_proto_field(function, file.digest.as_ref(), "FileNode.digest")
+            .map_err(|err| invalid(format!("file {:?}: {err}", file.name)))?;
+    }
+    for dir in &directory.directories {
+        Digest::from_proto_field(function, dir.digest.as_ref(), "DirectoryNode.digest")
+            .map_err(|err| invalid(format!("directory {:?}: {err}", dir.name)))?;
+    }
+    for link in &directory.symlinks {
+        if link.target.is_empty() || link.target.contains('\0') {
+            return Err(invalid(format!("symlink {:?} has an empty or NUL target", link.name)));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes and validates a `Directory` blob (the one entry point for outside Directory data).
+pub fn decode_directory(
+    digest: &Digest,
+    data: &[u8],
+    limits: &TreeLimits,
+) -> Result<Directory, CasError> {
+    let directory = Directory::decode(data).map_err(|source| CasError::Decode {
+        what: "Directory",
+        digest: *digest,
+        source,
+    })?;
+    validate_directory(digest.function(), digest, &directory, limits)?;
+    Ok(directory)
+}
+
+/// The canonical encoding of a `Directory` as a blob (prost writes fields in tag order and
+/// omits defaults, which is REAPI's canonical form once the lists are sorted).
+pub fn directory_blob(function: DigestFunction, directory: &Directory) -> Blob {
+    Blob::new(function, directory.encode_to_vec())
+}
+
+/// The digest of a file entry (validated when its Directory was decoded).
+pub fn file_digest(function: DigestFunction, file: &FileNode) -> Result<Digest, CasError> {
+    Digest::from_proto_field(function, file.digest.as_ref(), "FileNode.digest")
+}
+
+/// The digest of a subdirectory entry (validated when its Directory was decoded).
+pub fn dir_digest(function: DigestFunction, dir: &DirectoryNode) -> Result<Digest, CasError> {
+    Digest::from_proto_field(function, dir.digest.as_ref(), "DirectoryNode.digest")
+}
+
+/// Builds canonical `Directory` values: entries in any order, sorted and checked on `build`.
+#[derive(Debug, Default)]
+pub struct DirectoryBuilder {
+    directory: Directory,
+}
+
+impl DirectoryBuilder {
+    /// An empty directory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a file.
+    pub fn file(mut self, name: &str, digest: &Digest, is_executable: bool) -> Self {
+        self.directory.files.push(FileNode {
+            name: name.to_owned(),
+            digest: Some(digest.to_proto()),
+            is_executable,
+            ..Default::default()
+        });
+        self
+    }
+
+    /// Adds a subdirectory.
+    pub fn directory(mut self, name: &str, digest: &Digest) -> Self {
+        self.directory
+            .directories
+            .push(DirectoryNode { name: name.to_owned(), digest: Some(digest.to_proto()) });
+        self
+    }
+
+    /// Adds a symlink.
+    pub fn symlink(mut self, name: &str, target: &str) -> Self {
+        self.directory.symlinks.push(SymlinkNode {
+            name: name.to_owned(),
+            target: target.to_owned(),
+            ..Default::default()
+        });
+        self
+    }
+
+    /// Sorts the entries and checks the result as [`validate_directory`] does.
+    pub fn build(mut self, function: DigestFunction) -> Result<Directory, CasError> {
+        self.directory.files.sort_by(|a, b| a.name.cmp(&b.name));
+        self.directory.directories.sort_by(|a, b| a.name.cmp(&b.name));
+        self.directory.symlinks.sort_by(|a, b| a.name.cmp(&b.name));
+        let blob = directory_blob(function, &self.directory);
+        validate_directory(function, blob.digest(), &self.directory, &TreeLimits::default())?;
+        Ok(self.directory)
+    }
+}
+
+/// Directories fetched from a store, by digest, with the roots they were fetched for.
+#[derive(Debug, Default, Clone)]
+pub struct Forest {
+    directories: HashMap<Digest, Directory>,
+    roots: Vec<Digest>,
+}
+
+impl Forest {
+    /// The Directory with this digest, if it was fetched.
+    pub fn get(&self, digest: &Digest) -> Option<&Directory> {
+        self.directories.get(digest)
+    }
+
+    /// The roots, as given.
+    pub fn roots(&self) -> &[Digest] {
+        &self.roots
+    }
+
+    /// How many distinct directories were fetched.
+    pub fn len(&self) -> usize {
+        self.directories.len()
+    }
+
+    /// Whether nothing was fetched.
+    pub fn is_empty(&self) -> bool {
+        self.directories.is_empty()
+    }
+
+    /// Every fetched directory, by digest.
+    pub fn directories(&self) -> &HashMap<Digest, Directory> {
+        &self.directories
+    }
+
+    /// Every file below `root` as `(path, digest, is_executable)`, depth-first in canonical
+    /// order (paths joined with `/`).
+    pub fn files(&self, root: &Digest) -> Result<Vec<(String, Digest, bool)>, CasError> {
+        let mut out = Vec::new();
+        let mut stack = vec![(*root, String::new())];
+        while let Some((digest, prefix)) = stack.pop() {
+            let directory = self.get(&digest).ok_or(CasError::NotFound(digest))?;
+            let function = digest.function();
+            for file in &directory.files {
+                let digest = file_digest(function, file)?;
+                out.push((join(&prefix, &file.name), digest, file.is_executable));
+            }
+            for dir in directory.directories.iter().rev() {
+                stack.push((dir_digest(function, dir)?, join(&prefix, &dir.name)));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Joins a `/`-separated prefix and a name.
+pub fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() { name.to_owned() } else { format!("{prefix}/{name}") }
+}
+
+/// Fetches every directory reachable from `roots`, each distinct one once, level by level in
+/// batches: round trips grow with depth, not with the number of directories.
+pub fn fetch_forest(
+    cas: &(impl Cas + ?Sized),
+    roots: &[Digest],
+    limits: &TreeLimits,
+) -> Result<Forest, CasError> {
+    let function = cas.digest_function();
+    let mut forest = Forest { directories: HashMap::new(), roots: roots.to_vec() };
+    // Where each directory was first seen, to name its path in errors.
+    let mut parent: HashMap<Digest, (Digest, String)> = HashMap::new();
+    let mut frontier: Vec<Digest> = {
+        let mut seen = HashSet::new();
+        roots.iter().copied().filter(|d| seen.insert(*d)).collect()
+    };
+    let mut depth = 0;
+    while !frontier.is_empty() {
+        if depth > limits.max_depth {
+            return Err(CasError::LimitExceeded(format!(
+                "tree deeper than {} levels below {}",
+                limits.max_depth,
+                describe(&parent, &frontier[0])
+            )));
+        }
+        if forest.directories.len() + frontier.len() > limits.max_directories {
+            return Err(CasError::LimitExceeded(format!(
+                "more than {} directories in one fetch",
+                limits.max_directories
+            )));
+        }
+        let fetched = read_in_batches(cas, &frontier)
+            .and_then(|blobs| {
+                frontier
+                    .par_iter()
+                    .zip(blobs.par_iter())
+                    .map(|(digest, data)| {
+                        decode_directory(digest, data, limits)
+                            .map_err(|err| err.context(describe(&parent, digest)))
+                            .map(|directory| (*digest, directory))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|err| match err.root_cause() {
+                CasError::NotFound(missing) => {
+                    let context = describe(&parent, missing);
+                    err.context(context)
+                }
+                _ => err,
+            })?;
+        let mut next = Vec::new();
+        for (digest, directory) in fetched {
+            for child in &directory.directories {
+                let child_digest = dir_digest(function, child)?;
+                if !forest.directories.contains_key(&child_digest)
+                    && !parent.contains_key(&child_digest)
+                    && !roots.contains(&child_digest)
+                {
+                    parent.insert(child_digest, (digest, child.name.clone()));
+                    next.push(child_digest);
+                }
+            }
+            forest.directories.insert(digest, directory);
+        }
+        frontier = next;
+        depth += 1;
+    }
+    Ok(forest)
+}
+
+/// `Directory <digest> at <path>`, from the parent links, for error messages.
+fn describe(parent: &HashMap<Digest, (Digest, String)>, digest: &Digest) -> String {
+    let mut path = Vec::new();
+    let mut current = *digest;
+    while let Some((up, name)) = parent.get(&current) {
+        path.push(name.as_str());
+        current = *up;
+        if path.len() > 4096 {
+            break;
+        }
+    }
+    path.reverse();
+    if path.is_empty() {
+        format!("Directory {digest} (a root)")
+    } else {
+        format!("Directory {digest} at {}/ below root {current}", path.join("/"))
+    }
+}
+
+/// Fetches one tree (see [`fetch_forest`]).
+pub fn fetch_tree(
+    cas: &(impl Cas + ?Sized),
+    root: &Digest,
+    limits: &TreeLimits,
+) -> Result<Forest, CasError> {
+    fetch_forest(cas, std::slice::from_ref(root), limits)
+}
+
+/// Reads blobs in batches bounded by the store's batch size, the batches in parallel; blobs
+/// larger than a batch are read alone.
+pub fn read_in_batches(
+    cas: &(impl Cas + ?Sized),
+    digests: &[Digest],
+) -> Result<Vec<Bytes>, CasError> {
+    let batches = batch_ranges(digests.iter().map(Digest::size), cas.max_batch_bytes());
+    let parts: Vec<Vec<Bytes>> = batches
+        .par_iter()
+        .map(|range| cas.read_blobs(&digests[range.clone()]))
+        .collect::<Result<_, _>>()?;
+    Ok(parts.into_iter().flatten().collect())
+}
+
+/// Writes blobs in batches bounded by the store's batch size.
+pub fn write_in_batches(cas: &(impl Cas + ?Sized), blobs: &[Blob]) -> Result<(), CasError> {
+    let batches = batch_ranges(blobs.iter().map(|b| b.digest().size()), cas.max_batch_bytes());
+    batches.par_iter().try_for_each(|range| cas.write_blobs(&blobs[range.clone()]))
+}
+
+/// Splits a sequence of sizes into consecutive ranges of at most `max_bytes` (a larger item
+/// alone) and at most 10,000 items.
+pub fn batch_ranges(
+    sizes: impl Iterator<Item = u64>,
+    max_bytes: u64,
+) -> Vec<std::ops::Range<usize>> {
+    const MAX_ITEMS: usize = 10_000;
+    let mut ranges = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    let mut end = 0;
+    for (i, size) in sizes.enumerate() {
+        // Per-item overhead in a batch request: digest and framing, about 100 bytes.
+        let cost = size.saturating_add(100);
+        if i > start && (bytes.saturating_add(cost) > max_bytes || i - start >= MAX_ITEMS) {
+            ranges.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(cost);
+        end = i + 1;
+    }
+    if end > start {
+        ranges.push(start..end);
+    }
+    ranges
+}
+
+enum DiskEntry {
+    File { name: String, path: PathBuf, executable: bool },
+    Dir { name: String, index: usize },
+    Symlink { name: String, target: String },
+}
+
+/// Stores the directory at `path` as a Merkle tree and returns its root digest. Files are
+/// hashed in parallel; only blobs the store lacks are written. Symlinks are kept as symlinks;
+/// other special files, non-UTF-8 names and unsafe names are errors naming the path.
+pub fn ingest(
+    cas: &(impl Cas + ?Sized),
+    path: &Path,
+    limits: &TreeLimits,
+) -> Result<Digest, CasError> {
+    let function = cas.digest_function();
+    // Scan: directories in pre-order; each holds its entries.
+    let mut dirs: Vec<Vec<DiskEntry>> = Vec::new();
+    scan(path, &mut dirs, 0, limits)?;
+    // Hash every file in parallel.
+    let files: Vec<&PathBuf> = dirs
+        .iter()
+        .flatten()
+        .filter_map(|e| match e {
+            DiskEntry::File { path, .. } => Some(path),
+            _ => None,
+        })
+        .collect();
+    let digests: Vec<Digest> =
+        files.par_iter().map(|p| function.hash_file(p)).collect::<Result<_, _>>()?;
+    let file_digest: HashMap<&PathBuf, Digest> =
+        files.iter().copied().zip(digests.iter().copied()).collect();
+    // Build directories bottom-up (children have larger indices in pre-order).
+    let mut built: Vec<Option<Digest>> = vec![None; dirs.len()];
+    let mut dir_blobs = Vec::with_capacity(dirs.len());
+    for index in (0..dirs.len()).rev() {
+        let mut builder = DirectoryBuilder::new();
+        for entry in &dirs[index] {
+            builder = match entry {
+                DiskEntry::File { name, path, executable } => {
+                    builder.file(name, &file_digest[path], *executable)
+                }
+                DiskEntry::Dir { name, index } => {
+                    builder.directory(name, &built[*index].expect("children are built first"))
+                }
+                DiskEntry::Symlink { name, target } => builder.symlink(name, target),
+            };
+        }
+        let blob = directory_blob(function, &builder.build(function)?);
+        built[index] = Some(*blob.digest());
+        dir_blobs.push(blob);
+    }
+    let root = built[0].expect("the root is built");
+    // Upload what is missing.
+    let mut wanted: Vec<Digest> = dir_blobs.iter().map(|b| *b.digest()).collect();
+    wanted.extend(digests.iter().copied());
+    let missing: HashSet<Digest> = cas.find_missing(&wanted)?.into_iter().collect();
+    let dir_blobs: Vec<Blob> =
+        dir_blobs.into_iter().filter(|b| missing.contains(b.digest())).collect();
+    write_in_batches(cas, &dir_blobs)?;
+    let mut uploaded = HashSet::new();
+    let to_upload: Vec<(&PathBuf, Digest)> = files
+        .iter()
+        .zip(digests.iter())
+        .filter(|(_, d)| missing.contains(d) && uploaded.insert(**d))
+        .map(|(p, d)| (*p, *d))
+        .collect();
+    let max = cas.max_batch_bytes();
+    let (small, large): (Vec<_>, Vec<_>) =
+        to_upload.into_iter().partition(|(_, d)| d.size() < max / 4);
+    large.par_iter().try_for_each(|(path, digest)| cas.write_file(digest, path))?;
+    let sizes = small.iter().map(|(_, d)| d.size());
+    batch_ranges(sizes, max).par_iter().try_for_each(|range| {
+        let blobs = small[range.clone()]
+            .iter()
+            .map(|(path, digest)| {
+                let data = fs::read(path).map_err(io_error(*path))?;
+                let blob = Blob::new(function, data);
+                if blob.digest() != digest {
+                    return Err(CasError::DigestMismatch {
+                        expected: *digest,
+                        actual: *blob.digest(),
+                    }
+                    .context(format!("{} changed while being ingested", path.display())));
+                }
+                Ok(blob)
+            })
+            .collect::<Result<Vec<_>, CasError>>()?;
+        cas.write_blobs(&blobs)
+    })?;
+    Ok(root)
+}
+
+fn scan(
+    path: &Path,
+    dirs: &mut Vec<Vec<DiskEntry>>,
+    depth: usize,
+    limits: &TreeLimits,
+) -> Result<(), CasError> {
+    if depth > limits.max_depth {
+        return Err(CasError::LimitExceeded(format!(
+            "{} is nested deeper than {} levels",
+            path.display(),
+            limits.max_depth
+        )));
+    }
+    let index = dirs.len();
+    dirs.push(Vec::new());
+    let mut listing: Vec<fs::DirEntry> = fs::read_dir(path)
+        .map_err(io_error(path))?
+        .collect::<Result<_, _>>()
+        .map_err(io_error(path))?;
+    listing.sort_by_key(|e| e.file_name());
+    if listing.len() > limits.max_entries {
+        return Err(CasError::LimitExceeded(format!(
+            "{} has {} entries, the limit is {}",
+            path.display(),
+            listing.len(),
+            limits.max_entries
+        )));
+    }
+    let mut entries = Vec::with_capacity(listing.len());
+    for entry in listing {
+        let entry_path = entry.path();
+        let unsafe_path =
+            |reason: String| CasError::UnsafePath { path: entry_path.clone(), reason };
+        let name =
+            entry.file_name().into_string().map_err(|_| unsafe_path("name is not UTF-8".into()))?;
+        check_name(&name).map_err(unsafe_path)?;
+        let meta = fs::symlink_metadata(&entry_path).map_err(io_error(&entry_path))?;
+        let kind = meta.file_type();
+        if kind.is_file() {
+            let executable = meta.permissions().mode() & 0o111 != 0;
+            entries.push(DiskEntry::File { name, path: entry_path, executable });
+        } else if kind.is_dir() {
+            let child = dirs.len();
+            scan(&entry_path, dirs, depth + 1, limits)?;
+            entries.push(DiskEntry::Dir { name, index: child });
+        } else if kind.is_symlink() {
+            let target = fs::read_link(&entry_path).map_err(io_error(&entry_path))?;
+            let target = target
+                .into_os_string()
+                .into_string()
+                .map_err(|_| unsafe_path("symlink target is not UTF-8".into()))?;
+            entries.push(DiskEntry::Symlink { name, target });
+        } else {
+            return Err(unsafe_path("not a regular file, directory or symlink".into()));
+        }
+    }
+    dirs[index] = entries;
+    Ok(())
+}
+
+/// Options of [`materialize`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MaterializeOptions {
+    /// Allow symlinks with absolute targets (they point outside the tree by definition).
+    pub allow_absolute_symlinks: bool,
+    /// Allow relative symlinks whose target climbs above the tree's root.
+    pub allow_escaping_symlinks: bool,
+    /// Bounds on the tree.
+    pub limits: TreeLimits,
+}
+
+/// Writes the tree `root` into `target`, which must not exist or be an empty directory. Never
+/// writes outside `target`: every name is a validated single segment, every path is created
+/// fresh (no existing file or symlink is followed), and symlinks that are absolute or climb out
+/// of the tree are refused unless allowed.
+pub fn materialize(
+    cas: &(impl Cas + ?Sized),
+    root: &Digest,
+    target: &Path,
+    options: &MaterializeOptions,
+) -> Result<(), CasError> {
+    let function = cas.digest_function();
+    let forest = fetch_tree(cas, root, &options.limits)?;
+    match fs::read_dir(target) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(CasError::UnsafePath {
+                    path: target.to_path_buf(),
+                    reason: "materialize target is not empty".into(),
+                });
+            }
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir(target).map_err(io_error(target))?;
+        }
+        Err(err) => return Err(io_error(target)(err)),
+    }
+    // Create directories and symlinks; collect files.
+    let mut files: Vec<(PathBuf, Digest, bool)> = Vec::new();
+    let mut stack = vec![(*root, target.to_path_buf(), 0usize)];
+    while let Some((digest, dir_path, depth)) = stack.pop() {
+        let directory = forest.get(&digest).ok_or(CasError::NotFound(digest))?;
+        for file in &directory.files {
+            files.push((
+                dir_path.join(&file.name),
+                file_digest(function, file)?,
+                file.is_executable,
+            ));
+        }
+        for link in &directory.symlinks {
+            let link_path = dir_path.join(&link.name);
+            check_symlink(&link.target, depth, options)
+                .map_err(|reason| CasError::UnsafePath { path: link_path.clone(), reason })?;
+            std::os::unix::fs::symlink(&link.target, &link_path).map_err(io_error(&link_path))?;
+        }
+        for dir in &directory.directories {
+            let path = dir_path.join(&dir.name);
+            fs::create_dir(&path).map_err(io_error(&path))?;
+            stack.push((dir_digest(function, dir)?, path, depth + 1));
+        }
+    }
+    // Write files, their blobs read in batches; large blobs streamed.
+    let max = cas.max_batch_bytes();
+    let (small, large): (Vec<_>, Vec<_>) =
+        files.into_iter().partition(|(_, d, _)| d.size() < max / 4);
+    large.par_iter().try_for_each(|(path, digest, executable)| {
+        let mut file = create_file(path, *executable)?;
+        cas.read_blob_to(digest, &mut file)
+    })?;
+    batch_ranges(small.iter().map(|(_, d, _)| d.size()), max).par_iter().try_for_each(|range| {
+        let part = &small[range.clone()];
+        let digests: Vec<Digest> = part.iter().map(|(_, d, _)| *d).collect();
+        let blobs = cas.read_blobs(&digests)?;
+        for ((path, _, executable), data) in part.iter().zip(blobs) {
+            use std::io::Write;
+            create_file(path, *executable)?.write_all(&data).map_err(io_error(path))?;
+        }
+        Ok(())
+    })
+}
+
+fn create_file(path: &Path, executable: bool) -> Result<fs::File, CasError> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if executable { 0o755 } else { 0o644 })
+        .open(path)
+        .map_err(io_error(path))
+}
+
+/// Checks a symlink target found `depth` levels below the root.
+fn check_symlink(target: &str, depth: usize, options: &MaterializeOptions) -> Result<(), String> {
+    let path = Path::new(target);
+    if path.is_absolute() {
+        return if options.allow_absolute_symlinks {
+            Ok(())
+        } else {
+            Err(format!("symlink target {target:?} is absolute"))
+        };
+    }
+    let mut level = depth as isize;
+    for component in path.components() {
+        match component {
+            Component::ParentDir => level -= 1,
+            Component::Normal(_) => level += 1,
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!("symlink target {target:?} is absolute"));
+            }
+        }
+        if level < 0 && !options.allow_escaping_symlinks {
+            return Err(format!("symlink target {target:?} climbs out of the tree"));
+        }
+    }
+    Ok(())
+}

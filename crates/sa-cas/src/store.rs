@@ -1,0 +1,171 @@
+//! The storage traits: a batch-first [`Cas`] and an [`ActionCache`].
+
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+
+use bytes::Bytes;
+use prost::Message;
+use sa_proto::reapi::ActionResult;
+
+use crate::digest::{Digest, DigestFunction};
+use crate::error::{CasError, io_error};
+
+/// A blob and its digest, which agree by construction: [`Blob::new`] hashes the data, and
+/// [`Blob::from_verified`] is for callers that have just verified it. Stores therefore do not
+/// hash again on write.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Blob {
+    digest: Digest,
+    data: Bytes,
+}
+
+impl Blob {
+    /// Hashes `data` with `function`.
+    pub fn new(function: DigestFunction, data: impl Into<Bytes>) -> Blob {
+        let data = data.into();
+        Blob { digest: function.hash_bytes(&data), data }
+    }
+
+    /// A blob whose digest the caller has just computed or verified.
+    pub fn from_verified(digest: Digest, data: Bytes) -> Blob {
+        debug_assert_eq!(digest.size(), data.len() as u64, "blob size and digest disagree");
+        Blob { digest, data }
+    }
+
+    /// The encoding of `message` as a blob.
+    pub fn from_message(function: DigestFunction, message: &impl Message) -> Blob {
+        Blob::new(function, message.encode_to_vec())
+    }
+
+    /// The digest.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// The content.
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// The content, by value.
+    pub fn into_data(self) -> Bytes {
+        self.data
+    }
+}
+
+impl fmt::Debug for Blob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Blob({})", self.digest)
+    }
+}
+
+/// A content-addressable store. Batch calls are the primitive; single-blob helpers are default
+/// methods. Implementations are blocking and may be called from many (rayon) threads at once.
+///
+/// Every read is checked against the digest's size; stores that can (the gRPC backend always,
+/// the local store when configured) also verify the hash.
+pub trait Cas: Send + Sync + fmt::Debug {
+    /// The digest function of every blob in this store.
+    fn digest_function(&self) -> DigestFunction;
+
+    /// Reads blobs, in the order asked; fails naming the first missing or corrupt one.
+    fn read_blobs(&self, digests: &[Digest]) -> Result<Vec<Bytes>, CasError>;
+
+    /// Stores blobs; blobs already present are left as they are.
+    fn write_blobs(&self, blobs: &[Blob]) -> Result<(), CasError>;
+
+    /// The digests, among those given, that the store lacks (in the order given, deduplicated).
+    fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, CasError>;
+
+    /// How many bytes one batch of reads or writes should carry at most.
+    fn max_batch_bytes(&self) -> u64 {
+        4 << 20
+    }
+
+    /// Streams one blob, which may be larger than memory, into `out`.
+    fn read_blob_to(&self, digest: &Digest, out: &mut dyn Write) -> Result<(), CasError> {
+        let data = self.read_blob(digest)?;
+        out.write_all(&data).map_err(io_error("<output>"))
+    }
+
+    /// Stores a file whose digest the caller computed; the content is verified on the way in.
+    fn write_file(&self, digest: &Digest, path: &Path) -> Result<(), CasError> {
+        let data = std::fs::read(path).map_err(io_error(path))?;
+        let blob = Blob::new(self.digest_function(), data);
+        if blob.digest() != digest {
+            return Err(CasError::DigestMismatch { expected: *digest, actual: *blob.digest() }
+                .context(format!("storing {}", path.display())));
+        }
+        self.write_blobs(&[blob])
+    }
+
+    /// Reads one blob.
+    fn read_blob(&self, digest: &Digest) -> Result<Bytes, CasError> {
+        let mut blobs = self.read_blobs(std::slice::from_ref(digest))?;
+        Ok(blobs.pop().expect("read_blobs returns one blob per digest"))
+    }
+
+    /// Stores one blob, returning its digest.
+    fn write_blob(&self, data: Bytes) -> Result<Digest, CasError> {
+        let blob = Blob::new(self.digest_function(), data);
+        let digest = *blob.digest();
+        self.write_blobs(&[blob])?;
+        Ok(digest)
+    }
+}
+
+/// Reads and decodes one message; `what` names the type in errors ("Action", "Command").
+pub fn read_message<M: Message + Default>(
+    cas: &(impl Cas + ?Sized),
+    digest: &Digest,
+    what: &'static str,
+) -> Result<M, CasError> {
+    let data = cas.read_blob(digest)?;
+    M::decode(data).map_err(|source| CasError::Decode { what, digest: *digest, source })
+}
+
+/// Encodes and stores one message, returning its digest.
+pub fn write_message(
+    cas: &(impl Cas + ?Sized),
+    message: &impl Message,
+) -> Result<Digest, CasError> {
+    cas.write_blob(message.encode_to_vec().into())
+}
+
+/// A cache from Action digests to their results.
+pub trait ActionCache: Send + Sync + fmt::Debug {
+    /// The result stored for `action`, if any.
+    fn get_action_result(&self, action: &Digest) -> Result<Option<ActionResult>, CasError>;
+
+    /// Stores the result of `action`, replacing any earlier one.
+    fn update_action_result(&self, action: &Digest, result: &ActionResult) -> Result<(), CasError>;
+}
+
+/// A CAS with an ActionCache: what the generator, instantiator and CLI work against.
+pub trait Store: Cas + ActionCache {}
+
+impl<T: Cas + ActionCache> Store for T {}
+
+/// Checks that `digest` uses the store's function.
+pub(crate) fn check_function(function: DigestFunction, digest: &Digest) -> Result<(), CasError> {
+    if digest.function() == function {
+        Ok(())
+    } else {
+        Err(CasError::WrongDigestFunction { digest: *digest, expected: function })
+    }
+}
+
+/// Checks that `data` is the content of `digest`: always the size, the hash when `verify`.
+pub(crate) fn check_content(digest: &Digest, data: &[u8], verify: bool) -> Result<(), CasError> {
+    if data.len() as u64 != digest.size() {
+        return Err(CasError::SizeMismatch { digest: *digest, actual: data.len() as u64 });
+    }
+    if verify {
+        let actual = digest.function().hash_bytes(data);
+        if actual != *digest {
+            return Err(CasError::DigestMismatch { expected: *digest, actual });
+        }
+    }
+    Ok(())
+}
