@@ -1,0 +1,115 @@
+//! The origin index: every file of every origin tree and every subaction output, by digest,
+//! with a per-basename index for digests that have many origins (empty files, common stubs).
+
+use std::collections::HashMap;
+
+use sa_cas::Digest;
+
+use crate::model::{Origin, OriginKind, common_suffix};
+
+/// Lists longer than this get a per-basename index.
+const NAME_INDEX_THRESHOLD: usize = 8;
+
+/// The origins of one digest, sorted by [`Origin`]'s order.
+#[derive(Debug, Default)]
+pub(crate) struct Candidates {
+    ids: Vec<u32>,
+    has_action: bool,
+    by_name: Option<HashMap<String, Vec<u32>>>,
+}
+
+impl Candidates {
+    /// Whether any candidate is an ACTION origin (its choice then depends on the consumer).
+    pub(crate) fn has_action(&self) -> bool {
+        self.has_action
+    }
+}
+
+/// Origins by digest.
+#[derive(Debug, Default)]
+pub(crate) struct OriginIndex {
+    origins: Vec<Origin>,
+    by_digest: HashMap<Digest, Candidates>,
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+impl OriginIndex {
+    /// Builds the index from `(digest, origin)` pairs (duplicates are merged).
+    pub(crate) fn build(entries: Vec<(Digest, Origin)>) -> OriginIndex {
+        let mut entries = entries;
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        entries.dedup();
+        let mut origins = Vec::with_capacity(entries.len());
+        let mut by_digest: HashMap<Digest, Candidates> = HashMap::new();
+        for (digest, origin) in entries {
+            let id = u32::try_from(origins.len()).expect("fewer than 2^32 origins");
+            let candidates = by_digest.entry(digest).or_default();
+            candidates.has_action |= origin.kind == OriginKind::Action;
+            candidates.ids.push(id);
+            origins.push(origin);
+        }
+        for candidates in by_digest.values_mut() {
+            if candidates.ids.len() > NAME_INDEX_THRESHOLD {
+                let mut by_name: HashMap<String, Vec<u32>> = HashMap::new();
+                for &id in &candidates.ids {
+                    by_name
+                        .entry(basename(&origins[id as usize].path).to_owned())
+                        .or_default()
+                        .push(id);
+                }
+                candidates.by_name = Some(by_name);
+            }
+        }
+        OriginIndex { origins, by_digest }
+    }
+
+    pub(crate) fn origin(&self, id: u32) -> &Origin {
+        &self.origins[id as usize]
+    }
+
+    pub(crate) fn candidates(&self, digest: &Digest) -> Option<&Candidates> {
+        self.by_digest.get(digest)
+    }
+
+    /// How many distinct origins are indexed.
+    pub(crate) fn len(&self) -> usize {
+        self.origins.len()
+    }
+
+    /// The best allowed candidate for an occurrence at `path`: the same answer as
+    /// [`crate::model::choose`] over the allowed candidates, found faster. Candidates are
+    /// sorted by origin order, so the first with the longest suffix wins.
+    pub(crate) fn select(
+        &self,
+        path: &str,
+        candidates: &Candidates,
+        allowed: impl Fn(&Origin) -> bool,
+    ) -> Option<u32> {
+        let best_of = |ids: &[u32]| {
+            let mut best: Option<(usize, u32)> = None;
+            for &id in ids {
+                let origin = self.origin(id);
+                if !allowed(origin) {
+                    continue;
+                }
+                let suffix = common_suffix(path, &origin.path);
+                if best.is_none_or(|(s, _)| suffix > s) {
+                    best = Some((suffix, id));
+                }
+            }
+            best
+        };
+        if let Some(by_name) = &candidates.by_name {
+            // A candidate with the same basename shares at least one component, which beats
+            // every candidate with another basename; without one, all share none.
+            if let Some((_, id)) = by_name.get(basename(path)).and_then(|ids| best_of(ids)) {
+                return Some(id);
+            }
+            return candidates.ids.iter().copied().find(|&id| allowed(self.origin(id)));
+        }
+        best_of(&candidates.ids).map(|(_, id)| id)
+    }
+}
