@@ -399,8 +399,9 @@ pub fn generate(
     let blob = Blob::new(function, out);
     let digest = *blob.digest();
     let encoded = blob.data().clone();
-    merkle::write_in_batches(store, std::slice::from_ref(&blob))
-        .map_err(|source| GenerateError::Store { element: element.into(), source: Box::new(source) })?;
+    merkle::write_in_batches(store, std::slice::from_ref(&blob)).map_err(|source| {
+        GenerateError::Store { element: element.into(), source: Box::new(source) }
+    })?;
     Ok(Generated { digest, encoded, stats })
 }
 
@@ -443,7 +444,8 @@ fn skip_or_fail(
     action: Digest,
     source: CasError,
 ) -> Result<(), GenerateError> {
-    let error = GenerateError::Subaction { element: element.into(), action, source: Box::new(source) };
+    let error =
+        GenerateError::Subaction { element: element.into(), action, source: Box::new(source) };
     if !config.skip_broken_subactions {
         return Err(error);
     }
@@ -484,8 +486,11 @@ fn action_outputs(
     element: &str,
     action: &Digest,
 ) -> Result<Vec<(Digest, Origin)>, GenerateError> {
-    let error =
-        |source| GenerateError::ActionResult { element: element.into(), action: *action, source: Box::new(source) };
+    let error = |source| GenerateError::ActionResult {
+        element: element.into(),
+        action: *action,
+        source: Box::new(source),
+    };
     let Some(result) = store.get_action_result(action).map_err(error)? else {
         return Ok(Vec::new());
     };

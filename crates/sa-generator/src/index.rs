@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use sa_cas::Digest;
 
-use crate::model::{Origin, OriginKind, common_suffix};
+use crate::model::{Origin, OriginKind, compare_for};
 
 /// Lists longer than this get a per-basename index.
 const NAME_INDEX_THRESHOLD: usize = 8;
@@ -80,8 +80,8 @@ impl OriginIndex {
     }
 
     /// The best allowed candidate for an occurrence at `path`: the same answer as
-    /// [`crate::model::choose`] over the allowed candidates, found faster. Candidates are
-    /// sorted by origin order, so the first with the longest suffix wins.
+    /// [`crate::model::choose`] over the allowed candidates, found faster for digests with
+    /// many origins: only candidates with the occurrence's basename can share a component.
     pub(crate) fn select(
         &self,
         path: &str,
@@ -89,27 +89,18 @@ impl OriginIndex {
         allowed: impl Fn(&Origin) -> bool,
     ) -> Option<u32> {
         let best_of = |ids: &[u32]| {
-            let mut best: Option<(usize, u32)> = None;
-            for &id in ids {
-                let origin = self.origin(id);
-                if !allowed(origin) {
-                    continue;
-                }
-                let suffix = common_suffix(path, &origin.path);
-                if best.is_none_or(|(s, _)| suffix > s) {
-                    best = Some((suffix, id));
-                }
-            }
-            best
+            ids.iter()
+                .copied()
+                .filter(|&id| allowed(self.origin(id)))
+                .min_by(|&a, &b| compare_for(path, self.origin(a), self.origin(b)))
         };
         if let Some(by_name) = &candidates.by_name {
             // A candidate with the same basename shares at least one component, which beats
-            // every candidate with another basename; without one, all share none.
-            if let Some((_, id)) = by_name.get(basename(path)).and_then(|ids| best_of(ids)) {
+            // every candidate with another basename; without one, none shares any.
+            if let Some(id) = by_name.get(basename(path)).and_then(|ids| best_of(ids)) {
                 return Some(id);
             }
-            return candidates.ids.iter().copied().find(|&id| allowed(self.origin(id)));
         }
-        best_of(&candidates.ids).map(|(_, id)| id)
+        best_of(&candidates.ids)
     }
 }

@@ -113,10 +113,24 @@ pub fn common_suffix(a: &str, b: &str) -> usize {
 }
 
 /// Compares two candidate origins for a file occurrence at `path`: the better one is `Less`.
-/// The rule: the longest common suffix of path components, then [`Origin`]'s order (priority
-/// SOURCE, ACTION, ARTIFACT; then element, path, producer).
+/// The rule, in order:
+/// 1. the longest common suffix of path components with `path`;
+/// 2. priority: SOURCE, then ACTION, then ARTIFACT;
+/// 3. the element;
+/// 4. the fewest leading components of the origin's path left unmatched (for `x.h`, the
+///    origin `x.h` beats an identical `a/x.h`);
+/// 5. the path, then the producer.
 pub fn compare_for(path: &str, a: &Origin, b: &Origin) -> Ordering {
-    common_suffix(path, &b.path).cmp(&common_suffix(path, &a.path)).then_with(|| a.cmp(b))
+    let (sa, sb) = (common_suffix(path, &a.path), common_suffix(path, &b.path));
+    sb.cmp(&sa)
+        .then_with(|| a.kind.cmp(&b.kind))
+        .then_with(|| a.element.cmp(&b.element))
+        .then_with(|| (components(&a.path) - sa).cmp(&(components(&b.path) - sb)))
+        .then_with(|| a.cmp(b))
+}
+
+fn components(path: &str) -> usize {
+    path.split('/').count()
 }
 
 /// The best origin for a file occurrence at `path` among `candidates`, by [`compare_for`].

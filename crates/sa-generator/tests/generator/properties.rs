@@ -26,7 +26,8 @@ fn as_refs(files: &[(String, String)]) -> Vec<(&str, &str)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    // PROPTEST_CASES raises the count for a deeper local run.
+    #![proptest_config(ProptestConfig { cases: cases(48), ..ProptestConfig::default() })]
 
     /// Every input file occurrence either is covered by the overlay the shared rule picks
     /// over all origins, or is counted as unattributed; overlays are sorted and unique; the
@@ -91,4 +92,8 @@ proptest! {
         let forest = merkle::fetch_tree(&cas, &src, &TreeLimits::default()).unwrap();
         prop_assert_eq!(forest.files(&src).unwrap().len(), sources.len());
     }
+}
+
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }

@@ -1,0 +1,819 @@
+//! Resolution of overlays and memoized rewriting of input trees.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use prost::Message;
+use rayon::prelude::*;
+use sa_cas::merkle::{self, Forest, TreeLimits, join};
+use sa_cas::{Blob, CasError, Digest, DigestFunction, Store};
+use sa_generator::model::{Origin, OriginKind, compare_for};
+use sa_proto::buildstream::v2::SpeculativeActions;
+use sa_proto::reapi::Action;
+
+use crate::splice;
+
+/// The state of one element of the build about to run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ElementState {
+    /// The element's name.
+    pub name: String,
+    /// Root Directory of its current sources, where known.
+    pub sources: Option<Digest>,
+    /// Root Directory of its current artifact, once built.
+    pub artifact: Option<Digest>,
+    /// Its cache key at the previous build.
+    pub previous_key: Option<String>,
+    /// Its cache key now.
+    pub current_key: Option<String>,
+    /// The `SpeculativeActions` generated at its previous build (for its `artifact_overlays`).
+    pub previous_speculative_actions: Option<Digest>,
+}
+
+impl ElementState {
+    fn unchanged(&self) -> bool {
+        matches!((&self.previous_key, &self.current_key), (Some(p), Some(c)) if p == c)
+    }
+}
+
+/// Options of the [`Instantiator`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InstantiateConfig {
+    /// Bounds on every tree walked.
+    pub limits: TreeLimits,
+    /// Share rewritten subtrees between actions (off only to test that it changes nothing).
+    pub memoize: bool,
+}
+
+impl Default for InstantiateConfig {
+    fn default() -> Self {
+        InstantiateConfig { limits: TreeLimits::default(), memoize: true }
+    }
+}
+
+/// The outcome for one speculative action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstantiatedAction {
+    /// The recorded action.
+    pub base: Digest,
+    /// The adapted action (equal to `base` when nothing changed; then nothing was written).
+    pub action: Digest,
+    /// Whether every overlay that needed resolving resolved.
+    pub complete: bool,
+    /// Overlays that replaced a digest with another.
+    pub applied: usize,
+    /// Overlays resolved to the digest they already had.
+    pub unchanged: usize,
+    /// Overlays of dependencies whose cache key did not change.
+    pub skipped: usize,
+    /// Overlays that could not be resolved (the action is then incomplete).
+    pub unresolved: usize,
+    /// Why, for the first few unresolved overlays.
+    pub unresolved_reasons: Vec<String>,
+}
+
+/// Why instantiation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InstantiateError {
+    /// The inputs contradict each other.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The element's `SpeculativeActions` is missing or corrupt.
+    #[error("SpeculativeActions {digest} of element {element:?}")]
+    SpeculativeActions {
+        /// The element.
+        element: String,
+        /// The blob.
+        digest: Digest,
+        /// The cause.
+        #[source]
+        source: Box<CasError>,
+    },
+    /// An overlay cannot be used.
+    #[error("overlay {index} of action {action} of element {element:?}: {reason}")]
+    Overlay {
+        /// The element.
+        element: String,
+        /// The base action.
+        action: Digest,
+        /// The overlay's position.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A recorded action or its input tree is missing or corrupt.
+    #[error("action {action} of element {element:?}")]
+    Action {
+        /// The element.
+        element: String,
+        /// The base action.
+        action: Digest,
+        /// The cause.
+        #[source]
+        source: Box<CasError>,
+    },
+    /// A current source or artifact tree, or a previous SpeculativeActions, is unreadable.
+    #[error("{what} {root} of element {element:?}")]
+    Tree {
+        /// The element.
+        element: String,
+        /// "sources", "artifact" or "previous SpeculativeActions".
+        what: &'static str,
+        /// The blob.
+        root: Digest,
+        /// The cause.
+        #[source]
+        source: Arc<CasError>,
+    },
+    /// A store operation failed.
+    #[error("{what}")]
+    Store {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: Box<CasError>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Resolution {
+    Replace(Digest),
+    Skip,
+    Unresolved(String),
+}
+
+/// A rewritten subtree: the directory, its path, and the action's replacement choices for the
+/// changing digests it holds (target, overlay ids). Equal keys rewrite to equal digests.
+type MemoKey = (Digest, String, Vec<(Digest, Vec<u32>)>);
+
+type Shared<T> = Arc<OnceLock<Result<Arc<T>, Arc<CasError>>>>;
+
+/// Instantiates elements' speculative actions against the current state of a build. Holds
+/// caches shared by every element: current trees' path indexes, dependencies' previous
+/// `artifact_overlays`, and the map from base to instantiated actions (for ACTION overlays).
+#[derive(Debug)]
+pub struct Instantiator<'s, S: Store + ?Sized> {
+    store: &'s S,
+    config: InstantiateConfig,
+    elements: HashMap<String, ElementState>,
+    instantiated: DashMap<Digest, Digest>,
+    path_indexes: DashMap<Digest, Shared<HashMap<String, Digest>>>,
+    artifact_overlays: DashMap<Digest, Shared<HashMap<Digest, Vec<Origin>>>>,
+}
+
+/// One element's speculative action, decoded.
+struct Planned {
+    base: Digest,
+    /// Overlay ids (into the element's interned overlays), grouped by target digest.
+    by_target: BTreeMap<Digest, Vec<u32>>,
+    root: Digest,
+    raw: Bytes,
+    /// Producers (base digests) of this element this action waits for.
+    producers: Vec<usize>,
+}
+
+/// What one element's rewrite shares between its actions.
+struct ElementWork<'f> {
+    forest: &'f Forest,
+    overlays: Vec<(Origin, Digest)>,
+    resolutions: Vec<OnceLock<Resolution>>,
+    /// Directory → directories it appears in (within this element's input trees).
+    parents: HashMap<Digest, Vec<Digest>>,
+    /// File digest → directories that hold it directly.
+    holders: HashMap<Digest, Vec<Digest>>,
+    /// Changing digest → every directory whose subtree holds it.
+    ancestors: DashMap<Digest, Arc<HashSet<Digest>>>,
+    raw_dirs: DashMap<Digest, Bytes>,
+    memo: DashMap<MemoKey, Digest>,
+    written: Mutex<Vec<Blob>>,
+}
+
+impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
+    /// An instantiator over the build's elements (every element an overlay may name).
+    pub fn new(
+        store: &'s S,
+        elements: Vec<ElementState>,
+        config: InstantiateConfig,
+    ) -> Result<Self, InstantiateError> {
+        let function = store.digest_function();
+        let mut map = HashMap::new();
+        for element in elements {
+            let digests = element
+                .sources
+                .iter()
+                .chain(&element.artifact)
+                .chain(&element.previous_speculative_actions);
+            for digest in digests {
+                if digest.function() != function {
+                    return Err(InstantiateError::InvalidInput(format!(
+                        "element {:?}: digest {digest} is {}, the store uses {function}",
+                        element.name,
+                        digest.function()
+                    )));
+                }
+            }
+            if element.name.is_empty() {
+                return Err(InstantiateError::InvalidInput("an element has an empty name".into()));
+            }
+            let name = element.name.clone();
+            if map.insert(name.clone(), element).is_some() {
+                return Err(InstantiateError::InvalidInput(format!(
+                    "element {name:?} is listed twice"
+                )));
+            }
+        }
+        Ok(Instantiator {
+            store,
+            config,
+            elements: map,
+            instantiated: DashMap::new(),
+            path_indexes: DashMap::new(),
+            artifact_overlays: DashMap::new(),
+        })
+    }
+
+    /// The instantiated (complete) action for a base action, once known.
+    pub fn instantiated(&self, base: &Digest) -> Option<Digest> {
+        self.instantiated.get(base).map(|d| *d)
+    }
+
+    /// Records that `base` was instantiated as `adapted` (for ACTION overlays of later actions).
+    pub fn record_instantiated(&self, base: Digest, adapted: Digest) {
+        self.instantiated.insert(base, adapted);
+    }
+
+    /// Instantiates every action of `element`'s previous `SpeculativeActions`; stores new
+    /// Directories and Actions; returns one outcome per action, in the blob's order.
+    pub fn instantiate_element(
+        &self,
+        element: &str,
+        speculative_actions: &Digest,
+    ) -> Result<Vec<InstantiatedAction>, InstantiateError> {
+        let function = self.store.digest_function();
+        if !self.elements.contains_key(element) {
+            return Err(InstantiateError::InvalidInput(format!("unknown element {element:?}")));
+        }
+        let sa_error = |source| InstantiateError::SpeculativeActions {
+            element: element.into(),
+            digest: *speculative_actions,
+            source: Box::new(source),
+        };
+        let blob = self.store.read_blob(speculative_actions).map_err(sa_error)?;
+        let message = SpeculativeActions::decode(blob).map_err(|source| {
+            sa_error(CasError::Decode {
+                what: "SpeculativeActions",
+                digest: *speculative_actions,
+                source,
+            })
+        })?;
+
+        // Intern overlays; decode each action's overlays.
+        let mut interned: HashMap<(Origin, Digest), u32> = HashMap::new();
+        let mut overlays: Vec<(Origin, Digest)> = Vec::new();
+        let mut bases = Vec::with_capacity(message.actions.len());
+        let mut groups = Vec::with_capacity(message.actions.len());
+        for action in &message.actions {
+            let base = Digest::from_proto_field(
+                function,
+                action.base_action_digest.as_ref(),
+                "SpeculativeAction.base_action_digest",
+            )
+            .map_err(sa_error)?;
+            let mut by_target: BTreeMap<Digest, Vec<u32>> = BTreeMap::new();
+            for (index, overlay) in action.overlays.iter().enumerate() {
+                let (origin, target) = Origin::from_overlay(function, overlay).map_err(|err| {
+                    InstantiateError::Overlay {
+                        element: element.into(),
+                        action: base,
+                        index,
+                        reason: err.to_string(),
+                    }
+                })?;
+                let key = (origin, target);
+                let id = match interned.get(&key) {
+                    Some(id) => *id,
+                    None => {
+                        let id = u32::try_from(overlays.len()).expect("fewer than 2^32 overlays");
+                        interned.insert(key.clone(), id);
+                        overlays.push(key);
+                        id
+                    }
+                };
+                let ids = by_target.entry(target).or_default();
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            bases.push(base);
+            groups.push(by_target);
+        }
+
+        // Base actions and their input trees, fetched in batches.
+        let raws = merkle::read_in_batches(self.store, &bases).or_else(|_| {
+            bases
+                .iter()
+                .map(|b| self.store.read_blob(b).map_err(|e| (b, e)))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|(b, source)| InstantiateError::Action {
+                    element: element.into(),
+                    action: *b,
+                    source: Box::new(source),
+                })
+        })?;
+        let position: HashMap<Digest, usize> =
+            bases.iter().enumerate().map(|(i, b)| (*b, i)).collect();
+        let mut planned = Vec::with_capacity(bases.len());
+        for ((base, raw), by_target) in bases.iter().zip(raws).zip(groups) {
+            let action_error = |source| InstantiateError::Action {
+                element: element.into(),
+                action: *base,
+                source: Box::new(source),
+            };
+            let decoded = Action::decode(raw.clone()).map_err(|source| {
+                action_error(CasError::Decode { what: "Action", digest: *base, source })
+            })?;
+            let root = Digest::from_proto_field(
+                function,
+                decoded.input_root_digest.as_ref(),
+                "Action.input_root_digest",
+            )
+            .map_err(action_error)?;
+            let mut producers: Vec<usize> = by_target
+                .values()
+                .flatten()
+                .filter_map(|id| overlays[*id as usize].0.producer)
+                .filter_map(|p| position.get(&p).copied())
+                .collect();
+            producers.sort_unstable();
+            producers.dedup();
+            planned.push(Planned { base: *base, by_target, root, raw, producers });
+        }
+        let roots: Vec<Digest> = planned.iter().map(|p| p.root).collect();
+        let forest = match merkle::fetch_forest(self.store, &roots, &self.config.limits) {
+            Ok(forest) => forest,
+            Err(_) => {
+                for p in &planned {
+                    merkle::fetch_tree(self.store, &p.root, &self.config.limits).map_err(
+                        |source| InstantiateError::Action {
+                            element: element.into(),
+                            action: p.base,
+                            source: Box::new(
+                                source.context(format!("input root of Action {}", p.base)),
+                            ),
+                        },
+                    )?;
+                }
+                merkle::fetch_forest(self.store, &roots, &self.config.limits).map_err(|source| {
+                    InstantiateError::Store {
+                        what: format!(
+                            "input trees of element {element:?} changed while being read"
+                        ),
+                        source: Box::new(source),
+                    }
+                })?
+            }
+        };
+        let work = ElementWork::new(&forest, overlays);
+
+        // Waves: an action runs after the producers it names (ACTION overlays) have run.
+        let mut level = vec![0usize; planned.len()];
+        for i in 0..planned.len() {
+            level[i] = planned[i]
+                .producers
+                .iter()
+                .filter(|&&p| p != i)
+                .map(|&p| level[p] + 1)
+                .max()
+                .unwrap_or(0);
+        }
+        let waves = level.iter().copied().max().map_or(0, |m| m + 1);
+        let mut outcomes: Vec<Option<InstantiatedAction>> = vec![None; planned.len()];
+        for wave in 0..waves {
+            let members: Vec<usize> = (0..planned.len()).filter(|&i| level[i] == wave).collect();
+            let results: Vec<Result<InstantiatedAction, InstantiateError>> = members
+                .par_iter()
+                .map(|&i| self.instantiate_one(element, &work, &planned[i]))
+                .collect();
+            self.flush(element, &work)?;
+            for (&i, result) in members.iter().zip(results) {
+                let outcome = result?;
+                if outcome.complete {
+                    self.instantiated.insert(outcome.base, outcome.action);
+                }
+                outcomes[i] = Some(outcome);
+            }
+        }
+        Ok(outcomes.into_iter().map(|o| o.expect("every action is in one wave")).collect())
+    }
+
+    /// Writes the blobs the element's rewrites produced that the store lacks.
+    fn flush(&self, element: &str, work: &ElementWork<'_>) -> Result<(), InstantiateError> {
+        let mut blobs =
+            std::mem::take(&mut *work.written.lock().expect("no panics while holding the lock"));
+        if blobs.is_empty() {
+            return Ok(());
+        }
+        blobs.sort_unstable_by(|a, b| a.digest().cmp(b.digest()));
+        blobs.dedup_by(|a, b| a.digest() == b.digest());
+        let store_error = |source| InstantiateError::Store {
+            what: format!("storing the instantiated actions of element {element:?}"),
+            source: Box::new(source),
+        };
+        let digests: Vec<Digest> = blobs.iter().map(|b| *b.digest()).collect();
+        let missing: HashSet<Digest> =
+            self.store.find_missing(&digests).map_err(store_error)?.into_iter().collect();
+        blobs.retain(|b| missing.contains(b.digest()));
+        merkle::write_in_batches(self.store, &blobs).map_err(store_error)
+    }
+
+    fn instantiate_one(
+        &self,
+        element: &str,
+        work: &ElementWork<'_>,
+        planned: &Planned,
+    ) -> Result<InstantiatedAction, InstantiateError> {
+        let mut outcome = InstantiatedAction {
+            base: planned.base,
+            action: planned.base,
+            complete: true,
+            applied: 0,
+            unchanged: 0,
+            skipped: 0,
+            unresolved: 0,
+            unresolved_reasons: Vec::new(),
+        };
+        let mut changing: BTreeMap<Digest, &Vec<u32>> = BTreeMap::new();
+        for (target, ids) in &planned.by_target {
+            for &id in ids {
+                let resolution = match work.resolutions[id as usize].get() {
+                    Some(r) => r.clone(),
+                    None => {
+                        let (origin, target) = &work.overlays[id as usize];
+                        let r = self.resolve(element, origin, target, 0)?;
+                        work.resolutions[id as usize].get_or_init(|| r).clone()
+                    }
+                };
+                match resolution {
+                    Resolution::Replace(new) if new != *target => {
+                        outcome.applied += 1;
+                        changing.insert(*target, ids);
+                    }
+                    Resolution::Replace(_) => outcome.unchanged += 1,
+                    Resolution::Skip => outcome.skipped += 1,
+                    Resolution::Unresolved(reason) => {
+                        outcome.unresolved += 1;
+                        if outcome.unresolved_reasons.len() < 3 {
+                            outcome.unresolved_reasons.push(reason);
+                        }
+                    }
+                }
+            }
+        }
+        outcome.complete = outcome.unresolved == 0;
+        if changing.is_empty() {
+            return Ok(outcome);
+        }
+        let rewrite_error = |reason: String| InstantiateError::Action {
+            element: element.into(),
+            action: planned.base,
+            source: Box::new(CasError::InvalidDirectory { digest: planned.root, reason }),
+        };
+        let root =
+            self.rewrite(work, &changing, &planned.root, String::new()).map_err(|e| match e {
+                RewriteError::Store(source) => InstantiateError::Action {
+                    element: element.into(),
+                    action: planned.base,
+                    source,
+                },
+                RewriteError::Splice(directory, reason) => {
+                    rewrite_error(format!("rewriting Directory {directory}: {reason}"))
+                }
+            })?;
+        if root == planned.root {
+            return Ok(outcome);
+        }
+        let action = splice::rewrite_action(&planned.raw, &root).map_err(|reason| {
+            InstantiateError::Action {
+                element: element.into(),
+                action: planned.base,
+                source: Box::new(CasError::InvalidDigest {
+                    input: planned.base.to_string(),
+                    reason,
+                }),
+            }
+        })?;
+        let blob = Blob::new(self.store.digest_function(), action);
+        outcome.action = *blob.digest();
+        work.written.lock().expect("no panics while holding the lock").push(blob);
+        Ok(outcome)
+    }
+
+    /// The digest of directory `digest` at `path` after the action's replacements.
+    fn rewrite(
+        &self,
+        work: &ElementWork<'_>,
+        changing: &BTreeMap<Digest, &Vec<u32>>,
+        digest: &Digest,
+        path: String,
+    ) -> Result<Digest, RewriteError> {
+        // The replacements that can matter below here: changing digests this subtree holds.
+        let signature: Vec<(Digest, Vec<u32>)> = changing
+            .iter()
+            .filter(|(target, _)| work.ancestors_of(target).contains(digest))
+            .map(|(target, ids)| (*target, (*ids).clone()))
+            .collect();
+        if signature.is_empty() {
+            return Ok(*digest);
+        }
+        let key = (*digest, path, signature);
+        if self.config.memoize {
+            if let Some(done) = work.memo.get(&key) {
+                return Ok(*done);
+            }
+        }
+        let (digest, path, signature) = key;
+        let function = digest.function();
+        let directory = work.forest.get(&digest).expect("input trees were fetched");
+        let mut files: HashMap<&str, Digest> = HashMap::new();
+        for file in &directory.files {
+            let old = merkle::file_digest(function, file).expect("validated when fetched");
+            if let Some(ids) = changing.get(&old) {
+                let file_path = join(&path, &file.name);
+                let chosen = ids
+                    .iter()
+                    .min_by(|a, b| {
+                        compare_for(
+                            &file_path,
+                            &work.overlays[**a as usize].0,
+                            &work.overlays[**b as usize].0,
+                        )
+                    })
+                    .expect("targets have overlays");
+                if let Some(Resolution::Replace(new)) = work.resolutions[*chosen as usize].get() {
+                    if *new != old {
+                        files.insert(&file.name, *new);
+                    }
+                }
+            }
+        }
+        let mut dirs: HashMap<&str, Digest> = HashMap::new();
+        for dir in &directory.directories {
+            let old = merkle::dir_digest(function, dir).expect("validated when fetched");
+            let new = self.rewrite(work, changing, &old, join(&path, &dir.name))?;
+            if new != old {
+                dirs.insert(&dir.name, new);
+            }
+        }
+        let result = if files.is_empty() && dirs.is_empty() {
+            digest
+        } else {
+            let raw = work.raw_directory(self.store, &digest).map_err(RewriteError::Store)?;
+            let bytes = splice::rewrite_directory(
+                &raw,
+                |n| files.get(n).copied(),
+                |n| dirs.get(n).copied(),
+            )
+            .map_err(|reason| RewriteError::Splice(digest, reason))?;
+            let blob = Blob::new(function, bytes);
+            let new = *blob.digest();
+            work.written.lock().expect("no panics while holding the lock").push(blob);
+            new
+        };
+        if self.config.memoize {
+            work.memo.insert((digest, path, signature), result);
+        }
+        Ok(result)
+    }
+
+    /// Resolves one overlay in the context of `element` (whose "" it means).
+    fn resolve(
+        &self,
+        element: &str,
+        origin: &Origin,
+        target: &Digest,
+        depth: usize,
+    ) -> Result<Resolution, InstantiateError> {
+        if depth > 32 {
+            return Ok(Resolution::Unresolved(format!(
+                "artifact overlays of {element:?} nest deeper than 32"
+            )));
+        }
+        let owner = if origin.element.is_empty() { element } else { origin.element.as_str() };
+        let Some(state) = self.elements.get(owner) else {
+            return Ok(Resolution::Unresolved(format!("unknown element {owner:?}")));
+        };
+        if owner != element && state.unchanged() && origin.kind != OriginKind::Action {
+            return Ok(Resolution::Skip);
+        }
+        match origin.kind {
+            OriginKind::Source => match state.sources {
+                None => Ok(Resolution::Unresolved(format!("element {owner:?} has no sources"))),
+                Some(root) => self.lookup(owner, "sources", &root, &origin.path),
+            },
+            OriginKind::Artifact => match state.artifact {
+                Some(root) => self.lookup(owner, "artifact", &root, &origin.path),
+                None => {
+                    let Some(previous) = state.previous_speculative_actions else {
+                        return Ok(Resolution::Unresolved(format!(
+                            "{owner:?} is not built and has no previous SpeculativeActions"
+                        )));
+                    };
+                    let traces = self.previous_artifact_overlays(owner, &previous)?;
+                    let chosen = traces.get(target).and_then(|candidates| {
+                        candidates.iter().min_by(|a, b| compare_for(&origin.path, a, b))
+                    });
+                    match chosen {
+                        Some(traced) => self.resolve(owner, traced, target, depth + 1),
+                        None => Ok(Resolution::Unresolved(format!(
+                            "{owner:?} is not built and its artifact overlays do not trace {}",
+                            origin.path
+                        ))),
+                    }
+                }
+            },
+            OriginKind::Action => {
+                let producer = origin.producer.expect("ACTION origins have a producer");
+                let Some(adapted) = self.instantiated(&producer) else {
+                    return Ok(Resolution::Unresolved(format!(
+                        "producer {producer} is not instantiated completely"
+                    )));
+                };
+                let result = self.store.get_action_result(&adapted).map_err(|source| {
+                    InstantiateError::Store {
+                        what: format!(
+                            "reading the result of {adapted} (instantiated from {producer})"
+                        ),
+                        source: Box::new(source),
+                    }
+                })?;
+                let Some(result) = result else {
+                    return Ok(Resolution::Unresolved(format!(
+                        "producer {adapted} has no result yet"
+                    )));
+                };
+                let function = self.store.digest_function();
+                match result.output_files.iter().find(|f| f.path == origin.path) {
+                    Some(file) => {
+                        let digest = Digest::from_proto_field(
+                            function,
+                            file.digest.as_ref(),
+                            "OutputFile.digest",
+                        )
+                        .map_err(|source| InstantiateError::Store {
+                            what: format!("reading the result of {adapted}"),
+                            source: Box::new(source),
+                        })?;
+                        Ok(Resolution::Replace(digest))
+                    }
+                    None => Ok(Resolution::Unresolved(format!(
+                        "producer {adapted} has no output {}",
+                        origin.path
+                    ))),
+                }
+            }
+        }
+    }
+
+    fn lookup(
+        &self,
+        owner: &str,
+        what: &'static str,
+        root: &Digest,
+        path: &str,
+    ) -> Result<Resolution, InstantiateError> {
+        let index = self.path_index(owner, what, root)?;
+        Ok(match index.get(path) {
+            Some(digest) => Resolution::Replace(*digest),
+            None => Resolution::Unresolved(format!("no file {path} in the {what} of {owner:?}")),
+        })
+    }
+
+    fn path_index(
+        &self,
+        owner: &str,
+        what: &'static str,
+        root: &Digest,
+    ) -> Result<Arc<HashMap<String, Digest>>, InstantiateError> {
+        let cell = self.path_indexes.entry(*root).or_default().clone();
+        let result = cell.get_or_init(|| {
+            let forest = merkle::fetch_tree(self.store, root, &self.config.limits)?;
+            let files = forest.files(root)?;
+            Ok(Arc::new(files.into_iter().map(|(path, digest, _)| (path, digest)).collect()))
+        });
+        result.clone().map_err(|source| InstantiateError::Tree {
+            element: owner.into(),
+            what,
+            root: *root,
+            source,
+        })
+    }
+
+    fn previous_artifact_overlays(
+        &self,
+        owner: &str,
+        digest: &Digest,
+    ) -> Result<Arc<HashMap<Digest, Vec<Origin>>>, InstantiateError> {
+        let function = self.store.digest_function();
+        let cell = self.artifact_overlays.entry(*digest).or_default().clone();
+        let result = cell.get_or_init(|| {
+            let blob = self.store.read_blob(digest)?;
+            let message = SpeculativeActions::decode(blob).map_err(|source| CasError::Decode {
+                what: "SpeculativeActions",
+                digest: *digest,
+                source,
+            })?;
+            let mut map: HashMap<Digest, Vec<Origin>> = HashMap::new();
+            for (i, overlay) in message.artifact_overlays.iter().enumerate() {
+                let (origin, target) = Origin::from_overlay(function, overlay).map_err(|err| {
+                    CasError::InvalidDigest {
+                        input: format!("artifact overlay {i}"),
+                        reason: err.to_string(),
+                    }
+                })?;
+                map.entry(target).or_default().push(origin);
+            }
+            Ok(Arc::new(map))
+        });
+        result.clone().map_err(|source| InstantiateError::Tree {
+            element: owner.into(),
+            what: "previous SpeculativeActions",
+            root: *digest,
+            source,
+        })
+    }
+}
+
+enum RewriteError {
+    Store(Box<CasError>),
+    Splice(Digest, String),
+}
+
+impl<'f> ElementWork<'f> {
+    fn new(forest: &'f Forest, overlays: Vec<(Origin, Digest)>) -> Self {
+        let function = forest.roots().first().map_or(DigestFunction::Sha256, |d| d.function());
+        let mut parents: HashMap<Digest, Vec<Digest>> = HashMap::new();
+        let mut holders: HashMap<Digest, Vec<Digest>> = HashMap::new();
+        let targets: HashSet<Digest> = overlays.iter().map(|(_, t)| *t).collect();
+        for (digest, directory) in forest.directories() {
+            for dir in &directory.directories {
+                let child = merkle::dir_digest(function, dir).expect("validated when fetched");
+                parents.entry(child).or_default().push(*digest);
+            }
+            for file in &directory.files {
+                let file_digest =
+                    merkle::file_digest(function, file).expect("validated when fetched");
+                if targets.contains(&file_digest) {
+                    holders.entry(file_digest).or_default().push(*digest);
+                }
+            }
+        }
+        let resolutions = (0..overlays.len()).map(|_| OnceLock::new()).collect();
+        ElementWork {
+            forest,
+            overlays,
+            resolutions,
+            parents,
+            holders,
+            ancestors: DashMap::new(),
+            raw_dirs: DashMap::new(),
+            memo: DashMap::new(),
+            written: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Every directory whose subtree holds a file with this digest.
+    fn ancestors_of(&self, target: &Digest) -> Arc<HashSet<Digest>> {
+        if let Some(found) = self.ancestors.get(target) {
+            return found.clone();
+        }
+        let mut seen: HashSet<Digest> = HashSet::new();
+        let mut stack: Vec<Digest> = self.holders.get(target).cloned().unwrap_or_default();
+        while let Some(dir) = stack.pop() {
+            if seen.insert(dir) {
+                if let Some(parents) = self.parents.get(&dir) {
+                    stack.extend(parents.iter().copied());
+                }
+            }
+        }
+        let seen = Arc::new(seen);
+        self.ancestors.insert(*target, seen.clone());
+        seen
+    }
+
+    fn raw_directory<S: Store + ?Sized>(
+        &self,
+        store: &S,
+        digest: &Digest,
+    ) -> Result<Bytes, Box<CasError>> {
+        if let Some(raw) = self.raw_dirs.get(digest) {
+            return Ok(raw.clone());
+        }
+        let raw = store.read_blob(digest).map_err(Box::new)?;
+        self.raw_dirs.insert(*digest, raw.clone());
+        Ok(raw)
+    }
+}

@@ -1,0 +1,223 @@
+//! Byte-level editing of `Directory` and `Action` blobs: replace digests, keep every other
+//! byte (including fields a newer client wrote that our protos do not know) as it was.
+//!
+//! Protobuf fields are a sequence of (key, payload); a Directory holds its FileNodes in field 1
+//! and DirectoryNodes in field 2, each with `name = 1` and `digest = 2`; an Action holds
+//! `input_root_digest = 2`. Replacing a digest rewrites that one field (and the lengths of the
+//! messages around it); everything else is copied, in its original order.
+
+use prost::Message;
+use prost::encoding::{WireType, decode_key, decode_varint, encode_key, encode_varint};
+use sa_cas::Digest;
+
+/// A field as it appears in the buffer.
+struct RawField<'a> {
+    number: u32,
+    /// The whole field, key included.
+    bytes: &'a [u8],
+    /// For length-delimited fields, the payload.
+    payload: Option<&'a [u8]>,
+}
+
+/// Splits a message into its fields. Fails on malformed input.
+fn fields(mut buf: &[u8]) -> Result<Vec<RawField<'_>>, String> {
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let start = buf;
+        let (number, wire_type) = decode_key(&mut buf).map_err(|e| e.to_string())?;
+        let payload = match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut buf).map_err(|e| e.to_string())?;
+                None
+            }
+            WireType::SixtyFourBit => {
+                buf = buf.get(8..).ok_or("truncated fixed64")?;
+                None
+            }
+            WireType::ThirtyTwoBit => {
+                buf = buf.get(4..).ok_or("truncated fixed32")?;
+                None
+            }
+            WireType::LengthDelimited => {
+                let len = decode_varint(&mut buf).map_err(|e| e.to_string())?;
+                let len = usize::try_from(len).map_err(|_| "length overflows")?;
+                let payload = buf.get(..len).ok_or("truncated length-delimited field")?;
+                buf = &buf[len..];
+                Some(payload)
+            }
+            WireType::StartGroup | WireType::EndGroup => {
+                return Err("groups are not supported".into());
+            }
+        };
+        let used = start.len() - buf.len();
+        out.push(RawField { number, bytes: &start[..used], payload });
+    }
+    Ok(out)
+}
+
+fn put_length_delimited(out: &mut Vec<u8>, number: u32, payload: &[u8]) {
+    encode_key(number, WireType::LengthDelimited, out);
+    encode_varint(payload.len() as u64, out);
+    out.extend_from_slice(payload);
+}
+
+/// Rewrites a node (FileNode or DirectoryNode): its `digest = 2` replaced by `digest`.
+fn replace_node_digest(node: &[u8], digest: &Digest) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(node.len() + 8);
+    let mut replaced = false;
+    for field in fields(node)? {
+        if field.number == 2 && field.payload.is_some() && !replaced {
+            put_length_delimited(&mut out, 2, &digest.to_proto().encode_to_vec());
+            replaced = true;
+        } else {
+            out.extend_from_slice(field.bytes);
+        }
+    }
+    if !replaced {
+        return Err("node has no digest".into());
+    }
+    Ok(out)
+}
+
+/// Rewrites a Directory blob: `files(name)` and `dirs(name)` return the digest to put in place
+/// of the entry's, or `None` to keep it. Returns the new blob.
+pub(crate) fn rewrite_directory(
+    blob: &[u8],
+    mut files: impl FnMut(&str) -> Option<Digest>,
+    mut dirs: impl FnMut(&str) -> Option<Digest>,
+) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(blob.len() + 64);
+    for field in fields(blob)? {
+        let replacement = match (field.number, field.payload) {
+            (1 | 2, Some(node)) => {
+                let name = node_name(node)?;
+                if field.number == 1 { files(&name) } else { dirs(&name) }.map(|d| (node, d))
+            }
+            _ => None,
+        };
+        match replacement {
+            Some((node, digest)) => {
+                put_length_delimited(&mut out, field.number, &replace_node_digest(node, &digest)?)
+            }
+            None => out.extend_from_slice(field.bytes),
+        }
+    }
+    Ok(out)
+}
+
+fn node_name(node: &[u8]) -> Result<String, String> {
+    for field in fields(node)? {
+        if field.number == 1 {
+            let payload = field.payload.ok_or("node name is not a string")?;
+            return String::from_utf8(payload.to_vec())
+                .map_err(|_| "node name is not UTF-8".into());
+        }
+    }
+    // proto3 omits an empty name; validation has already refused empty names.
+    Ok(String::new())
+}
+
+/// Rewrites an Action blob with a new `input_root_digest = 2`.
+pub(crate) fn rewrite_action(blob: &[u8], input_root: &Digest) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(blob.len() + 8);
+    let mut replaced = false;
+    for field in fields(blob)? {
+        if field.number == 2 && field.payload.is_some() && !replaced {
+            put_length_delimited(&mut out, 2, &input_root.to_proto().encode_to_vec());
+            replaced = true;
+        } else {
+            out.extend_from_slice(field.bytes);
+        }
+    }
+    if !replaced {
+        return Err("Action has no input_root_digest".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail by panicking
+mod tests {
+    use super::*;
+    use sa_cas::DigestFunction;
+    use sa_proto::reapi::{Action, Directory, DirectoryNode, FileNode};
+
+    fn d(s: &str) -> Digest {
+        DigestFunction::Sha256.hash_bytes(s.as_bytes())
+    }
+
+    #[test]
+    fn replaces_only_named_digests_and_matches_prost() {
+        let dir = Directory {
+            files: vec![
+                FileNode {
+                    name: "a".into(),
+                    digest: Some(d("a").to_proto()),
+                    is_executable: true,
+                    ..Default::default()
+                },
+                FileNode {
+                    name: "b".into(),
+                    digest: Some(d("b").to_proto()),
+                    ..Default::default()
+                },
+            ],
+            directories: vec![DirectoryNode { name: "c".into(), digest: Some(d("c").to_proto()) }],
+            ..Default::default()
+        };
+        let out = rewrite_directory(
+            &dir.encode_to_vec(),
+            |name| (name == "b").then(|| d("B")),
+            |name| (name == "c").then(|| d("C")),
+        )
+        .unwrap();
+        let mut expected = dir.clone();
+        expected.files[1].digest = Some(d("B").to_proto());
+        expected.directories[0].digest = Some(d("C").to_proto());
+        assert_eq!(out, expected.encode_to_vec());
+    }
+
+    #[test]
+    fn unknown_fields_survive_byte_for_byte() {
+        let file =
+            FileNode { name: "a".into(), digest: Some(d("a").to_proto()), ..Default::default() };
+        let mut node = file.encode_to_vec();
+        // Field 15 (varint 7) inside the node, and field 99 (bytes "x") in the Directory.
+        node.extend_from_slice(&[0x78, 0x07]);
+        let mut blob = Vec::new();
+        put_length_delimited(&mut blob, 1, &node);
+        blob.extend_from_slice(&[0x9a, 0x06, 0x01, b'x']);
+        let out = rewrite_directory(&blob, |_| Some(d("A")), |_| None).unwrap();
+        let mut expected_node =
+            FileNode { digest: Some(d("A").to_proto()), ..file }.encode_to_vec();
+        expected_node.extend_from_slice(&[0x78, 0x07]);
+        let mut expected = Vec::new();
+        put_length_delimited(&mut expected, 1, &expected_node);
+        expected.extend_from_slice(&[0x9a, 0x06, 0x01, b'x']);
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn action_keeps_everything_but_the_input_root() {
+        let action = Action {
+            command_digest: Some(d("cmd").to_proto()),
+            input_root_digest: Some(d("root").to_proto()),
+            do_not_cache: false,
+            salt: bytes::Bytes::from_static(b"salt"),
+            ..Default::default()
+        };
+        let mut blob = action.encode_to_vec();
+        blob.extend_from_slice(&[0xa0, 0x06, 0x01]); // unknown field 100 = 1
+        let out = rewrite_action(&blob, &d("new")).unwrap();
+        let mut expected =
+            Action { input_root_digest: Some(d("new").to_proto()), ..action }.encode_to_vec();
+        expected.extend_from_slice(&[0xa0, 0x06, 0x01]);
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn malformed_input_is_an_error() {
+        assert!(rewrite_directory(&[0x0a, 0x05, 0x01], |_| None, |_| None).is_err());
+        assert!(rewrite_action(&[0x0a, 0x00], &d("x")).is_err());
+    }
+}
