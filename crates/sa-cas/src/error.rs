@@ -50,7 +50,7 @@ pub enum CasError {
     #[error("missing field {0}")]
     MissingField(&'static str),
     /// A blob does not decode as the message it should hold.
-    #[error("blob {digest} is not a valid {what}: {source}")]
+    #[error("blob {digest} is not a valid {what}")]
     Decode {
         /// The message type expected.
         what: &'static str,
@@ -79,7 +79,7 @@ pub enum CasError {
     #[error("limit exceeded: {0}")]
     LimitExceeded(String),
     /// A filesystem operation failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,

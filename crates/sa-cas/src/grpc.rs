@@ -101,6 +101,7 @@ pub struct GrpcCas {
     semaphore: Arc<Semaphore>,
     max_batch_bytes: u64,
     capabilities: ServerCapabilities,
+    rpcs: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for GrpcCas {
@@ -149,6 +150,7 @@ impl GrpcCas {
             semaphore,
             max_batch_bytes: MAX_MESSAGE - BATCH_HEADROOM,
             capabilities: ServerCapabilities::default(),
+            rpcs: std::sync::atomic::AtomicU64::new(0),
         };
         let capabilities = cas.call("GetCapabilities", |channel| {
             let request = cas.request(GetCapabilitiesRequest {
@@ -181,6 +183,11 @@ impl GrpcCas {
         cas.max_batch_bytes = limit.saturating_sub(BATCH_HEADROOM).max(limit / 2);
         cas.capabilities = capabilities;
         Ok(cas)
+    }
+
+    /// RPC attempts made so far (retries included).
+    pub fn rpc_count(&self) -> u64 {
+        self.rpcs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The capabilities the server announced.
@@ -296,6 +303,7 @@ impl GrpcCas {
         let mut attempt = 0;
         loop {
             let permit = self.semaphore.acquire().await.expect("the semaphore is never closed");
+            self.rpcs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let result =
                 tokio::time::timeout(self.config.rpc_timeout, make(self.channel.clone())).await;
             drop(permit);

@@ -32,6 +32,7 @@ mod grpc;
 mod local;
 mod memory;
 pub mod merkle;
+mod metered;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -41,4 +42,5 @@ pub use error::{CasError, ResultExt};
 pub use grpc::{GrpcCas, GrpcConfig};
 pub use local::{LocalCas, LocalCasConfig};
 pub use memory::MemoryCas;
+pub use metered::{Metered, StoreStats};
 pub use store::{ActionCache, Blob, Cas, Store, read_message, write_message};

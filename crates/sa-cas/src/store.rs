@@ -3,6 +3,7 @@
 use std::fmt;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::Message;
@@ -169,3 +170,24 @@ pub(crate) fn check_content(digest: &Digest, data: &[u8], verify: bool) -> Resul
     }
     Ok(())
 }
+
+macro_rules! forward_store {
+    ($($wrapper:ident),*) => {$(
+        impl<T: Cas + ?Sized> Cas for $wrapper<T> {
+            fn digest_function(&self) -> DigestFunction { (**self).digest_function() }
+            fn read_blobs(&self, digests: &[Digest]) -> Result<Vec<Bytes>, CasError> { (**self).read_blobs(digests) }
+            fn write_blobs(&self, blobs: &[Blob]) -> Result<(), CasError> { (**self).write_blobs(blobs) }
+            fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, CasError> { (**self).find_missing(digests) }
+            fn max_batch_bytes(&self) -> u64 { (**self).max_batch_bytes() }
+            fn read_blob_to(&self, digest: &Digest, out: &mut dyn Write) -> Result<(), CasError> { (**self).read_blob_to(digest, out) }
+            fn write_file(&self, digest: &Digest, path: &Path) -> Result<(), CasError> { (**self).write_file(digest, path) }
+        }
+        impl<T: ActionCache + ?Sized> ActionCache for $wrapper<T> {
+            fn get_action_result(&self, action: &Digest) -> Result<Option<ActionResult>, CasError> { (**self).get_action_result(action) }
+            fn update_action_result(&self, action: &Digest, result: &ActionResult) -> Result<(), CasError> { (**self).update_action_result(action, result) }
+        }
+    )*};
+}
+
+// Boxed and shared stores are stores, so callers can choose a backend at run time.
+forward_store!(Box, Arc);

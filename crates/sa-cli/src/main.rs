@@ -1,21 +1,235 @@
 //! `sa`: the speculative-actions command-line tool that build scripts call between builds.
+//!
+//! Exit codes: 0 success, 1 failure (the error and its causes go to stderr), 2 usage error.
+//! A closed stdout (a broken pipe) ends the command quietly with 0.
 
+mod commands;
+mod graph;
+mod inspect;
+mod prime;
+mod store;
+
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
+use sa_cas::DigestFunction;
+
+const EXAMPLES: &str = "\
+Examples:
+  sa ingest ./src                                   store a directory, print its root digest
+  sa generate --graph build1.json --output build1.out.json
+  sa instantiate --graph build2.json --previous build1.out.json --json
+  sa prime --graph build2.json --previous build1.out.json --remote grpc://127.0.0.1:50051
+  sa inspect 3fa9…/120 --as directory
+
+Exit codes: 0 success, 1 failure, 2 usage error.";
 
 /// Speculative actions: prime a remote-execution action cache before the build asks for it.
+///
+/// After a build, `sa generate` records where every input of every compile step came from;
+/// before the next build, `sa instantiate` adapts those steps to the changed sources and
+/// `sa prime` executes them, so the build finds them cached.
 #[derive(Debug, Parser)]
-#[command(name = "sa", version, about)]
-struct Cli {}
+#[command(name = "sa", version, about, long_about, after_help = EXAMPLES)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Print one JSON object per line (for scripts) instead of a human summary.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print store traffic (blobs, bytes, calls, RPCs) and time per phase to stderr.
+    #[arg(long, global = true)]
+    stats: bool,
+    /// More logging on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> ExitCode {
-    match Cli::try_parse() {
-        Ok(Cli {}) => ExitCode::SUCCESS,
-        Err(err) => {
-            // clap prints help and version to stdout with exit 0, usage errors with exit 2.
-            let _ = err.print();
-            ExitCode::from(if err.use_stderr() { 2 } else { 0 })
+/// Where blobs and action results live.
+#[derive(Debug, Args)]
+pub(crate) struct StoreArgs {
+    /// Local store directory, laid out like buildbox-casd's
+    /// [default: ${XDG_CACHE_HOME:-~/.cache}/speculative-actions]
+    #[arg(long, env = "SA_CAS", global = true, value_name = "DIR")]
+    cas: Option<PathBuf>,
+    /// Use a REAPI server instead of the local store: grpc://HOST:PORT, grpcs://HOST:PORT or
+    /// unix:/PATH (for `prime`: the execution service).
+    #[arg(long, env = "SA_REMOTE", global = true, value_name = "URL")]
+    remote: Option<String>,
+    /// REAPI instance name.
+    #[arg(long, default_value = "", global = true, value_name = "NAME")]
+    instance_name: String,
+    /// Extra request header for the remote, e.g. authorization=Bearer… (repeatable; values are
+    /// never printed).
+    #[arg(long, global = true, value_name = "KEY=VALUE")]
+    remote_header: Vec<String>,
+    /// PEM file of a CA certificate to trust for grpcs://.
+    #[arg(long, global = true, value_name = "PEM")]
+    tls_ca_cert: Option<PathBuf>,
+    /// PEM file of a client certificate for grpcs:// (with --tls-client-key).
+    #[arg(long, global = true, value_name = "PEM")]
+    tls_client_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's key.
+    #[arg(long, global = true, value_name = "PEM")]
+    tls_client_key: Option<PathBuf>,
+    /// Digest function of the store and the graph: sha256 or blake3.
+    #[arg(long, default_value = "sha256", value_parser = store::parse_function, global = true)]
+    digest_function: DigestFunction,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate and store SpeculativeActions for the elements of a build graph.
+    #[command(
+        after_help = "Example:\n  sa generate --graph build1.json --output build1.out.json --json"
+    )]
+    Generate(commands::GenerateArgs),
+    /// Adapt the previous build's speculative actions to the next build.
+    #[command(
+        after_help = "Example:\n  sa instantiate --graph build2.json --previous build1.out.json --json"
+    )]
+    Instantiate(commands::InstantiateArgs),
+    /// Instantiate, upload what the execution service lacks, and execute the adapted actions.
+    #[command(
+        after_help = "Example:\n  sa prime --graph build2.json --previous build1.out.json --remote grpc://127.0.0.1:50051 --jobs 8"
+    )]
+    Prime(prime::PrimeArgs),
+    /// Decode a blob and print it as JSON.
+    #[command(after_help = "Example:\n  sa inspect 3fa9…/120 --as tree")]
+    Inspect(inspect::InspectArgs),
+    /// Store a directory as a Merkle tree and print its root digest.
+    #[command(after_help = "Example:\n  sa ingest ./src")]
+    Ingest(commands::IngestArgs),
+    /// Print the subactions recorded in an action's ActionResult.
+    #[command(after_help = "Example:\n  sa subactions 77be…/142")]
+    Subactions(commands::SubactionsArgs),
+}
+
+/// Output to stdout and the time per phase, shared by the commands.
+pub(crate) struct Ui {
+    json: bool,
+    stats: bool,
+    phases: Vec<(&'static str, std::time::Duration)>,
+    stdout: std::io::StdoutLock<'static>,
+}
+
+impl Ui {
+    /// Prints a line; a closed stdout becomes a `BrokenPipe` error that ends quietly.
+    pub(crate) fn line(&mut self, text: impl std::fmt::Display) -> anyhow::Result<()> {
+        writeln!(self.stdout, "{text}").map_err(anyhow::Error::from)
+    }
+
+    pub(crate) fn json(&self) -> bool {
+        self.json
+    }
+
+    /// Runs `work` as a named phase (timed for `--stats`).
+    pub(crate) fn phase<T>(&mut self, name: &'static str, work: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let result = work();
+        self.phases.push((name, start.elapsed()));
+        result
+    }
+
+    /// A progress bar on stderr (hidden when stderr is not a terminal).
+    pub(crate) fn progress(&self, len: usize, what: &str) -> indicatif::ProgressBar {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(len as u64),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_message(what.to_owned());
+        bar
+    }
+
+    pub(crate) fn report_stats(&self, opened: &store::Opened, extra: Option<&store::Opened>) {
+        if !self.stats {
+            return;
+        }
+        for (name, s) in
+            std::iter::once(("store", opened)).chain(extra.map(|e| ("execution service", e)))
+        {
+            let t = s.store.stats();
+            let rpcs =
+                s.grpc.as_ref().map(|g| format!(", {} RPCs", g.rpc_count())).unwrap_or_default();
+            eprintln!(
+                "stats: {name} {}: read {} blobs ({} bytes), wrote {} blobs ({} bytes), {} presence checks, {} action-cache reads, {} writes, {} calls{rpcs}",
+                s.description,
+                t.blobs_read,
+                t.bytes_read,
+                t.blobs_written,
+                t.bytes_written,
+                t.presence_checks,
+                t.action_cache_reads,
+                t.action_cache_writes,
+                t.calls
+            );
+        }
+        for (name, duration) in &self.phases {
+            eprintln!("stats: phase {name}: {:.3}s", duration.as_secs_f64());
         }
     }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // Help and version go to stdout with 0; usage errors to stderr with 2.
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SA_LOG").unwrap_or_else(|_| filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut ui = Ui {
+        json: cli.json,
+        stats: cli.stats,
+        phases: Vec::new(),
+        stdout: std::io::stdout().lock(),
+    };
+    let result = match &cli.command {
+        Command::Generate(args) => commands::generate(&cli.store, args, &mut ui),
+        Command::Instantiate(args) => commands::instantiate(&cli.store, args, &mut ui),
+        Command::Prime(args) => prime::prime(&cli.store, args, &mut ui),
+        Command::Inspect(args) => inspect::inspect(&cli.store, args, &mut ui),
+        Command::Ingest(args) => commands::ingest(&cli.store, args, &mut ui),
+        Command::Subactions(args) => commands::subactions(&cli.store, args, &mut ui),
+    };
+    let result = result.and_then(|()| ui.stdout.flush().map_err(anyhow::Error::from));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", sa_generator::error_chain(err.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -1,0 +1,256 @@
+//! `generate`, `instantiate`, `ingest`, `subactions`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use sa_cas::merkle::{self, TreeLimits};
+use sa_cas::{ActionCache, Digest};
+use sa_generator::{ElementTrees, GenerateConfig, GenerateInput};
+use sa_instantiator::{ElementState, InstantiateConfig, InstantiatedAction, Instantiator};
+use serde_json::json;
+
+use crate::graph::{Element, Graph};
+use crate::{StoreArgs, Ui, store};
+
+#[derive(Debug, Args)]
+pub(crate) struct GenerateArgs {
+    /// The build graph (JSON) of the build that just ran.
+    #[arg(long, value_name = "G.json")]
+    graph: PathBuf,
+    /// Only these elements (repeatable); default: every element with subactions or an
+    /// artifact (an artifact alone still needs `artifact_overlays`, which let dependents be
+    /// primed before it is rebuilt).
+    #[arg(long, value_name = "NAME")]
+    element: Vec<String>,
+    /// Write the graph with `speculative_actions` filled in here.
+    #[arg(long, value_name = "OUT.json")]
+    output: Option<PathBuf>,
+    /// Leave out (and report) subactions whose Action or input tree is missing or invalid.
+    #[arg(long)]
+    skip_broken_subactions: bool,
+}
+
+fn trees(element: &Element) -> ElementTrees {
+    ElementTrees {
+        name: element.name.clone(),
+        sources: element.sources,
+        artifact: element.artifact,
+    }
+}
+
+pub(crate) fn generate(args: &StoreArgs, cmd: &GenerateArgs, ui: &mut Ui) -> Result<()> {
+    let opened = store::open(args)?;
+    let mut graph = Graph::load(&cmd.graph, args.digest_function)?;
+    let selected: Vec<Element> = graph
+        .select(&cmd.element, |e| !e.subactions.is_empty() || e.artifact.is_some())?
+        .into_iter()
+        .cloned()
+        .collect();
+    let config = GenerateConfig {
+        skip_broken_subactions: cmd.skip_broken_subactions,
+        limits: TreeLimits::default(),
+    };
+    let bar = ui.progress(selected.len(), "generate");
+    let mut lines = Vec::new();
+    for element in &selected {
+        let input = GenerateInput {
+            element: trees(element),
+            dependencies: element
+                .build_deps
+                .iter()
+                .map(|d| trees(graph.get(d).expect("dependencies were validated")))
+                .collect(),
+            subactions: element.subactions.clone(),
+        };
+        let generated = ui
+            .phase("generate", || sa_generator::generate(&opened.store, &input, &config))
+            .with_context(|| format!("generating for element {:?}", element.name))?;
+        let stats = &generated.stats;
+        for skipped in &stats.skipped {
+            eprintln!("warning: {:?}: skipped {}", element.name, skipped.reason);
+        }
+        if ui.json() {
+            lines.push(
+                json!({
+                    "element": element.name,
+                    "speculative_actions": generated.digest.to_string(),
+                    "actions": stats.actions,
+                    "overlays": stats.overlays(),
+                })
+                .to_string(),
+            );
+        } else {
+            lines.push(format!(
+                "{}: {} of {} subactions with overlays, {} overlays ({} source, {} action, {} artifact), {} artifact overlays, {} inputs unattributed, {} skipped -> {}",
+                element.name, stats.actions, stats.subactions, stats.overlays(), stats.source_overlays, stats.action_overlays,
+                stats.artifact_overlays, stats.artifact_file_overlays, stats.unattributed_inputs, stats.skipped.len(), generated.digest
+            ));
+        }
+        graph.get_mut(&element.name).expect("selected from the graph").speculative_actions =
+            Some(generated.digest);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if let Some(output) = &cmd.output {
+        let text = serde_json::to_string_pretty(&graph.to_json()).expect("JSON values serialize");
+        std::fs::write(output, text + "\n")
+            .with_context(|| format!("writing {}", output.display()))?;
+    }
+    for line in lines {
+        ui.line(line)?;
+    }
+    ui.report_stats(&opened, None);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InstantiateArgs {
+    /// The build graph (JSON) of the build about to run.
+    #[arg(long, value_name = "NEXT.json")]
+    pub(crate) graph: PathBuf,
+    /// The graph written by `sa generate` for the previous build.
+    #[arg(long, value_name = "PREV.json")]
+    pub(crate) previous: PathBuf,
+    /// Only these elements (repeatable); default: every element with speculative actions.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) element: Vec<String>,
+}
+
+/// What `instantiate` and `prime` work on: the element states of NEXT (with the previous
+/// build's keys and SpeculativeActions), and the elements to instantiate, in topological order,
+/// with their previous SpeculativeActions.
+pub(crate) struct Plan {
+    pub(crate) states: Vec<ElementState>,
+    pub(crate) targets: Vec<(String, Digest)>,
+}
+
+pub(crate) fn plan(args: &StoreArgs, cmd: &InstantiateArgs) -> Result<Plan> {
+    let next = Graph::load(&cmd.graph, args.digest_function)?;
+    let previous = Graph::load(&cmd.previous, args.digest_function)?;
+    let states = next
+        .elements
+        .iter()
+        .map(|e| {
+            let before = previous.get(&e.name);
+            ElementState {
+                name: e.name.clone(),
+                sources: e.sources,
+                artifact: e.artifact,
+                previous_key: before.and_then(|b| b.cache_key.clone()),
+                current_key: e.cache_key.clone(),
+                previous_speculative_actions: before.and_then(|b| b.speculative_actions),
+            }
+        })
+        .collect();
+    let with_spec: HashMap<&str, Digest> = previous
+        .elements
+        .iter()
+        .filter_map(|e| e.speculative_actions.map(|d| (e.name.as_str(), d)))
+        .collect();
+    let mut targets = Vec::new();
+    for element in next.select(&cmd.element, |e| with_spec.contains_key(e.name.as_str()))? {
+        match with_spec.get(element.name.as_str()) {
+            Some(digest) => targets.push((element.name.clone(), *digest)),
+            None => bail!(
+                "element {:?} has no speculative_actions in {}",
+                element.name,
+                cmd.previous.display()
+            ),
+        }
+    }
+    Ok(Plan { states, targets })
+}
+
+pub(crate) fn outcome_json(element: &str, o: &InstantiatedAction) -> serde_json::Value {
+    json!({
+        "element": element,
+        "base_action": o.base.to_string(),
+        "action": o.action.to_string(),
+        "complete": o.complete,
+        "applied": o.applied,
+        "skipped": o.skipped,
+        "unresolved": o.unresolved,
+    })
+}
+
+pub(crate) fn instantiate(args: &StoreArgs, cmd: &InstantiateArgs, ui: &mut Ui) -> Result<()> {
+    let opened = store::open(args)?;
+    let Plan { states, targets } = plan(args, cmd)?;
+    let instantiator = Instantiator::new(&opened.store, states, InstantiateConfig::default())?;
+    let bar = ui.progress(targets.len(), "instantiate");
+    let mut lines = Vec::new();
+    for (element, digest) in &targets {
+        let outcomes = ui
+            .phase("instantiate", || instantiator.instantiate_element(element, digest))
+            .with_context(|| format!("instantiating element {element:?}"))?;
+        if ui.json() {
+            lines.extend(outcomes.iter().map(|o| outcome_json(element, o).to_string()));
+        } else {
+            let complete = outcomes.iter().filter(|o| o.complete).count();
+            let changed = outcomes.iter().filter(|o| o.action != o.base).count();
+            lines.push(format!(
+                "{element}: {} actions, {complete} complete, {changed} changed, {} incomplete",
+                outcomes.len(),
+                outcomes.len() - complete
+            ));
+            for o in outcomes.iter().filter(|o| !o.complete) {
+                lines.push(format!("  incomplete {}: {}", o.base, o.unresolved_reasons.join("; ")));
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    for line in lines {
+        ui.line(line)?;
+    }
+    ui.report_stats(&opened, None);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct IngestArgs {
+    /// The directory to store.
+    path: PathBuf,
+}
+
+pub(crate) fn ingest(args: &StoreArgs, cmd: &IngestArgs, ui: &mut Ui) -> Result<()> {
+    let opened = store::open(args)?;
+    let root = ui
+        .phase("ingest", || merkle::ingest(&opened.store, &cmd.path, &TreeLimits::default()))
+        .with_context(|| format!("ingesting {}", cmd.path.display()))?;
+    if ui.json() {
+        ui.line(json!({"path": cmd.path.display().to_string(), "root": root.to_string()}))?;
+    } else {
+        ui.line(root)?;
+    }
+    ui.report_stats(&opened, None);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SubactionsArgs {
+    /// The Action digest (HASH/SIZE) whose ActionResult to read.
+    action: String,
+}
+
+pub(crate) fn subactions(args: &StoreArgs, cmd: &SubactionsArgs, ui: &mut Ui) -> Result<()> {
+    let opened = store::open(args)?;
+    let action = Digest::parse(args.digest_function, &cmd.action)?;
+    let result = opened
+        .store
+        .get_action_result(&action)?
+        .ok_or_else(|| anyhow!("no ActionResult for action {action} in {}", opened.description))?;
+    for (i, proto) in result.subactions.iter().enumerate() {
+        let digest = Digest::from_proto(args.digest_function, proto)
+            .with_context(|| format!("subaction {i} of the result of {action}"))?;
+        if ui.json() {
+            ui.line(json!({"action": action.to_string(), "subaction": digest.to_string()}))?;
+        } else {
+            ui.line(digest)?;
+        }
+    }
+    ui.report_stats(&opened, None);
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! `prime`: instantiate, upload what the execution service lacks, execute, in waves.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use prost::Message;
+use sa_cas::merkle::{self, TreeLimits};
+use sa_cas::{Digest, GrpcCas, Metered, Store, read_message};
+use sa_instantiator::{InstantiateConfig, InstantiatedAction, Instantiator};
+use sa_proto::google::longrunning::operation;
+use sa_proto::reapi::execution_client::ExecutionClient;
+use sa_proto::reapi::{Action, ActionResult, ExecuteRequest, ExecuteResponse};
+use serde_json::json;
+
+use crate::commands::{InstantiateArgs, Plan, plan};
+use crate::{StoreArgs, Ui, store};
+
+#[derive(Debug, Args)]
+pub(crate) struct PrimeArgs {
+    #[command(flatten)]
+    instantiate: InstantiateArgs,
+    /// Actions executed at once.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    jobs: usize,
+    /// Deadline of one execution, in seconds.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    execute_timeout: u64,
+}
+
+/// An execution's response and whether it came from the cache.
+type Executed = Result<(ExecuteResponse, bool)>;
+
+#[derive(Clone, Debug)]
+enum Status {
+    Cached,
+    Executed,
+    Failed(String),
+}
+
+pub(crate) fn prime(args: &StoreArgs, cmd: &PrimeArgs, ui: &mut Ui) -> Result<()> {
+    let Some(endpoint) = &args.remote else {
+        bail!("sa prime needs --remote URL (the execution service); blobs are read from --cas");
+    };
+    if cmd.jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    let local = store::open_local(args)?;
+    let local_desc = local.root().display().to_string();
+    let local_store: std::sync::Arc<dyn Store> = local;
+    let opened =
+        store::Opened { store: Metered::new(local_store), grpc: None, description: local_desc };
+    let grpc = store::connect(args, endpoint)?;
+    let remote_store: std::sync::Arc<dyn Store> = grpc.clone();
+    let remote = store::Opened {
+        store: Metered::new(remote_store),
+        grpc: Some(grpc.clone()),
+        description: endpoint.clone(),
+    };
+
+    let Plan { states, targets } = plan(args, &cmd.instantiate)?;
+    let instantiator = Instantiator::new(&opened.store, states, InstantiateConfig::default())?;
+    let mut status: HashMap<Digest, Status> = HashMap::new();
+    let mut last: Vec<(String, InstantiatedAction)>;
+    // Waves: each round instantiates again, so ACTION overlays resolve once their producers
+    // have results; it ends when a round finds nothing new to execute.
+    loop {
+        let mut outcomes = Vec::new();
+        for (element, digest) in &targets {
+            let result =
+                ui.phase("instantiate", || instantiator.instantiate_element(element, digest));
+            let element_outcomes =
+                result.with_context(|| format!("instantiating element {element:?}"))?;
+            outcomes.extend(element_outcomes.into_iter().map(|o| (element.clone(), o)));
+        }
+        let mut seen = HashSet::new();
+        let wave: Vec<Digest> = outcomes
+            .iter()
+            .filter(|(_, o)| o.complete && !status.contains_key(&o.action))
+            .map(|(_, o)| o.action)
+            .filter(|d| seen.insert(*d))
+            .collect();
+        last = outcomes;
+        if wave.is_empty() {
+            break;
+        }
+        ui.phase("upload", || upload(&opened.store, &remote.store, &wave))?;
+        let results = ui.phase("execute", || execute_all(&grpc, args, &wave, cmd))?;
+        for (action, result) in wave.iter().zip(results) {
+            let outcome = match result {
+                Ok((response, cached)) => {
+                    let result = response.result.clone().unwrap_or_default();
+                    let rpc_status = response.status.clone().unwrap_or_default();
+                    if rpc_status.code != 0 {
+                        Status::Failed(format!(
+                            "execution status {}: {}",
+                            rpc_status.code, rpc_status.message
+                        ))
+                    } else if result.exit_code != 0 {
+                        let stderr = stderr_excerpt(&remote.store, &result);
+                        Status::Failed(format!("exit code {}{stderr}", result.exit_code))
+                    } else {
+                        ui.phase("download", || {
+                            keep_result(&opened.store, &remote.store, action, &result)
+                        })?;
+                        if cached { Status::Cached } else { Status::Executed }
+                    }
+                }
+                Err(err) => Status::Failed(sa_generator::error_chain(err.as_ref())),
+            };
+            status.insert(*action, outcome);
+        }
+    }
+
+    let mut counts = [0usize; 4];
+    for (element, o) in &last {
+        let (name, detail) = if !o.complete {
+            ("incomplete", o.unresolved_reasons.join("; "))
+        } else {
+            match status.get(&o.action) {
+                Some(Status::Cached) => ("cached", String::new()),
+                Some(Status::Executed) => ("executed", String::new()),
+                Some(Status::Failed(why)) => ("failed", why.clone()),
+                None => ("incomplete", "not executed".into()),
+            }
+        };
+        let index = ["cached", "executed", "failed", "incomplete"]
+            .iter()
+            .position(|n| *n == name)
+            .expect("known status");
+        counts[index] += 1;
+        if ui.json() {
+            let mut line = json!({
+                "element": element,
+                "base_action": o.base.to_string(),
+                "action": o.action.to_string(),
+                "status": name,
+            });
+            if !detail.is_empty() {
+                line["detail"] = detail.into();
+            }
+            ui.line(line)?;
+        } else if name == "failed" || name == "incomplete" {
+            ui.line(format!("{element}: {name} {}: {detail}", o.action))?;
+        }
+    }
+    if !ui.json() {
+        ui.line(format!(
+            "primed {} actions: {} already cached, {} executed, {} failed, {} incomplete",
+            last.len(),
+            counts[0],
+            counts[1],
+            counts[2],
+            counts[3]
+        ))?;
+    }
+    ui.report_stats(&opened, Some(&remote));
+    if counts[2] > 0 {
+        bail!("{} actions failed to execute", counts[2]);
+    }
+    Ok(())
+}
+
+/// The start of a failed action's stderr, for the report (empty when unavailable).
+fn stderr_excerpt(remote: &dyn Store, result: &ActionResult) -> String {
+    let data = match &result.stderr_digest {
+        Some(d) => Digest::from_proto(remote.digest_function(), d)
+            .ok()
+            .and_then(|d| remote.read_blob(&d).ok())
+            .unwrap_or_default(),
+        None => result.stderr_raw.clone(),
+    };
+    let text = String::from_utf8_lossy(&data);
+    let text = text.trim();
+    if text.is_empty() {
+        return String::new();
+    }
+    let excerpt: String = text.chars().take(300).collect();
+    format!(", stderr: {excerpt}")
+}
+
+/// Uploads every blob the actions need (Action, Command, input tree) that the remote lacks.
+fn upload(local: &dyn Store, remote: &dyn Store, actions: &[Digest]) -> Result<()> {
+    let mut needed: Vec<Digest> = actions.to_vec();
+    let mut roots = Vec::new();
+    for action in actions {
+        let decoded: Action = read_message(local, action, "Action")?;
+        let function = local.digest_function();
+        needed.push(Digest::from_proto_field(
+            function,
+            decoded.command_digest.as_ref(),
+            "Action.command_digest",
+        )?);
+        roots.push(Digest::from_proto_field(
+            function,
+            decoded.input_root_digest.as_ref(),
+            "Action.input_root_digest",
+        )?);
+    }
+    let forest = merkle::fetch_forest(local, &roots, &TreeLimits::default())?;
+    needed.extend(forest.directories().keys().copied());
+    for root in &roots {
+        needed.extend(forest.files(root)?.into_iter().map(|(_, d, _)| d));
+    }
+    needed.sort_unstable();
+    needed.dedup();
+    let missing = remote.find_missing(&needed)?;
+    copy(local, remote, &missing).context("uploading to the execution service")
+}
+
+fn copy(from: &dyn Store, to: &dyn Store, digests: &[Digest]) -> Result<()> {
+    for range in merkle::batch_ranges(
+        digests.iter().map(Digest::size),
+        from.max_batch_bytes().min(to.max_batch_bytes()),
+    ) {
+        let part = &digests[range];
+        let blobs = from.read_blobs(part)?;
+        let blobs: Vec<sa_cas::Blob> =
+            part.iter().zip(blobs).map(|(d, data)| sa_cas::Blob::from_verified(*d, data)).collect();
+        to.write_blobs(&blobs)?;
+    }
+    Ok(())
+}
+
+/// Keeps an executed action's result (and its outputs) in the local store, where the
+/// instantiator resolves ACTION overlays.
+fn keep_result(
+    local: &dyn Store,
+    remote: &dyn Store,
+    action: &Digest,
+    result: &ActionResult,
+) -> Result<()> {
+    let function = local.digest_function();
+    let mut outputs = Vec::new();
+    for file in &result.output_files {
+        outputs.push(Digest::from_proto_field(
+            function,
+            file.digest.as_ref(),
+            "OutputFile.digest",
+        )?);
+    }
+    for d in [&result.stdout_digest, &result.stderr_digest].into_iter().flatten() {
+        outputs.push(Digest::from_proto(function, d)?);
+    }
+    let missing = local.find_missing(&outputs)?;
+    copy(remote, local, &missing)
+        .with_context(|| format!("downloading the outputs of {action}"))?;
+    local.update_action_result(action, result)?;
+    Ok(())
+}
+
+/// Executes the actions with at most `jobs` in flight; per action, the response and whether it
+/// came from the cache.
+fn execute_all(
+    grpc: &GrpcCas,
+    args: &StoreArgs,
+    actions: &[Digest],
+    cmd: &PrimeArgs,
+) -> Result<Vec<Executed>> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Executed>>> =
+        Mutex::new((0..actions.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..cmd.jobs.min(actions.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(action) = actions.get(i) else { break };
+                    let result =
+                        execute(grpc, args, action, Duration::from_secs(cmd.execute_timeout));
+                    results.lock().expect("no panics while holding the lock")[i] = Some(result);
+                }
+            });
+        }
+    });
+    Ok(results
+        .into_inner()
+        .expect("no panics while holding the lock")
+        .into_iter()
+        .map(|r| r.expect("every action ran"))
+        .collect())
+}
+
+fn execute(
+    grpc: &GrpcCas,
+    args: &StoreArgs,
+    action: &Digest,
+    timeout: Duration,
+) -> Result<(ExecuteResponse, bool)> {
+    let mut request = grpc.request(ExecuteRequest {
+        instance_name: args.instance_name.clone(),
+        action_digest: Some(action.to_proto()),
+        skip_cache_lookup: false,
+        execution_policy: None,
+        results_cache_policy: None,
+        inline_stdout: false,
+        inline_stderr: false,
+        inline_output_files: Vec::new(),
+        digest_function: match args.digest_function {
+            sa_cas::DigestFunction::Sha256 => 0,
+            other => other.to_proto() as i32,
+        },
+    });
+    request.set_timeout(timeout);
+    let channel = grpc.channel();
+    let operation = grpc.block_on(async move {
+        let mut stream = ExecutionClient::new(channel).execute(request).await?.into_inner();
+        let mut last = None;
+        while let Some(op) = stream.message().await? {
+            let done = op.done;
+            last = Some(op);
+            if done {
+                break;
+            }
+        }
+        Ok::<_, tonic::Status>(last)
+    });
+    let operation = operation
+        .map_err(|s| anyhow!("Execute {action}: {:?}: {}", s.code(), s.message()))?
+        .ok_or_else(|| anyhow!("Execute {action}: the stream ended without an operation"))?;
+    match operation.result {
+        Some(operation::Result::Response(any)) => {
+            let response = ExecuteResponse::decode(any.value.as_slice()).with_context(|| {
+                format!("Execute {action}: the response is not an ExecuteResponse")
+            })?;
+            let cached = response.cached_result;
+            Ok((response, cached))
+        }
+        Some(operation::Result::Error(status)) => {
+            bail!("Execute {action}: status {}: {}", status.code, status.message)
+        }
+        None => bail!("Execute {action}: the operation finished without a result"),
+    }
+}

@@ -1,0 +1,86 @@
+//! Store selection from the command line: a local casd-layout directory or a REAPI server.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use sa_cas::{DigestFunction, GrpcCas, GrpcConfig, LocalCas, LocalCasConfig, Metered, Store};
+
+use crate::StoreArgs;
+
+/// The store a command works on, metered for `--stats`.
+pub(crate) struct Opened {
+    pub(crate) store: Metered<Arc<dyn Store>>,
+    pub(crate) grpc: Option<Arc<GrpcCas>>,
+    pub(crate) description: String,
+}
+
+/// The default local store: `${XDG_CACHE_HOME:-~/.cache}/speculative-actions`.
+pub(crate) fn default_cas_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join("speculative-actions"));
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".cache").join("speculative-actions")),
+        None => bail!("neither XDG_CACHE_HOME nor HOME is set: pass --cas DIR"),
+    }
+}
+
+pub(crate) fn open_local(args: &StoreArgs) -> Result<Arc<LocalCas>> {
+    let dir = match &args.cas {
+        Some(dir) => dir.clone(),
+        None => default_cas_dir()?,
+    };
+    let config = LocalCasConfig { digest_function: args.digest_function, verify_reads: true };
+    let cas = LocalCas::open(&dir, config)
+        .with_context(|| format!("opening the local store {}", dir.display()))?;
+    Ok(Arc::new(cas))
+}
+
+pub(crate) fn grpc_config(args: &StoreArgs, endpoint: &str) -> Result<GrpcConfig> {
+    let mut config = GrpcConfig::new(endpoint);
+    config.instance_name = args.instance_name.clone();
+    config.digest_function = args.digest_function;
+    for header in &args.remote_header {
+        let Some((key, value)) = header.split_once('=') else {
+            bail!(
+                "--remote-header {:?}: expected KEY=VALUE",
+                header.split('=').next().unwrap_or_default()
+            );
+        };
+        config.headers.push((key.to_owned(), value.to_owned()));
+    }
+    config.tls_ca_cert = args.tls_ca_cert.clone();
+    config.tls_client_identity = match (&args.tls_client_cert, &args.tls_client_key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (None, None) => None,
+        _ => bail!("--tls-client-cert and --tls-client-key go together"),
+    };
+    Ok(config)
+}
+
+pub(crate) fn connect(args: &StoreArgs, endpoint: &str) -> Result<Arc<GrpcCas>> {
+    let config = grpc_config(args, endpoint)?;
+    Ok(Arc::new(GrpcCas::connect(config).with_context(|| format!("connecting to {endpoint}"))?))
+}
+
+/// Opens `--remote` when given, else the local store.
+pub(crate) fn open(args: &StoreArgs) -> Result<Opened> {
+    if let Some(endpoint) = &args.remote {
+        let grpc = connect(args, endpoint)?;
+        let store: Arc<dyn Store> = grpc.clone();
+        return Ok(Opened {
+            store: Metered::new(store),
+            grpc: Some(grpc),
+            description: endpoint.clone(),
+        });
+    }
+    let local = open_local(args)?;
+    let description = local.root().display().to_string();
+    let store: Arc<dyn Store> = local;
+    Ok(Opened { store: Metered::new(store), grpc: None, description })
+}
+
+pub(crate) fn parse_function(text: &str) -> Result<DigestFunction, String> {
+    text.parse().map_err(|_| format!("{text:?} is not sha256 or blake3"))
+}

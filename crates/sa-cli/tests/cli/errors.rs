@@ -1,0 +1,111 @@
+//! Bad graphs, bad digests, bad usage: the documented messages and exit codes.
+
+use super::*;
+
+fn graph_error(graph: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.json");
+    std::fs::write(&path, graph).unwrap();
+    let out = sa(&[
+        "--cas",
+        &dir.path().join("s").display().to_string(),
+        "generate",
+        "--graph",
+        &path.display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let prefix = format!("error: graph {}: ", path.display());
+    assert!(stderr.starts_with(&prefix), "{stderr}");
+    stderr[prefix.len()..].trim_end().to_owned()
+}
+
+const H: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+#[test]
+fn bad_graphs_are_errors_naming_the_element_and_key() {
+    assert_eq!(
+        graph_error(r#"{"elements": [{"name": "a", "colour": "red"}]}"#),
+        "element \"a\": unknown key \"colour\""
+    );
+    assert_eq!(
+        graph_error(r#"{"elements": [{"name": "a"}, {"name": "a"}]}"#),
+        "element \"a\" appears twice"
+    );
+    assert_eq!(
+        graph_error(r#"{"elements": [{"name": "a", "build_deps": ["b"]}]}"#),
+        "element \"a\": key \"build_deps\": unknown element \"b\""
+    );
+    assert_eq!(
+        graph_error(
+            r#"{"elements": [{"name": "a", "build_deps": ["b"]}, {"name": "b", "build_deps": ["a"]}]}"#
+        ),
+        "build_deps form a cycle among [\"a\", \"b\"]"
+    );
+    assert_eq!(
+        graph_error(r#"{"elements": [{"name": "a", "sources": "xyz/1"}]}"#),
+        "element \"a\": key \"sources\": invalid digest \"xyz/1\": hash has 3 characters, sha256 needs 64"
+    );
+    assert_eq!(
+        graph_error(&format!(
+            r#"{{"elements": [{{"name": "a", "subactions": ["{H}/0", "{H}"]}}]}}"#
+        )),
+        format!(
+            "element \"a\": key \"subactions\": item 1: invalid digest \"{H}\": expected <hash>/<size>"
+        )
+    );
+    assert_eq!(
+        graph_error(r#"{"elements": [{"cache_key": "k"}]}"#),
+        "element 0: missing key \"name\""
+    );
+    assert_eq!(
+        graph_error(r#"{"digest_function": "blake3", "elements": []}"#),
+        "the graph uses blake3, the store uses sha256 (see --digest-function)"
+    );
+    assert!(
+        graph_error("{\"elements\": [\n  {\"name\": }\n]}")
+            .starts_with("invalid JSON: expected value at line 2 column")
+    );
+}
+
+#[test]
+fn usage_errors_exit_2_and_failures_exit_1() {
+    let out = sa(&["generate", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = sa(&["--digest-function", "md5", "ingest", "."]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"md5\" is not sha256 or blake3"));
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().display().to_string();
+    let missing = format!("{H}0/5").replacen('0', "", 1);
+    let out = sa(&["--cas", &store, "inspect", &missing]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!("error: missing blob {missing}")
+    );
+    let out = sa(&["--cas", &store, "inspect", "nothex/5"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid digest \"nothex/5\""));
+    let out = sa(&["--cas", &store, "prime", "--graph", "g", "--previous", "p"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sa prime needs --remote URL"));
+}
+
+#[test]
+fn unknown_element_and_missing_speculative_actions_are_errors() {
+    let p = Project::new();
+    let store = p.store();
+    let graph1 = p.graph1.display().to_string();
+    let out = sa(&["--cas", &store, "generate", "--graph", &graph1, "--element", "nope.bst"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown element \"nope.bst\" (--element)")
+    );
+    let out = p.instantiate(&["--cas", &store], &graph1, &["--element", "app.bst"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("element \"app.bst\" has no speculative_actions in")
+    );
+}
