@@ -8,8 +8,9 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 /// Workspace library crates in layering order; a crate may depend only on crates before it.
-/// A new crate takes its place in this line (sa-exec, for example, sits right above sa-cas).
-pub const LAYERS: &[&str] = &["sa-proto", "sa-cas", "sa-generator", "sa-instantiator", "sa-cli"];
+/// A new crate takes its place in this line: sa-exec (local execution) sits right above sa-cas.
+pub const LAYERS: &[&str] =
+    &["sa-proto", "sa-cas", "sa-exec", "sa-generator", "sa-instantiator", "sa-cli"];
 
 /// Crates outside the line: they may depend on any layer, and no layer may depend on them.
 pub const TOOLS: &[&str] = &["sa-benches", "xtask"];

@@ -6,7 +6,7 @@
 //! [`decode_directory`] is the one place outside data becomes a `Directory` (decoded and
 //! validated, so every later use may assume safe, unique, sorted names).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -489,6 +489,63 @@ pub fn ingest(
         cas.write_blobs(&blobs)
     })?;
     Ok(root)
+}
+
+/// Stores a tree holding `files` (slash-separated relative paths with their digests and
+/// executable bits) and returns its root digest. The file blobs must already be in the store;
+/// only Directory blobs the store lacks are written. Empty, `.`, `..` segments, a path given
+/// twice and a file that is also a directory are errors naming the path.
+pub fn build_tree(
+    cas: &(impl Cas + ?Sized),
+    files: &[(String, Digest, bool)],
+) -> Result<Digest, CasError> {
+    #[derive(Default)]
+    struct Node {
+        files: BTreeMap<String, (Digest, bool)>,
+        dirs: BTreeMap<String, Node>,
+    }
+    let unsafe_path =
+        |path: &str, reason: String| CasError::UnsafePath { path: path.into(), reason };
+    let mut root = Node::default();
+    for (path, digest, executable) in files {
+        let segments: Vec<&str> = path.split('/').collect();
+        for segment in &segments {
+            check_name(segment).map_err(|reason| unsafe_path(path, reason))?;
+        }
+        let (name, parents) = segments.split_last().expect("split yields one segment at least");
+        let mut node = &mut root;
+        for parent in parents {
+            node = node.dirs.entry((*parent).to_owned()).or_default();
+        }
+        if node.files.insert((*name).to_owned(), (*digest, *executable)).is_some() {
+            return Err(unsafe_path(path, "the path is given twice".into()));
+        }
+    }
+    fn encode(
+        node: &Node,
+        function: DigestFunction,
+        out: &mut Vec<Blob>,
+    ) -> Result<Digest, CasError> {
+        let mut builder = DirectoryBuilder::new();
+        for (name, child) in &node.dirs {
+            builder = builder.directory(name, &encode(child, function, out)?);
+        }
+        for (name, (digest, executable)) in &node.files {
+            builder = builder.file(name, digest, *executable);
+        }
+        let blob = directory_blob(function, &builder.build(function)?);
+        let digest = *blob.digest();
+        out.push(blob);
+        Ok(digest)
+    }
+    let mut blobs = Vec::new();
+    let digest = encode(&root, cas.digest_function(), &mut blobs)?;
+    let wanted: Vec<Digest> = blobs.iter().map(|b| *b.digest()).collect();
+    let missing: HashSet<Digest> = cas.find_missing(&wanted)?.into_iter().collect();
+    let mut seen = HashSet::new();
+    blobs.retain(|b| missing.contains(b.digest()) && seen.insert(*b.digest()));
+    write_in_batches(cas, &blobs)?;
+    Ok(digest)
 }
 
 fn scan(

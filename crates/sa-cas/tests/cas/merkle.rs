@@ -276,3 +276,32 @@ proptest! {
         prop_assert_eq!(*merkle::directory_blob(SHA, &decoded).digest(), *blob.digest());
     }
 }
+
+#[test]
+fn build_tree_agrees_with_ingest_and_refuses_bad_paths() {
+    let cas = MemoryCas::new(SHA);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("src/include")).unwrap();
+    std::fs::write(dir.path().join("src/main.c"), "int main;\n").unwrap();
+    std::fs::write(dir.path().join("src/include/a.h"), "").unwrap();
+    std::fs::write(dir.path().join("top.txt"), "top\n").unwrap();
+    let ingested = merkle::ingest(&cas, dir.path(), &TreeLimits::default()).unwrap();
+    let files = |list: &[(&str, &[u8])]| -> Vec<(String, Digest, bool)> {
+        list.iter().map(|(p, c)| ((*p).to_owned(), SHA.hash_bytes(c), false)).collect()
+    };
+    let built = merkle::build_tree(
+        &cas,
+        &files(&[("top.txt", b"top\n"), ("src/main.c", b"int main;\n"), ("src/include/a.h", b"")]),
+    )
+    .unwrap();
+    assert_eq!(built, ingested);
+    for (paths, reason) in [
+        (&[("a/../b", &b""[..])][..], "unsafe path a/../b: name \"..\" is not allowed"),
+        (&[("/abs", &b""[..])][..], "unsafe path /abs: "),
+        (&[("a", &b""[..]), ("a", &b"x"[..])][..], "unsafe path a: the path is given twice"),
+        (&[("a", &b""[..]), ("a/b", &b""[..])][..], "a"),
+    ] {
+        let err = merkle::build_tree(&cas, &files(paths)).unwrap_err();
+        assert!(err.to_string().contains(reason), "{paths:?}: {err}");
+    }
+}
