@@ -1,8 +1,8 @@
 //! `prime`: instantiate, upload what the execution service lacks, execute, in waves.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -10,6 +10,7 @@ use clap::Args;
 use prost::Message;
 use sa_cas::merkle::{self, TreeLimits};
 use sa_cas::{Digest, GrpcCas, Metered, Store, read_message};
+use sa_exec::{ExecConfig, Execution};
 use sa_instantiator::{InstantiateConfig, InstantiatedAction, Instantiator};
 use sa_proto::google::longrunning::operation;
 use sa_proto::reapi::execution_client::ExecutionClient;
@@ -23,6 +24,10 @@ use crate::{StoreArgs, Ui, store};
 pub(crate) struct PrimeArgs {
     #[command(flatten)]
     instantiate: InstantiateArgs,
+    /// Execute here, with no server (sa-exec), against the local store (--cas); results go to
+    /// its ActionCache, where `sa record` finds them.
+    #[arg(long)]
+    local: bool,
     /// Actions executed at once.
     #[arg(long, default_value_t = 4, value_name = "N")]
     jobs: usize,
@@ -41,24 +46,42 @@ enum Status {
     Failed(String),
 }
 
+/// Where the adapted actions run.
+enum Executor {
+    /// `Execute` on a REAPI execution service, after uploading what it lacks.
+    Remote { grpc: Arc<GrpcCas>, opened: store::Opened },
+    /// sa-exec on this machine, against the local store.
+    Local(ExecConfig),
+}
+
 pub(crate) fn prime(args: &StoreArgs, cmd: &PrimeArgs, ui: &mut Ui) -> Result<()> {
-    let Some(endpoint) = &args.remote else {
-        bail!("sa prime needs --remote URL (the execution service); blobs are read from --cas");
-    };
     if cmd.jobs == 0 {
         bail!("--jobs must be at least 1");
     }
     let local = store::open_local(args)?;
     let local_desc = local.root().display().to_string();
-    let local_store: std::sync::Arc<dyn Store> = local;
+    let local_store: Arc<dyn Store> = local;
     let opened =
         store::Opened { store: Metered::new(local_store), grpc: None, description: local_desc };
-    let grpc = store::connect(args, endpoint)?;
-    let remote_store: std::sync::Arc<dyn Store> = grpc.clone();
-    let remote = store::Opened {
-        store: Metered::new(remote_store),
-        grpc: Some(grpc.clone()),
-        description: endpoint.clone(),
+    let executor = match (&args.remote, cmd.local) {
+        (Some(_), true) => bail!("sa prime takes --local or --remote URL, not both"),
+        (None, false) => bail!(
+            "sa prime needs --remote URL (an execution service) or --local; blobs are read from --cas"
+        ),
+        (None, true) => Executor::Local(ExecConfig {
+            default_timeout: Duration::from_secs(cmd.execute_timeout),
+            ..Default::default()
+        }),
+        (Some(endpoint), false) => {
+            let grpc = store::connect(args, endpoint)?;
+            let remote_store: Arc<dyn Store> = grpc.clone();
+            let opened = store::Opened {
+                store: Metered::new(remote_store),
+                grpc: Some(grpc.clone()),
+                description: endpoint.clone(),
+            };
+            Executor::Remote { grpc, opened }
+        }
     };
 
     let Plan { states, targets } = plan(args, &cmd.instantiate)?;
@@ -87,32 +110,28 @@ pub(crate) fn prime(args: &StoreArgs, cmd: &PrimeArgs, ui: &mut Ui) -> Result<()
         if wave.is_empty() {
             break;
         }
-        ui.phase("upload", || upload(&opened.store, &remote.store, &wave))?;
-        let results = ui.phase("execute", || execute_all(&grpc, args, &wave, cmd))?;
-        for (action, result) in wave.iter().zip(results) {
-            let outcome = match result {
-                Ok((response, cached)) => {
-                    let result = response.result.clone().unwrap_or_default();
-                    let rpc_status = response.status.clone().unwrap_or_default();
-                    if rpc_status.code != 0 {
-                        Status::Failed(format!(
-                            "execution status {}: {}",
-                            rpc_status.code, rpc_status.message
-                        ))
-                    } else if result.exit_code != 0 {
-                        let stderr = stderr_excerpt(&remote.store, &result);
-                        Status::Failed(format!("exit code {}{stderr}", result.exit_code))
-                    } else {
-                        ui.phase("download", || {
-                            keep_result(&opened.store, &remote.store, action, &result)
-                        })?;
-                        if cached { Status::Cached } else { Status::Executed }
-                    }
-                }
-                Err(err) => Status::Failed(sa_generator::error_chain(err.as_ref())),
-            };
-            status.insert(*action, outcome);
-        }
+        let statuses = match &executor {
+            Executor::Remote { grpc, opened: remote } => {
+                ui.phase("upload", || upload(&opened.store, &remote.store, &wave))?;
+                let executed = ui.phase("execute", || {
+                    run_parallel(cmd.jobs, &wave, |action| {
+                        execute(grpc, args, action, Duration::from_secs(cmd.execute_timeout))
+                    })
+                });
+                ui.phase("download", || {
+                    wave.iter()
+                        .zip(executed)
+                        .map(|(action, executed)| {
+                            remote_status(&opened.store, &remote.store, action, executed)
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })?
+            }
+            Executor::Local(config) => ui.phase("execute", || {
+                run_parallel(cmd.jobs, &wave, |action| local_status(&opened.store, action, config))
+            }),
+        };
+        status.extend(wave.iter().copied().zip(statuses));
     }
 
     let mut counts = [0usize; 4];
@@ -157,7 +176,11 @@ pub(crate) fn prime(args: &StoreArgs, cmd: &PrimeArgs, ui: &mut Ui) -> Result<()
             counts[3]
         ))?;
     }
-    ui.report_stats(&opened, Some(&remote));
+    let remote = match &executor {
+        Executor::Remote { opened, .. } => Some(opened),
+        Executor::Local(_) => None,
+    };
+    ui.report_stats(&opened, remote);
     if counts[2] > 0 {
         bail!("{} actions failed to execute", counts[2]);
     }
@@ -252,39 +275,76 @@ fn keep_result(
     Ok(())
 }
 
-/// Executes the actions with at most `jobs` in flight; per action, the response and whether it
-/// came from the cache.
-fn execute_all(
-    grpc: &GrpcCas,
-    args: &StoreArgs,
-    actions: &[Digest],
-    cmd: &PrimeArgs,
-) -> Result<Vec<Executed>> {
+/// What a remote execution came to; a successful result is kept in the local store (outputs
+/// included) so ACTION overlays resolve in the next wave.
+fn remote_status(
+    local: &dyn Store,
+    remote: &dyn Store,
+    action: &Digest,
+    executed: Executed,
+) -> Result<Status> {
+    let (response, cached) = match executed {
+        Ok(executed) => executed,
+        Err(err) => return Ok(Status::Failed(sa_generator::error_chain(err.as_ref()))),
+    };
+    let result = response.result.unwrap_or_default();
+    let rpc_status = response.status.unwrap_or_default();
+    if rpc_status.code != 0 {
+        return Ok(Status::Failed(format!(
+            "execution status {}: {}",
+            rpc_status.code, rpc_status.message
+        )));
+    }
+    if result.exit_code != 0 {
+        let stderr = stderr_excerpt(remote, &result);
+        return Ok(Status::Failed(format!("exit code {}{stderr}", result.exit_code)));
+    }
+    keep_result(local, remote, action, &result)?;
+    Ok(if cached { Status::Cached } else { Status::Executed })
+}
+
+/// What a local execution came to (its result is in the local ActionCache already).
+fn local_status(local: &dyn Store, action: &Digest, config: &ExecConfig) -> Status {
+    match sa_exec::execute_cached(local, action, config) {
+        Ok(Execution { cached: true, .. }) => Status::Cached,
+        Ok(Execution { result, .. }) if result.exit_code == 0 => Status::Executed,
+        Ok(Execution { result, .. }) => {
+            let stderr = stderr_excerpt(local, &result);
+            Status::Failed(format!("exit code {}{stderr}", result.exit_code))
+        }
+        Err(err) => Status::Failed(sa_generator::error_chain(&err)),
+    }
+}
+
+/// `work` over `items` with at most `jobs` in flight; results in the order of `items`.
+pub(crate) fn run_parallel<I: Sync, T: Send>(
+    jobs: usize,
+    items: &[I],
+    work: impl Fn(&I) -> T + Sync,
+) -> Vec<T> {
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Executed>>> =
-        Mutex::new((0..actions.len()).map(|_| None).collect());
+    let results: Mutex<Vec<Option<T>>> = Mutex::new((0..items.len()).map(|_| None).collect());
     std::thread::scope(|scope| {
-        for _ in 0..cmd.jobs.min(actions.len()) {
+        for _ in 0..jobs.min(items.len()) {
             scope.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(action) = actions.get(i) else { break };
-                    let result =
-                        execute(grpc, args, action, Duration::from_secs(cmd.execute_timeout));
+                    let Some(item) = items.get(i) else { break };
+                    let result = work(item);
                     results.lock().expect("no panics while holding the lock")[i] = Some(result);
                 }
             });
         }
     });
-    Ok(results
+    results
         .into_inner()
         .expect("no panics while holding the lock")
         .into_iter()
-        .map(|r| r.expect("every action ran"))
-        .collect())
+        .map(|r| r.expect("every item ran"))
+        .collect()
 }
 
-fn execute(
+pub(crate) fn execute(
     grpc: &GrpcCas,
     args: &StoreArgs,
     action: &Digest,

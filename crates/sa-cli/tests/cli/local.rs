@@ -123,3 +123,43 @@ fn a_closed_stdout_is_not_an_error() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn prime_local_executes_the_adapted_actions_into_the_local_action_cache() {
+    let p = Project::new();
+    let store = p.store();
+    let (_, out1) = p.generate(&["--cas", &store]);
+    let graph2 = p.graph2.display().to_string();
+    let prime = || {
+        let args = ["--cas", &store, "--json", "prime", "--local", "--graph", &graph2];
+        lines(&sa_ok(&[&args[..], &["--previous", &out1, "--jobs", "2"]].concat()))
+    };
+    let primed = prime();
+    assert_eq!(primed.len(), 2);
+    for line in &primed {
+        assert_eq!(line["status"], "executed", "{line}");
+        let action =
+            Digest::parse(DigestFunction::Sha256, line["action"].as_str().unwrap()).unwrap();
+        assert!(p.actions2.values().any(|d| *d == action), "primed the action build 2 runs");
+        let result = p.cas().get_action_result(&action).unwrap().expect("cached locally");
+        assert_eq!((result.exit_code, result.output_files.len()), (0, 1));
+    }
+    assert!(prime().iter().all(|l| l["status"] == "cached"));
+    // --local and --remote exclude each other.
+    let out = sa(&[
+        "--cas",
+        &store,
+        "--remote",
+        "grpc://127.0.0.1:1",
+        "prime",
+        "--local",
+        "--graph",
+        &graph2,
+        "--previous",
+        &out1,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("takes --local or --remote URL, not both")
+    );
+}
