@@ -1,12 +1,14 @@
 //! `sa`: the speculative-actions command-line tool that build scripts call between builds.
 //!
-//! Exit codes: 0 success, 1 failure (the error and its causes go to stderr), 2 usage error.
+//! Exit codes: 0 success, 1 failure (the error and its causes go to stderr), 2 usage error;
+//! `sa record` exits with the compiler's code.
 //! A closed stdout (a broken pipe) ends the command quietly with 0.
 
 mod commands;
 mod graph;
 mod inspect;
 mod prime;
+mod record;
 mod store;
 
 use std::io::Write;
@@ -105,6 +107,12 @@ enum Command {
     /// Store a directory as a Merkle tree and print its root digest.
     #[command(after_help = "Example:\n  sa ingest ./src")]
     Ingest(commands::IngestArgs),
+    /// Compiler wrapper: record a single-source compile as an Action, serve it from the
+    /// ActionCache or run it, and log its digest (other commands run unchanged).
+    #[command(
+        after_help = "Example:\n  make CC=\"sa --cas /tmp/store record --log subactions.log -- gcc\"\n\nThe exit code is the compiler's."
+    )]
+    Record(record::RecordArgs),
     /// Print the subactions recorded in an action's ActionResult.
     #[command(after_help = "Example:\n  sa subactions 77be…/142")]
     Subactions(commands::SubactionsArgs),
@@ -207,17 +215,20 @@ fn main() -> ExitCode {
         phases: Vec::new(),
         stdout: std::io::stdout().lock(),
     };
+    let ok = |result: anyhow::Result<()>| result.map(|()| 0u8);
     let result = match &cli.command {
-        Command::Generate(args) => commands::generate(&cli.store, args, &mut ui),
-        Command::Instantiate(args) => commands::instantiate(&cli.store, args, &mut ui),
-        Command::Prime(args) => prime::prime(&cli.store, args, &mut ui),
-        Command::Inspect(args) => inspect::inspect(&cli.store, args, &mut ui),
-        Command::Ingest(args) => commands::ingest(&cli.store, args, &mut ui),
-        Command::Subactions(args) => commands::subactions(&cli.store, args, &mut ui),
+        Command::Generate(args) => ok(commands::generate(&cli.store, args, &mut ui)),
+        Command::Instantiate(args) => ok(commands::instantiate(&cli.store, args, &mut ui)),
+        Command::Prime(args) => ok(prime::prime(&cli.store, args, &mut ui)),
+        Command::Inspect(args) => ok(inspect::inspect(&cli.store, args, &mut ui)),
+        Command::Ingest(args) => ok(commands::ingest(&cli.store, args, &mut ui)),
+        Command::Record(args) => record::record(&cli.store, args),
+        Command::Subactions(args) => ok(commands::subactions(&cli.store, args, &mut ui)),
     };
-    let result = result.and_then(|()| ui.stdout.flush().map_err(anyhow::Error::from));
+    let result =
+        result.and_then(|code| ui.stdout.flush().map(|()| code).map_err(anyhow::Error::from));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {}", sa_generator::error_chain(err.as_ref()));
