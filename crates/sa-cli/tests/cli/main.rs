@@ -3,8 +3,10 @@
 // Test helpers unwrap: a failure is a panic naming the line, which is what a test wants.
 #![allow(clippy::unwrap_used)]
 
+mod demo;
 mod errors;
 mod local;
+mod record;
 mod remote;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,487 @@
+//! `demo`: the whole loop on one machine with nothing but a local store. Build the bundled C
+//! project with make through `sa record`, generate, apply a scripted edit, instantiate, prime
+//! with local execution, build again, and check that build 2 found every compile step primed
+//! and that every primed action is one build 2 really ran.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command as Process;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use sa_cas::merkle::{self, TreeLimits};
+use sa_cas::{Digest, DigestFunction, LocalCas, LocalCasConfig};
+use serde_json::{Value, json};
+
+use crate::{StoreArgs, Ui};
+
+macro_rules! example_files {
+    ($($path:literal),* $(,)?) => {
+        &[$(($path, include_str!(concat!("../../../examples/demo/", $path)))),*]
+    };
+}
+
+/// The bundled example project (`examples/demo`), embedded so the binary runs it anywhere.
+pub(crate) const FILES: &[(&str, &str)] = example_files![
+    "README.md",
+    "app/Makefile",
+    "app/src/args.c",
+    "app/src/args.h",
+    "app/src/banner.c",
+    "app/src/banner.h",
+    "app/src/main.c",
+    "app/src/report.c",
+    "app/src/report.h",
+    "app/src/table.c",
+    "app/src/table.h",
+    "app/src/util.c",
+    "app/src/util.h",
+    "lib/Makefile",
+    "lib/include/greet/greet.h",
+    "lib/include/greet/style.h",
+    "lib/include/greet/version.h",
+    "lib/src/buffer.c",
+    "lib/src/buffer.h",
+    "lib/src/greet.c",
+    "lib/src/internal.h",
+    "lib/src/padding.c",
+    "lib/src/style.c",
+    "lib/src/version.c",
+];
+
+/// An element of the example: its name, its source directory, its build dependencies.
+struct ElementSpec {
+    name: &'static str,
+    dir: &'static str,
+    deps: &'static [&'static str],
+}
+
+/// In dependency order.
+const ELEMENTS: &[ElementSpec] = &[
+    ElementSpec { name: "lib.bst", dir: "lib", deps: &[] },
+    ElementSpec { name: "app.bst", dir: "app", deps: &["lib.bst"] },
+];
+
+/// The scripted edit between the builds: a library header and an application source.
+const EDITS: &[(&str, &str, &str)] = &[
+    ("lib/include/greet/greet.h", "#define GREET_MAX 64", "#define GREET_MAX 96"),
+    ("app/src/main.c", "[-w WIDTH] NAME", "[-w COLUMNS] NAME"),
+];
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Work in this directory (absent or empty) and keep it; default: a temporary directory,
+    /// removed at the end.
+    #[arg(long, value_name = "DIR")]
+    workdir: Option<PathBuf>,
+    /// Compile steps run at once (make -j) and actions primed at once.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    jobs: usize,
+}
+
+/// An element's state before its build: sources and cache key.
+struct Planned {
+    sources: Digest,
+    key: String,
+}
+
+/// What an element's build produced.
+struct Built {
+    artifact: Digest,
+    subactions: Vec<Digest>,
+    hits: usize,
+}
+
+struct Demo {
+    work: PathBuf,
+    store_dir: PathBuf,
+    cas: LocalCas,
+    sa: PathBuf,
+    jobs: usize,
+}
+
+/// Copies a directory tree of regular files.
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry.with_context(|| format!("reading {}", from.display()))?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+impl Demo {
+    /// Runs `sa --cas STORE --json ARGS…` and returns its JSON lines.
+    fn sa_json(&self, args: &[&str]) -> Result<Vec<Value>> {
+        let output = Process::new(&self.sa)
+            .arg("--cas")
+            .arg(&self.store_dir)
+            .arg("--json")
+            .args(args)
+            .env_remove("SA_REMOTE")
+            .output()
+            .with_context(|| format!("running {}", self.sa.display()))?;
+        if !output.status.success() {
+            bail!(
+                "sa {} failed ({}):\n{}",
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim_end()
+            );
+        }
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).with_context(|| format!("sa printed {line:?}")))
+            .collect()
+    }
+
+    /// Runs make with its output in `log`; on failure the error holds the log's end.
+    fn make(&self, dir: &Path, args: &[String], log: &Path) -> Result<()> {
+        let file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let status = Process::new("make")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env_remove("SA_REMOTE")
+            .env_remove("SA_CAS")
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .status()
+            .context("running make (is it installed?)")?;
+        if !status.success() {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "make {} in {} failed ({status}):\n{}",
+                args.join(" "),
+                dir.display(),
+                tail.join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    fn sources(&self, element: &ElementSpec) -> PathBuf {
+        self.work.join("sources").join(element.dir)
+    }
+
+    fn install_dir(&self, build: u32, element: &str) -> PathBuf {
+        self.work.join(format!("build{build}")).join(element).join("install")
+    }
+
+    /// Every element's sources and cache key (sources plus the dependencies' keys, as
+    /// BuildStream derives them).
+    fn plan(&self) -> Result<BTreeMap<&'static str, Planned>> {
+        let mut planned: BTreeMap<&'static str, Planned> = BTreeMap::new();
+        for element in ELEMENTS {
+            let sources =
+                merkle::ingest(&self.cas, &self.sources(element), &TreeLimits::default())?;
+            let mut text = sources.to_string();
+            for dep in element.deps {
+                text.push(' ');
+                text.push_str(&planned[dep].key);
+            }
+            let key = DigestFunction::Sha256.hash_bytes(text.as_bytes()).hash_hex();
+            planned.insert(element.name, Planned { sources, key });
+        }
+        Ok(planned)
+    }
+
+    /// Builds every element in order: dependencies' artifacts staged at the root, the
+    /// sources at `build/`, make with `CC="sa record … -- gcc"`, then `make install`.
+    fn build(&self, number: u32) -> Result<BTreeMap<&'static str, Built>> {
+        let mut built = BTreeMap::new();
+        for element in ELEMENTS {
+            let dir = self.work.join(format!("build{number}")).join(element.name);
+            let root = dir.join("root");
+            copy_tree(&self.sources(element), &root.join("build"))?;
+            for dep in element.deps {
+                copy_tree(&self.install_dir(number, dep), &root)?;
+            }
+            let log = dir.join("subactions.log");
+            let compiler = format!(
+                "{} --cas {} record --log {} --root {} -- gcc",
+                self.sa.display(),
+                self.store_dir.display(),
+                log.display(),
+                root.display()
+            );
+            let build_dir = root.join("build");
+            let make_log = dir.join("make.log");
+            self.make(
+                &build_dir,
+                &[format!("-j{}", self.jobs), format!("CC={compiler}")],
+                &make_log,
+            )?;
+            let install = self.install_dir(number, element.name);
+            let destdir = format!("DESTDIR={}", install.display());
+            self.make(&build_dir, &["install".into(), destdir], &dir.join("install.log"))?;
+            let text = std::fs::read_to_string(&log).with_context(|| {
+                format!("{} recorded no compile step ({})", element.name, log.display())
+            })?;
+            let mut subactions = Vec::new();
+            let mut hits = 0;
+            for (i, line) in text.lines().enumerate() {
+                let (digest, status) = line
+                    .split_once(' ')
+                    .with_context(|| format!("{} line {}: {line:?}", log.display(), i + 1))?;
+                subactions.push(Digest::parse(DigestFunction::Sha256, digest)?);
+                hits += usize::from(status == "hit");
+            }
+            let artifact = merkle::ingest(&self.cas, &install, &TreeLimits::default())?;
+            built.insert(element.name, Built { artifact, subactions, hits });
+        }
+        Ok(built)
+    }
+
+    fn write_graph(
+        &self,
+        name: &str,
+        planned: &BTreeMap<&str, Planned>,
+        built: Option<&BTreeMap<&str, Built>>,
+    ) -> Result<String> {
+        let elements: Vec<Value> = ELEMENTS
+            .iter()
+            .map(|e| {
+                let mut element = json!({
+                    "name": e.name,
+                    "cache_key": planned[e.name].key,
+                    "sources": planned[e.name].sources.to_string(),
+                    "build_deps": e.deps,
+                });
+                if let Some(b) = built.map(|b| &b[e.name]) {
+                    element["artifact"] = b.artifact.to_string().into();
+                    element["subactions"] =
+                        b.subactions.iter().map(|d| d.to_string()).collect::<Vec<_>>().into();
+                }
+                element
+            })
+            .collect();
+        let path = self.work.join(name);
+        let graph = json!({"digest_function": "sha256", "elements": elements});
+        std::fs::write(&path, format!("{graph:#}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path.display().to_string())
+    }
+}
+
+pub(crate) fn demo(args: &StoreArgs, cmd: &DemoArgs, ui: &mut Ui) -> Result<()> {
+    if args.remote.is_some() {
+        bail!("sa demo runs on a local store of its own: drop --remote");
+    }
+    if cmd.jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    let temp;
+    let work = match &cmd.workdir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            if std::fs::read_dir(dir)?.next().is_some() {
+                bail!("--workdir {} is not empty", dir.display());
+            }
+            dir.canonicalize()?
+        }
+        None => {
+            temp = tempfile::Builder::new().prefix("sa-demo-").tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    let store_dir = work.join("store");
+    let demo = Demo {
+        cas: LocalCas::open(&store_dir, LocalCasConfig::default())?,
+        store_dir,
+        sa: std::env::current_exe().context("locating the sa binary")?,
+        jobs: cmd.jobs,
+        work,
+    };
+    for (path, content) in FILES {
+        let target = demo.work.join("sources").join(path);
+        std::fs::create_dir_all(target.parent().expect("a file under sources/"))?;
+        std::fs::write(&target, content)
+            .with_context(|| format!("writing {}", target.display()))?;
+    }
+
+    // Build 1, recorded; then generate.
+    let planned1 = ui.phase("plan", || demo.plan())?;
+    let built1 = ui.phase("build 1", || demo.build(1))?;
+    let graph1 = demo.write_graph("build1.json", &planned1, Some(&built1))?;
+    let out1 = demo.work.join("build1.out.json").display().to_string();
+    let generated = ui
+        .phase("generate", || demo.sa_json(&["generate", "--graph", &graph1, "--output", &out1]))?;
+
+    // The edit, then instantiate and prime before build 2 starts.
+    for (path, from, to) in EDITS {
+        let file = demo.work.join("sources").join(path);
+        let text = std::fs::read_to_string(&file)?;
+        if !text.contains(from) {
+            bail!("the scripted edit of {path} does not apply: {from:?} is not there");
+        }
+        std::fs::write(&file, text.replacen(from, to, 1))?;
+    }
+    let planned2 = ui.phase("plan", || demo.plan())?;
+    let graph2 = demo.write_graph("build2.json", &planned2, None)?;
+    let instantiated = ui.phase("instantiate", || {
+        demo.sa_json(&["instantiate", "--graph", &graph2, "--previous", &out1])
+    })?;
+    let jobs = cmd.jobs.to_string();
+    let primed = ui.phase("prime", || {
+        demo.sa_json(&[
+            "prime",
+            "--local",
+            "--jobs",
+            &jobs,
+            "--graph",
+            &graph2,
+            "--previous",
+            &out1,
+        ])
+    })?;
+
+    // Build 2, and what it tells.
+    let built2 = ui.phase("build 2", || demo.build(2))?;
+    let steps = |b: &BTreeMap<&str, Built>| b.values().map(|e| e.subactions.len()).sum::<usize>();
+    let actions1: BTreeSet<String> =
+        built1.values().flat_map(|e| e.subactions.iter().map(|d| d.to_string())).collect();
+    let actions2: BTreeSet<String> =
+        built2.values().flat_map(|e| e.subactions.iter().map(|d| d.to_string())).collect();
+    let hits2: usize = built2.values().map(|e| e.hits).sum();
+    let without = actions2.intersection(&actions1).count();
+    let count =
+        |lines: &[Value], key: &str, value: Value| lines.iter().filter(|l| l[key] == value).count();
+    let complete = count(&instantiated, "complete", true.into());
+    let changed = instantiated.iter().filter(|l| l["action"] != l["base_action"]).count();
+    let predicted: BTreeSet<String> = instantiated
+        .iter()
+        .filter(|l| l["complete"] == true)
+        .filter_map(|l| l["action"].as_str().map(str::to_owned))
+        .collect();
+    let mispredicted: Vec<&String> = predicted.difference(&actions2).collect();
+    let unprimed: Vec<&String> = actions2.difference(&predicted).collect();
+    let (executed, cached, failed) = (
+        count(&primed, "status", "executed".into()),
+        count(&primed, "status", "cached".into()),
+        count(&primed, "status", "failed".into()),
+    );
+
+    let per_element = |b: &BTreeMap<&str, Built>| {
+        ELEMENTS
+            .iter()
+            .map(|e| format!("{} {}", e.name, b[e.name].subactions.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if ui.json() {
+        ui.line(json!({
+            "workdir": cmd.workdir.as_ref().map(|d| d.display().to_string()),
+            "build1_steps": steps(&built1),
+            "generated": generated,
+            "edited": EDITS.iter().map(|(p, _, _)| *p).collect::<Vec<_>>(),
+            "instantiated": instantiated.len(),
+            "complete": complete,
+            "changed": changed,
+            "primed_executed": executed,
+            "primed_cached": cached,
+            "primed_failed": failed,
+            "build2_steps": steps(&built2),
+            "build2_hits": hits2,
+            "build2_hits_without_priming": without,
+            "mispredicted": mispredicted,
+            "unprimed": unprimed,
+        }))?;
+    } else {
+        ui.line(format!(
+            "build 1: {} compile steps recorded ({}), {} executed",
+            steps(&built1),
+            per_element(&built1),
+            steps(&built1) - built1.values().map(|e| e.hits).sum::<usize>()
+        ))?;
+        for line in &generated {
+            ui.line(format!(
+                "generate: {} {} actions, {} overlays -> {}",
+                line["element"].as_str().unwrap_or_default(),
+                line["actions"],
+                line["overlays"],
+                line["speculative_actions"].as_str().unwrap_or_default()
+            ))?;
+        }
+        let edited: Vec<&str> = EDITS.iter().map(|(p, _, _)| *p).collect();
+        ui.line(format!("edit: {}", edited.join(", ")))?;
+        ui.line(format!(
+            "instantiate: {} actions, {complete} complete, {changed} changed",
+            instantiated.len()
+        ))?;
+        ui.line(format!(
+            "prime --local: {executed} executed, {cached} already cached, {failed} failed"
+        ))?;
+        ui.line(format!(
+            "build 2: {} compile steps ({}), {hits2} cache hits with priming, {without} without it",
+            steps(&built2),
+            per_element(&built2)
+        ))?;
+        if mispredicted.is_empty() {
+            ui.line(format!(
+                "check: every primed action ({}) is an action build 2 ran, byte for byte",
+                predicted.len()
+            ))?;
+        }
+        if let Some(dir) = &cmd.workdir {
+            ui.line(format!("work directory kept: {}", dir.display()))?;
+        }
+    }
+    ui.report_phases();
+    if failed > 0 {
+        bail!("{failed} primed actions failed");
+    }
+    if !mispredicted.is_empty() {
+        bail!("{} primed actions were not run by build 2: {mispredicted:?}", mispredicted.len());
+    }
+    if hits2 != steps(&built2) {
+        bail!(
+            "build 2 missed the cache on {} of {} compile steps (not primed: {unprimed:?})",
+            steps(&built2) - hits2,
+            steps(&built2)
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_files_are_exactly_the_example_directory() {
+        fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).expect("examples/demo exists") {
+                let entry = entry.expect("a readable entry");
+                let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+                if entry.file_type().expect("a file type").is_dir() {
+                    walk(&entry.path(), &format!("{name}/"), out);
+                } else {
+                    out.push(name);
+                }
+            }
+        }
+        let mut on_disk = Vec::new();
+        walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo"), "", &mut on_disk);
+        on_disk.sort();
+        let embedded: Vec<String> = FILES.iter().map(|(p, _)| (*p).to_owned()).collect();
+        assert_eq!(embedded, on_disk, "update FILES in demo.rs to match examples/demo");
+    }
+
+    #[test]
+    fn the_scripted_edits_apply_to_the_embedded_files() {
+        for (path, from, _) in EDITS {
+            let (_, text) = FILES.iter().find(|(p, _)| p == path).expect("an embedded file");
+            assert_eq!(text.matches(from).count(), 1, "{path}");
+        }
+    }
+}

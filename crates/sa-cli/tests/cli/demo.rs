@@ -1,0 +1,41 @@
+//! `sa demo`, the README's main command: real gcc and make builds through `sa record`.
+
+use super::*;
+
+#[test]
+fn demo_primes_every_changed_compile_step_of_the_second_build() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("demo");
+    let out = sa(&["--json", "--stats", "demo", "--workdir", &dir.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = &lines(&String::from_utf8(out.stdout).unwrap())[0];
+    // 5 library and 6 application compile steps; the edit of greet.h changes the 2 library
+    // and 2 application steps that include it, the edit of main.c one more.
+    assert_eq!(report["build1_steps"], 11, "{report}");
+    assert_eq!(report["build2_steps"], 11, "{report}");
+    assert_eq!(report["build2_hits"], 11, "{report}");
+    assert_eq!(report["build2_hits_without_priming"], 6, "{report}");
+    assert_eq!((&report["complete"], &report["changed"]), (&11.into(), &5.into()), "{report}");
+    assert_eq!(report["primed_executed"], 5, "{report}");
+    assert_eq!(report["mispredicted"], serde_json::json!([]), "{report}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stats: phase build 2:"));
+    // What build 2 ran came from the primed cache: its log says hit for every step.
+    let log = std::fs::read_to_string(dir.join("build2/app.bst/subactions.log")).unwrap();
+    assert!(log.lines().all(|l| l.ends_with(" hit")), "{log}");
+    // The application built from cached objects runs and shows the edited library header.
+    let hello = dir.join("build2/app.bst/install/bin/hello");
+    let ran = Process::new(hello).arg("demo").output().unwrap();
+    assert!(String::from_utf8_lossy(&ran.stdout).contains("greetings up to 96 bytes"));
+}
+
+#[test]
+fn demo_refuses_a_non_empty_workdir_and_a_remote() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("precious"), "").unwrap();
+    let out = sa(&["demo", "--workdir", &work.path().display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not empty"));
+    let out = sa(&["--remote", "grpc://127.0.0.1:1", "demo"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("drop --remote"));
+}

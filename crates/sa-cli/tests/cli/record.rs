@@ -1,0 +1,73 @@
+//! `sa record` as a build would call it: exit codes, the log, and refusals.
+
+use super::*;
+
+fn record_in(dir: &Path, store: &str, log: &Path, args: &[&str]) -> Output {
+    let base = ["--cas", store, "record", "--log", log.to_str().unwrap(), "--"];
+    Process::new(env!("CARGO_BIN_EXE_sa"))
+        .args(base.iter().chain(args))
+        .current_dir(dir)
+        .env_remove("SA_CAS")
+        .env_remove("SA_REMOTE")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn record_keeps_the_compilers_exit_code_and_logs_only_successful_compiles() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store").display().to_string();
+    let log = work.path().join("log");
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("ok.c"), "int ok(void) { return 1; }\n").unwrap();
+    std::fs::write(src.join("bad.c"), "int bad(void) { return }\n").unwrap();
+
+    // Not a compile: runs unchanged, its exit code passes through, nothing is logged.
+    let out = record_in(&src, &store, &log, &["sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    // A compile error: the compiler's diagnostics and exit code, nothing logged.
+    let out = record_in(&src, &store, &log, &["gcc", "-c", "bad.c"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error"), "the compiler's own message");
+    assert!(!log.exists());
+    // A good compile: a miss, then a hit that rewrites the output from the store.
+    let out = record_in(&src, &store, &log, &["gcc", "-c", "ok.c"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let object = std::fs::read(src.join("ok.o")).unwrap();
+    std::fs::remove_file(src.join("ok.o")).unwrap();
+    let out = record_in(&src, &store, &log, &["gcc", "-c", "ok.c"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(std::fs::read(src.join("ok.o")).unwrap(), object);
+    let logged: Vec<String> =
+        std::fs::read_to_string(&log).unwrap().lines().map(String::from).collect();
+    assert_eq!(logged.len(), 2);
+    assert!(logged[0].ends_with(" miss") && logged[1].ends_with(" hit"), "{logged:?}");
+    assert_eq!(logged[0].split(' ').next(), logged[1].split(' ').next(), "the same Action");
+}
+
+#[test]
+fn record_refuses_a_working_directory_outside_the_root() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store").display().to_string();
+    let elsewhere = work.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::write(work.path().join("a.c"), "int a;\n").unwrap();
+    let out = Process::new(env!("CARGO_BIN_EXE_sa"))
+        .args([
+            "--cas",
+            &store,
+            "record",
+            "--root",
+            elsewhere.to_str().unwrap(),
+            "--",
+            "gcc",
+            "-c",
+            "a.c",
+        ])
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not inside --root"));
+}
