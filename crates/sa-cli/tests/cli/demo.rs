@@ -26,6 +26,13 @@ fn demo_primes_every_changed_compile_step_of_the_second_build() {
     let hello = dir.join("build2/app.bst/install/bin/hello");
     let ran = Process::new(hello).arg("demo").output().unwrap();
     assert!(String::from_utf8_lossy(&ran.stdout).contains("greetings up to 96 bytes"));
+    // Another run, elsewhere, stores byte-identical SpeculativeActions, although make -j
+    // finishes the compiles in another order.
+    let again =
+        sa(&["--json", "demo", "--workdir", &work.path().join("again").display().to_string()]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let again = &lines(&String::from_utf8(again.stdout).unwrap())[0];
+    assert_eq!(again["generated"], report["generated"]);
 }
 
 #[test]
