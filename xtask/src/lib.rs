@@ -1,5 +1,6 @@
 //! Library half of `xtask`, so that tests can run the same checks as `cargo xtask`.
 
+pub mod bench;
 pub mod codegen;
 pub mod layering;
 

@@ -4,12 +4,15 @@
 //! - `codegen [--check]`: regenerate `crates/sa-proto/src/generated` from the vendored protos
 //!   (pure Rust: protox compiles the protos, tonic-prost-build emits the code); `--check` fails
 //!   when the checked-in code differs from what would be generated.
-//! - `layering`: fail if any workspace crate depends upward in proto <- cas <- generator <-
-//!   instantiator <- cli.
+//! - `layering`: fail if any workspace crate depends upward in proto <- cas <- exec <-
+//!   generator <- instantiator <- cli.
+//! - `workload --profile small|medium|large --out DIR [--seed N]`: the synthetic two-build
+//!   workload (runs the `sa-workload` binary of sa-benches in release mode).
+//! - `bench-report [--profiles medium,large] [--runs N]`: writes BENCHMARKS.md.
 
 use std::process::ExitCode;
 
-use xtask::{codegen, layering, project_root};
+use xtask::{bench, codegen, layering, project_root};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -23,6 +26,8 @@ fn main() -> ExitCode {
             codegen::run(&project_root(), check)
         }
         Some("layering") if args.len() == 1 => layering::check(&project_root()),
+        Some("workload") => bench::workload(&project_root(), &args[1..]),
+        Some("bench-report") => bench::report(&project_root(), &args[1..]),
         _ => return usage(),
     };
     match result {
@@ -35,6 +40,8 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo xtask codegen [--check] | layering");
+    eprintln!(
+        "usage: cargo xtask codegen [--check] | layering | workload --profile P --out DIR [--seed N] | bench-report [--profiles A,B] [--runs N]"
+    );
     ExitCode::from(2)
 }

@@ -12,7 +12,7 @@ const NAME_INDEX_THRESHOLD: usize = 8;
 
 /// The origins of one digest, sorted by [`Origin`]'s order.
 #[derive(Debug, Default)]
-pub(crate) struct Candidates {
+pub struct Candidates {
     ids: Vec<u32>,
     has_action: bool,
     by_name: Option<HashMap<String, Vec<u32>>>,
@@ -20,14 +20,15 @@ pub(crate) struct Candidates {
 
 impl Candidates {
     /// Whether any candidate is an ACTION origin (its choice then depends on the consumer).
-    pub(crate) fn has_action(&self) -> bool {
+    pub fn has_action(&self) -> bool {
         self.has_action
     }
 }
 
-/// Origins by digest.
+/// Origins by digest: what [`crate::generate`] attributes input files with. Public for the
+/// benchmarks of its build and lookups.
 #[derive(Debug, Default)]
-pub(crate) struct OriginIndex {
+pub struct OriginIndex {
     origins: Vec<Origin>,
     by_digest: HashMap<Digest, Candidates>,
 }
@@ -38,7 +39,7 @@ fn basename(path: &str) -> &str {
 
 impl OriginIndex {
     /// Builds the index from `(digest, origin)` pairs (duplicates are merged).
-    pub(crate) fn build(entries: Vec<(Digest, Origin)>) -> OriginIndex {
+    pub fn build(entries: Vec<(Digest, Origin)>) -> OriginIndex {
         let mut entries = entries;
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         entries.dedup();
@@ -66,23 +67,30 @@ impl OriginIndex {
         OriginIndex { origins, by_digest }
     }
 
-    pub(crate) fn origin(&self, id: u32) -> &Origin {
+    /// The origin with id `id` (from [`OriginIndex::select`]).
+    pub fn origin(&self, id: u32) -> &Origin {
         &self.origins[id as usize]
     }
 
-    pub(crate) fn candidates(&self, digest: &Digest) -> Option<&Candidates> {
+    /// The origins of `digest`, if it has any.
+    pub fn candidates(&self, digest: &Digest) -> Option<&Candidates> {
         self.by_digest.get(digest)
     }
 
     /// How many distinct origins are indexed.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.origins.len()
+    }
+
+    /// Whether nothing is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.origins.is_empty()
     }
 
     /// The best allowed candidate for an occurrence at `path`: the same answer as
     /// [`crate::model::choose`] over the allowed candidates, found faster for digests with
     /// many origins: only candidates with the occurrence's basename can share a component.
-    pub(crate) fn select(
+    pub fn select(
         &self,
         path: &str,
         candidates: &Candidates,

@@ -50,3 +50,4 @@ pub use generate::{
     ElementTrees, GenerateConfig, GenerateError, GenerateInput, GenerateStats, Generated,
     SkippedSubaction, error_chain, generate,
 };
+pub use index::{Candidates, OriginIndex};

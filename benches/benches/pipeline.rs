@@ -1,0 +1,200 @@
+//! The pipeline's hot paths on the synthetic workload (in memory): digest index build,
+//! generate, instantiate with cold and warm memo, hashing, ingest. Input sizes are in the names.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use sa_benches::workload::{self, Profile};
+use sa_cas::merkle::{self, TreeLimits};
+use sa_cas::{Digest, DigestFunction, MemoryCas};
+use sa_generator::model::{Origin, OriginKind};
+use sa_generator::{ElementTrees, GenerateConfig, GenerateInput, OriginIndex};
+use sa_instantiator::{ElementState, InstantiateConfig, Instantiator};
+use serde_json::Value;
+
+const F: DigestFunction = DigestFunction::Sha256;
+
+struct Fixture {
+    cas: MemoryCas,
+    workload: workload::Workload,
+}
+
+fn fixture(profile: &str) -> Fixture {
+    let cas = MemoryCas::new(F);
+    let profile = Profile::named(profile).expect("a known profile");
+    let workload = workload::generate(&cas, &profile, 1).expect("the workload generates");
+    Fixture { cas, workload }
+}
+
+fn digest(value: &Value) -> Option<Digest> {
+    value.as_str().map(|s| Digest::parse(F, s).expect("the workload's digests parse"))
+}
+
+fn element<'a>(graph: &'a Value, name: &str) -> &'a Value {
+    graph["elements"]
+        .as_array()
+        .expect("elements")
+        .iter()
+        .find(|e| e["name"] == name)
+        .expect("element")
+}
+
+fn trees(graph: &Value, name: &str) -> ElementTrees {
+    let e = element(graph, name);
+    ElementTrees {
+        name: name.into(),
+        sources: digest(&e["sources"]),
+        artifact: digest(&e["artifact"]),
+    }
+}
+
+fn app_input(graph: &Value) -> GenerateInput {
+    let app = element(graph, "app.bst");
+    GenerateInput {
+        element: trees(graph, "app.bst"),
+        dependencies: vec![trees(graph, "lib.bst"), trees(graph, "base.bst")],
+        subactions: app["subactions"]
+            .as_array()
+            .expect("subactions")
+            .iter()
+            .filter_map(digest)
+            .collect(),
+    }
+}
+
+fn bench_index(c: &mut Criterion) {
+    let fx = fixture("medium");
+    let g = &fx.workload.build1;
+    let mut entries = Vec::new();
+    for (name, key, kind) in [
+        ("app.bst", "sources", OriginKind::Source),
+        ("lib.bst", "sources", OriginKind::Source),
+        ("lib.bst", "artifact", OriginKind::Artifact),
+        ("base.bst", "artifact", OriginKind::Artifact),
+    ] {
+        let root = digest(&element(g, name)["artifact"]).filter(|_| key == "artifact");
+        let root = root.or_else(|| digest(&element(g, name)[key])).expect("a tree");
+        let forest = merkle::fetch_tree(&fx.cas, &root, &TreeLimits::default()).expect("fetch");
+        for (path, d, _) in forest.files(&root).expect("files") {
+            let origin = Origin { kind, element: name.into(), path, producer: None };
+            entries.push((d, origin));
+        }
+    }
+    c.bench_function(&format!("index_build/origins={}", entries.len()), |b| {
+        b.iter(|| OriginIndex::build(black_box(entries.clone())))
+    });
+}
+
+fn bench_generate_instantiate(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pipeline");
+    group.sample_size(10);
+    for profile in ["small", "medium"] {
+        let fx = fixture(profile);
+        let input = app_input(&fx.workload.build1);
+        let actions = input.subactions.len();
+        let config = GenerateConfig::default();
+        group.bench_function(
+            BenchmarkId::new("generate", format!("{profile}/actions={actions}")),
+            |b| b.iter(|| sa_generator::generate(&fx.cas, &input, &config).expect("generate")),
+        );
+        // Specs of build 1 for every element, then build 2's states.
+        let mut specs = std::collections::HashMap::new();
+        for name in ["base.bst", "lib.bst", "app.bst"] {
+            let e = element(&fx.workload.build1, name);
+            let deps: Vec<ElementTrees> = e["build_deps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|d| trees(&fx.workload.build1, d.as_str().expect("a name")))
+                .collect();
+            let subactions =
+                e["subactions"].as_array().into_iter().flatten().filter_map(digest).collect();
+            let input = GenerateInput {
+                element: trees(&fx.workload.build1, name),
+                dependencies: deps,
+                subactions,
+            };
+            specs.insert(
+                name,
+                sa_generator::generate(&fx.cas, &input, &config).expect("generate").digest,
+            );
+        }
+        let states = || -> Vec<ElementState> {
+            ["base.bst", "lib.bst", "app.bst"]
+                .iter()
+                .map(|name| {
+                    let now = element(&fx.workload.build2, name);
+                    let before = element(&fx.workload.build1, name);
+                    ElementState {
+                        name: (*name).into(),
+                        sources: digest(&now["sources"]),
+                        artifact: digest(&now["artifact"]),
+                        previous_key: before["cache_key"].as_str().map(str::to_owned),
+                        current_key: now["cache_key"].as_str().map(str::to_owned),
+                        previous_speculative_actions: Some(specs[name]),
+                    }
+                })
+                .collect()
+        };
+        let config = InstantiateConfig::default();
+        group.bench_function(
+            BenchmarkId::new("instantiate_cold", format!("{profile}/actions={actions}")),
+            |b| {
+                b.iter(|| {
+                    let instantiator = Instantiator::new(&fx.cas, states(), config).expect("new");
+                    instantiator
+                        .instantiate_element("app.bst", &specs["app.bst"])
+                        .expect("instantiate")
+                })
+            },
+        );
+        let warm = Instantiator::new(&fx.cas, states(), config).expect("new");
+        warm.instantiate_element("app.bst", &specs["app.bst"]).expect("instantiate");
+        group.bench_function(
+            BenchmarkId::new("instantiate_warm", format!("{profile}/actions={actions}")),
+            |b| {
+                b.iter(|| {
+                    warm.instantiate_element("app.bst", &specs["app.bst"]).expect("instantiate")
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+fn bench_hashing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hash");
+    for size in [4 << 10, 4 << 20] {
+        let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+        group.throughput(Throughput::Bytes(size as u64));
+        for function in [DigestFunction::Sha256, DigestFunction::Blake3] {
+            group.bench_function(BenchmarkId::new(function.name(), format!("bytes={size}")), |b| {
+                b.iter(|| function.hash_bytes(black_box(&data)))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn bench_ingest(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let files = 2000;
+    for i in 0..files {
+        let sub = dir.path().join(format!("d{:02}", i % 40));
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        std::fs::write(sub.join(format!("f{i:05}.h")), format!("/* {i} */\n").repeat(20))
+            .expect("write");
+    }
+    let mut group = c.benchmark_group("ingest");
+    group.sample_size(20);
+    group.bench_function(format!("files={files}"), |b| {
+        b.iter(|| {
+            let cas = MemoryCas::new(F);
+            merkle::ingest(&cas, dir.path(), &TreeLimits::default()).expect("ingest")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_index, bench_generate_instantiate, bench_hashing, bench_ingest);
+criterion_main!(benches);

@@ -1,0 +1,436 @@
+//! `cargo xtask workload` and `cargo xtask bench-report`: the synthetic workload, and
+//! BENCHMARKS.md comparing `sa` with the floor and with the reference in the same run.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(command: &mut Command) -> Result<std::process::Output> {
+    let output = command.output().with_context(|| format!("running {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        );
+    }
+    Ok(output)
+}
+
+/// `cargo xtask workload --profile P --out DIR [--seed N]`.
+pub fn workload(root: &Path, args: &[String]) -> Result<()> {
+    let status = cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "--locked",
+            "-p",
+            "sa-benches",
+            "--bin",
+            "sa-workload",
+            "--",
+        ])
+        .args(args)
+        .current_dir(root)
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("sa-workload failed ({status})");
+    }
+    Ok(())
+}
+
+/// One timed process: wall seconds and peak resident memory.
+#[derive(Clone, Copy, Debug)]
+struct Timed {
+    seconds: f64,
+    max_rss_kib: u64,
+}
+
+/// Runs `program args` under GNU time; returns its stdout and the measurement.
+fn timed(
+    program: &Path,
+    args: &[&str],
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> Result<(String, Timed)> {
+    let mut command = Command::new("/usr/bin/time");
+    command.args(["-f", "SA_TIMED %e %M"]).arg(program).args(args).current_dir(dir);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = run(&mut command).context("(GNU time is /usr/bin/time, Debian package `time`)")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("SA_TIMED "))
+        .with_context(|| format!("no timing from {}: {stderr}", program.display()))?;
+    let mut fields = line.split_whitespace();
+    let seconds = fields.next().context("seconds")?.parse()?;
+    let max_rss_kib = fields.next().context("rss")?.parse()?;
+    Ok((String::from_utf8_lossy(&output.stdout).into_owned(), Timed { seconds, max_rss_kib }))
+}
+
+fn median(runs: &[Timed]) -> Timed {
+    let mut seconds: Vec<f64> = runs.iter().map(|t| t.seconds).collect();
+    seconds.sort_by(f64::total_cmp);
+    Timed {
+        seconds: seconds[seconds.len() / 2],
+        max_rss_kib: runs.iter().map(|t| t.max_rss_kib).max().unwrap_or(0),
+    }
+}
+
+/// Installs the reference's dependencies (protobuf, with grpcio-tools to compile our vendored
+/// protos for it) in `target/ref-venv` and prepares `target/ref-prepared`: generated modules
+/// and the reference's two modules copied from `../shared/reference`.
+fn prepare_reference(root: &Path) -> Result<(PathBuf, PathBuf)> {
+    let venv = root.join("target/ref-venv");
+    let python = venv.join("bin/python");
+    if !python.exists()
+        || !Command::new(&python).args(["-c", "import grpc_tools"]).status()?.success()
+    {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "grpcio-tools",
+        ]))?;
+    }
+    let prepared = root.join("target/ref-prepared");
+    let _ = std::fs::remove_dir_all(&prepared);
+    let modules = prepared.join("sa_ref/speculative_actions");
+    std::fs::create_dir_all(&modules)?;
+    std::fs::create_dir_all(prepared.join("gen"))?;
+    std::fs::write(prepared.join("sa_ref/__init__.py"), "")?;
+    std::fs::write(modules.join("__init__.py"), "")?;
+    let reference = root.join("../shared/reference");
+    for module in ["generator.py", "instantiator.py"] {
+        std::fs::copy(reference.join(module), modules.join(module))
+            .with_context(|| format!("copying {module} from {}", reference.display()))?;
+    }
+    let protos = root.join("crates/sa-proto/proto");
+    let mut files = Vec::new();
+    collect_protos(&protos, &protos, &mut files)?;
+    run(Command::new(&python)
+        .args(["-m", "grpc_tools.protoc"])
+        .arg(format!("-I{}", protos.display()))
+        .arg(format!("--python_out={}", prepared.join("gen").display()))
+        .args(&files))?;
+    Ok((python, prepared))
+}
+
+fn collect_protos(base: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_protos(base, &path, out)?;
+        } else if path.extension().is_some_and(|e| e == "proto") {
+            out.push(path.strip_prefix(base)?.display().to_string());
+        }
+    }
+    out.sort();
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map(|kib| format!("{:.0} GiB", kib as f64 / (1 << 20) as f64))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let rustc = Command::new("rustc")
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{cores} cores ({cpu}), {memory}, {rustc}, release profile, local store")
+}
+
+/// Results of one profile.
+struct ProfileReport {
+    name: String,
+    workload: Value,
+    floor: Timed,
+    generate: Timed,
+    instantiate_first: Timed,
+    instantiate: Timed,
+    exact: usize,
+    actions: usize,
+    reference_generate: Timed,
+    reference_instantiate: Timed,
+    reference_counts: Value,
+}
+
+/// `cargo xtask bench-report [--profiles medium,large] [--runs N]`.
+pub fn report(root: &Path, args: &[String]) -> Result<()> {
+    let mut profiles = vec!["medium".to_owned(), "large".to_owned()];
+    let mut runs = 5usize;
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).with_context(|| format!("{} needs a value", args[i]))?;
+        match args[i].as_str() {
+            "--profiles" => profiles = value.split(',').map(str::to_owned).collect(),
+            "--runs" => runs = value.parse().context("--runs")?,
+            other => {
+                bail!("unknown argument {other:?}; usage: bench-report [--profiles A,B] [--runs N]")
+            }
+        }
+        i += 2;
+    }
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    eprintln!("bench-report: building release binaries");
+    run(cargo()
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--locked",
+            "-p",
+            "sa-cli",
+            "-p",
+            "sa-benches",
+            "--bins",
+        ])
+        .current_dir(root))?;
+    let bin = root.join("target/release");
+    let (python, prepared) = prepare_reference(root)?;
+    let prepared = prepared.display().to_string();
+    let harness = root.join("benches/reference/harness.py").display().to_string();
+    let mut reports = Vec::new();
+    for profile in &profiles {
+        let dir = root.join("target/bench").join(profile);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        eprintln!("bench-report: {profile}: writing the workload twice (for sa and the reference)");
+        for copy in ["sa", "ref"] {
+            let out = dir.join(copy).display().to_string();
+            run(Command::new(bin.join("sa-workload")).args(["--profile", profile, "--out", &out]))?;
+        }
+        let sa_dir = dir.join("sa");
+        let workload: Value =
+            serde_json::from_str(&std::fs::read_to_string(sa_dir.join("workload.json"))?)?;
+        let sa = bin.join("sa");
+        let mut floor = Vec::new();
+        let mut generate = Vec::new();
+        let mut instantiate = Vec::new();
+        let mut last = String::new();
+        for run_index in 0..runs {
+            eprintln!("bench-report: {profile}: run {}/{runs}", run_index + 1);
+            floor.push(
+                timed(
+                    &bin.join("sa-floor"),
+                    &["--cas", "store", "--graph", "build1.json"],
+                    &sa_dir,
+                    &[],
+                )?
+                .1,
+            );
+            generate.push(
+                timed(
+                    &sa,
+                    &[
+                        "--cas",
+                        "store",
+                        "generate",
+                        "--graph",
+                        "build1.json",
+                        "--output",
+                        "build1.out.json",
+                    ],
+                    &sa_dir,
+                    &[],
+                )?
+                .1,
+            );
+            let (out, t) = timed(
+                &sa,
+                &[
+                    "--cas",
+                    "store",
+                    "--json",
+                    "instantiate",
+                    "--graph",
+                    "build2.json",
+                    "--previous",
+                    "build1.out.json",
+                ],
+                &sa_dir,
+                &[],
+            )?;
+            instantiate.push(t);
+            last = out;
+        }
+        let truth: Vec<(String, String)> =
+            serde_json::from_str(&std::fs::read_to_string(sa_dir.join("truth.json"))?)?;
+        let truth: std::collections::HashMap<String, String> = truth.into_iter().collect();
+        let lines: Vec<Value> = last.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+        let exact = lines
+            .iter()
+            .filter(|l| {
+                l["complete"] == true
+                    && l["action"].as_str()
+                        == l["base_action"].as_str().and_then(|b| truth.get(b)).map(String::as_str)
+            })
+            .count();
+        eprintln!("bench-report: {profile}: the reference (one run each)");
+        let ref_dir = dir.join("ref");
+        let env = [("SA_REF_PREPARED", prepared.as_str())];
+        let (_, reference_generate) = timed(
+            &python,
+            &[&harness, "generate", "store", "build1.json", "ref1.out.json"],
+            &ref_dir,
+            &env,
+        )?;
+        let (counts, reference_instantiate) = timed(
+            &python,
+            &[&harness, "instantiate", "store", "build2.json", "ref1.out.json", "truth.json"],
+            &ref_dir,
+            &env,
+        )?;
+        let reference_counts: Value = serde_json::from_str(counts.trim())?;
+        reports.push(ProfileReport {
+            name: profile.clone(),
+            workload,
+            floor: median(&floor),
+            generate: median(&generate),
+            instantiate_first: instantiate[0],
+            instantiate: median(&instantiate[1.min(instantiate.len() - 1)..]),
+            exact,
+            actions: lines.len(),
+            reference_generate,
+            reference_instantiate,
+            reference_counts,
+        });
+        std::fs::remove_dir_all(&dir)?;
+    }
+    let protobuf = run(
+        Command::new(&python).args(["-c", "import google.protobuf as p; print(p.__version__)"])
+    )?;
+    let protobuf = String::from_utf8_lossy(&protobuf.stdout).trim().to_owned();
+    let text = render(&reports, runs, &protobuf)?;
+    std::fs::write(root.join("BENCHMARKS.md"), text)?;
+    eprintln!("bench-report: wrote BENCHMARKS.md");
+    Ok(())
+}
+
+fn render(reports: &[ProfileReport], runs: usize, protobuf: &str) -> Result<String> {
+    let mut s = String::new();
+    writeln!(s, "# Benchmarks")?;
+    writeln!(s)?;
+    writeln!(
+        s,
+        "Written by `cargo xtask bench-report` (do not edit by hand). Machine: {}.",
+        machine()
+    )?;
+    writeln!(s)?;
+    writeln!(
+        s,
+        "Workload: `cargo xtask workload` (deterministic, seed 1; see `benches/src/workload.rs`). \
+         `sa` times are the median of {runs} runs of the whole process (`/usr/bin/time`), page cache \
+         warm; instantiate's first run, which writes the new Directories and Actions, is shown \
+         apart and the median is over the later runs. The **floor** is `sa-floor`: read every \
+         subaction's Action and every distinct Directory once, in batches, and decode them, \
+         measured in the same run. The **reference** is the Python generator and instantiator of \
+         `../shared/reference` (one run each, Python protobuf {protobuf}), fed the same store and \
+         graphs by `benches/reference/harness.py`, which reads blobs from disk without caching."
+    )?;
+    for r in reports {
+        let w = &r.workload;
+        writeln!(s)?;
+        writeln!(
+            s,
+            "## {} — {} actions ({} changed by the edit), {} input file references, {} distinct input directories",
+            r.name,
+            w["actions"],
+            w["actions_changed"],
+            w["file_references"],
+            w["distinct_input_directories_build1"]
+        )?;
+        writeln!(s)?;
+        writeln!(
+            s,
+            "| step | `sa` | floor | ratio to floor | reference | speed-up | peak RSS `sa` / reference |"
+        )?;
+        writeln!(s, "|---|---:|---:|---:|---:|---:|---:|")?;
+        let mib = |t: &Timed| t.max_rss_kib as f64 / 1024.0;
+        writeln!(
+            s,
+            "| generate | {:.2} s | {:.2} s | {:.1}× | {:.2} s | {:.1}× | {:.0} / {:.0} MiB |",
+            r.generate.seconds,
+            r.floor.seconds,
+            r.generate.seconds / r.floor.seconds,
+            r.reference_generate.seconds,
+            r.reference_generate.seconds / r.generate.seconds,
+            mib(&r.generate),
+            mib(&r.reference_generate)
+        )?;
+        writeln!(
+            s,
+            "| instantiate | {:.2} s (first run {:.2} s) | {:.2} s | {:.1}× | {:.2} s | {:.1}× | {:.0} / {:.0} MiB |",
+            r.instantiate.seconds,
+            r.instantiate_first.seconds,
+            r.floor.seconds,
+            r.instantiate.seconds / r.floor.seconds,
+            r.reference_instantiate.seconds,
+            r.reference_instantiate.seconds / r.instantiate_first.seconds,
+            mib(&r.instantiate),
+            mib(&r.reference_instantiate)
+        )?;
+        writeln!(s)?;
+        let c = &r.reference_counts;
+        writeln!(
+            s,
+            "Predictions against build 2's real actions: `sa` {} of {} exact; the reference {} exact, {} wrong, {} given up (of {}). \
+             The reference's speed-up for instantiate is against `sa`'s first run.",
+            r.exact, r.actions, c["exact"], c["wrong"], c["none"], c["actions"]
+        )?;
+        if r.name == "large" {
+            writeln!(s)?;
+            writeln!(s, "Targets on large (2 cores, warm page cache, local store):")?;
+            writeln!(s)?;
+            let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
+            let g = r.generate.seconds / r.floor.seconds;
+            let i = r.instantiate.seconds / r.floor.seconds;
+            let gs = r.reference_generate.seconds / r.generate.seconds;
+            let is = r.reference_instantiate.seconds / r.instantiate_first.seconds;
+            let rss =
+                r.generate.max_rss_kib.max(r.instantiate.max_rss_kib) as f64 / (1 << 20) as f64;
+            writeln!(s, "- `sa generate` ≤ 2× the floor: {:.1}× — {}", g, verdict(g <= 2.0))?;
+            writeln!(s, "- `sa instantiate` ≤ 3× the floor: {:.1}× — {}", i, verdict(i <= 3.0))?;
+            writeln!(
+                s,
+                "- ≥ 100× faster than the reference: generate {:.1}×, instantiate {:.1}× — {}",
+                gs,
+                is,
+                verdict(gs >= 100.0 && is >= 100.0)
+            )?;
+            writeln!(s, "- peak RSS ≤ 1 GiB: {:.2} GiB — {}", rss, verdict(rss <= 1.0))?;
+        }
+    }
+    Ok(s)
+}
