@@ -334,34 +334,6 @@ pub fn generate(
     let index = OriginIndex::build(entries);
     stats.origins = index.len();
 
-    // Per-action attribution over memoized directory occurrences.
-    let memo: DashMap<(Digest, String), Arc<Entry>> = DashMap::new();
-    let attributed: Vec<(Option<Vec<u8>>, [usize; 3], u64)> = roots
-        .par_iter()
-        .enumerate()
-        .map(|(position, (action, root))| {
-            let entry = occurrence(&forest, &index, &memo, root, String::new());
-            let allowed = |origin: &Origin| match origin.producer {
-                Some(producer) => producer_index.get(&producer).is_some_and(|&p| p < position),
-                None => true,
-            };
-            let (mut overlays, unattributed) = collect(&index, &entry, allowed);
-            sort_overlays(&index, &mut overlays);
-            let mut counts = [0usize; 3];
-            for (_, id) in &overlays {
-                counts[index.origin(*id).kind as usize] += 1;
-            }
-            if overlays.is_empty() {
-                return (None, counts, unattributed);
-            }
-            let message = SpeculativeAction {
-                base_action_digest: Some(action.to_proto()),
-                overlays: overlays.iter().map(|(d, id)| index.origin(*id).to_overlay(d)).collect(),
-            };
-            (Some(message.encode_to_vec()), counts, unattributed)
-        })
-        .collect();
-
     // Artifact overlays: the element's own artifact files, any subaction's outputs allowed.
     let mut artifact_overlays = Vec::new();
     if let Some(root) = input.element.artifact {
@@ -381,21 +353,59 @@ pub fn generate(
     }
     stats.artifact_file_overlays = artifact_overlays.len();
 
-    // Encode: the outer message is the concatenation of its repeated fields, in order.
+    // Per-action attribution over memoized directory occurrences, in parallel within chunks
+    // of actions whose encodings go straight into the output: the outer message is the
+    // concatenation of its repeated fields, in order, so no action's encoding is held longer
+    // than its chunk.
+    let memo: DashMap<(Digest, String), Arc<Entry>> = DashMap::new();
     let mut out = Vec::new();
-    for (encoded, counts, unattributed) in attributed {
-        stats.unattributed_inputs += unattributed;
-        stats.source_overlays += counts[OriginKind::Source as usize];
-        stats.action_overlays += counts[OriginKind::Action as usize];
-        stats.artifact_overlays += counts[OriginKind::Artifact as usize];
-        if let Some(encoded) = encoded {
-            stats.actions += 1;
-            put_field(&mut out, 1, &encoded);
+    for (chunk_index, chunk) in roots.chunks(ATTRIBUTION_CHUNK).enumerate() {
+        let attributed: Vec<(Option<Vec<u8>>, [usize; 3], u64)> = chunk
+            .par_iter()
+            .enumerate()
+            .map(|(offset, (action, root))| {
+                let position = chunk_index * ATTRIBUTION_CHUNK + offset;
+                let entry = occurrence(&forest, &index, &memo, root, String::new());
+                let allowed = |origin: &Origin| match origin.producer {
+                    Some(producer) => producer_index.get(&producer).is_some_and(|&p| p < position),
+                    None => true,
+                };
+                let (mut overlays, unattributed) = collect(&index, &entry, allowed);
+                sort_overlays(&index, &mut overlays);
+                let mut counts = [0usize; 3];
+                for (_, id) in &overlays {
+                    counts[index.origin(*id).kind as usize] += 1;
+                }
+                if overlays.is_empty() {
+                    return (None, counts, unattributed);
+                }
+                let message = SpeculativeAction {
+                    base_action_digest: Some(action.to_proto()),
+                    overlays: overlays
+                        .iter()
+                        .map(|(d, id)| index.origin(*id).to_overlay(d))
+                        .collect(),
+                };
+                (Some(message.encode_to_vec()), counts, unattributed)
+            })
+            .collect();
+        for (encoded, counts, unattributed) in attributed {
+            stats.unattributed_inputs += unattributed;
+            stats.source_overlays += counts[OriginKind::Source as usize];
+            stats.action_overlays += counts[OriginKind::Action as usize];
+            stats.artifact_overlays += counts[OriginKind::Artifact as usize];
+            if let Some(encoded) = encoded {
+                stats.actions += 1;
+                put_field(&mut out, 1, &encoded);
+            }
         }
     }
     for (digest, id) in &artifact_overlays {
         put_field(&mut out, 2, &index.origin(*id).to_overlay(digest).encode_to_vec());
     }
+    // The trees are done with: free them before hashing and storing the output.
+    drop(memo);
+    drop(forest);
     let blob = Blob::new(function, out);
     let digest = *blob.digest();
     let encoded = blob.data().clone();
@@ -606,6 +616,9 @@ fn sort_overlays(index: &OriginIndex, overlays: &mut Vec<(Digest, u32)>) {
     });
     overlays.dedup();
 }
+
+/// Actions attributed (in parallel) before their encodings are appended to the output.
+const ATTRIBUTION_CHUNK: usize = 512;
 
 /// Appends a length-delimited field, as prost encodes a repeated message field.
 fn put_field(out: &mut Vec<u8>, number: u32, payload: &[u8]) {

@@ -11,6 +11,7 @@ use sa_cas::merkle::{self, Forest, TreeLimits, join};
 use sa_cas::{Blob, CasError, Digest, DigestFunction, Store};
 use sa_generator::model::{Origin, OriginKind, compare_for};
 use sa_proto::buildstream::v2::SpeculativeActions;
+use sa_proto::buildstream::v2::speculative_actions::{Overlay, SpeculativeAction};
 use sa_proto::reapi::Action;
 
 use crate::splice;
@@ -263,20 +264,14 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             source: Box::new(source),
         };
         let blob = self.store.read_blob(speculative_actions).map_err(sa_error)?;
-        let message = SpeculativeActions::decode(blob).map_err(|source| {
-            sa_error(CasError::Decode {
-                what: "SpeculativeActions",
-                digest: *speculative_actions,
-                source,
-            })
-        })?;
 
-        // Intern overlays; decode each action's overlays.
+        // Intern overlays, decoding one action at a time: a large element's message holds
+        // millions of overlays, which must not all be decoded at once.
         let mut interned: HashMap<(Origin, Digest), u32> = HashMap::new();
         let mut overlays: Vec<(Origin, Digest)> = Vec::new();
-        let mut bases = Vec::with_capacity(message.actions.len());
-        let mut groups = Vec::with_capacity(message.actions.len());
-        for action in &message.actions {
+        let mut bases = Vec::new();
+        let mut groups = Vec::new();
+        let decoded = for_each_action(&blob, |action| {
             let base = Digest::from_proto_field(
                 function,
                 action.base_action_digest.as_ref(),
@@ -310,7 +305,20 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             }
             bases.push(base);
             groups.push(by_target);
+            Ok(())
+        });
+        match decoded {
+            Ok(outcome) => outcome?,
+            Err(source) => {
+                return Err(sa_error(CasError::Decode {
+                    what: "SpeculativeActions",
+                    digest: *speculative_actions,
+                    source,
+                }));
+            }
         }
+        drop(interned);
+        drop(blob);
 
         // Base actions and their input trees, fetched in batches.
         let raws = merkle::read_in_batches(self.store, &bases).or_else(|_| {
@@ -815,5 +823,77 @@ impl<'f> ElementWork<'f> {
         let raw = store.read_blob(digest).map_err(Box::new)?;
         self.raw_dirs.insert(*digest, raw.clone());
         Ok(raw)
+    }
+}
+
+/// Calls `each` with every `SpeculativeAction` of an encoded `SpeculativeActions`, in order,
+/// decoding one at a time. The other fields are checked (artifact overlays decode) and skipped,
+/// as a full decode would; a malformed blob is a `DecodeError`.
+fn for_each_action<E>(
+    blob: &[u8],
+    mut each: impl FnMut(SpeculativeAction) -> Result<(), E>,
+) -> Result<Result<(), E>, prost::DecodeError> {
+    use prost::encoding::{DecodeContext, WireType, check_wire_type, decode_key, skip_field};
+    let mut buf = blob;
+    while !buf.is_empty() {
+        let (tag, wire_type) = decode_key(&mut buf)?;
+        match tag {
+            1 => {
+                check_wire_type(WireType::LengthDelimited, wire_type)?;
+                if let Err(err) = each(SpeculativeAction::decode_length_delimited(&mut buf)?) {
+                    return Ok(Err(err));
+                }
+            }
+            2 => {
+                check_wire_type(WireType::LengthDelimited, wire_type)?;
+                Overlay::decode_length_delimited(&mut buf)?;
+            }
+            _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default())?,
+        }
+    }
+    Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use sa_proto::buildstream::v2::SpeculativeActions;
+
+    use super::*;
+
+    fn bases(blob: &[u8]) -> Result<Vec<u64>, prost::DecodeError> {
+        let mut seen = Vec::new();
+        for_each_action(blob, |a| {
+            seen.push(a.base_action_digest.map_or(0, |d| d.size_bytes as u64));
+            Ok::<(), ()>(())
+        })?
+        .expect("the callback does not fail");
+        Ok(seen)
+    }
+
+    #[test]
+    fn decodes_actions_one_by_one_in_order_and_rejects_malformed_blobs() {
+        let action = |size| SpeculativeAction {
+            base_action_digest: Some(sa_proto::reapi::Digest {
+                hash: "h".into(),
+                size_bytes: size,
+            }),
+            overlays: vec![],
+        };
+        let message = SpeculativeActions {
+            actions: vec![action(1), action(2), action(3)],
+            artifact_overlays: vec![Overlay::default()],
+        };
+        let mut blob = message.encode_to_vec();
+        // A field a newer writer added (number 7, varint) is skipped.
+        blob.extend([7 << 3, 42]);
+        assert_eq!(bases(&blob).expect("valid"), [1, 2, 3]);
+        // Truncated in the middle of an action.
+        assert!(bases(&blob[..blob.len() / 2]).is_err());
+        // Field 1 with the varint wire type.
+        assert!(bases(&[1 << 3, 5]).is_err());
+        // A callback error stops the walk and is returned as is.
+        let outcome = for_each_action(&blob, |_| Err("stop")).expect("decodes");
+        assert_eq!(outcome, Err("stop"));
     }
 }
