@@ -318,7 +318,7 @@ impl GrpcCas {
             let retryable = matches!(
                 status.code(),
                 Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded
-            );
+            ) || is_transport_failure(&status);
             if !retryable || attempt >= self.config.max_retries {
                 let message = if attempt > 0 {
                     format!("{} (after {} attempts)", status.message(), attempt + 1)
@@ -764,4 +764,22 @@ impl ActionCache for GrpcCas {
         })
         .map(|_| ())
     }
+}
+
+/// Whether a status is tonic's report of a connection that failed under the call (`Unknown`
+/// caused by a transport error: reset, closed early, refused by a server still starting),
+/// not an answer of the server's. Every call made through `call_async` is idempotent, so such
+/// a failure is retried like `UNAVAILABLE`.
+fn is_transport_failure(status: &Status) -> bool {
+    if status.code() != Code::Unknown {
+        return false;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        if cause.is::<tonic::transport::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
