@@ -5,11 +5,12 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sa_benches::workload::{self, Profile};
+use sa_benches::workload::{digest, element};
 use sa_cas::merkle::{self, TreeLimits};
-use sa_cas::{Digest, DigestFunction, MemoryCas};
+use sa_cas::{DigestFunction, MemoryCas};
 use sa_generator::model::{Origin, OriginKind};
-use sa_generator::{ElementTrees, GenerateConfig, GenerateInput, OriginIndex};
-use sa_instantiator::{ElementState, InstantiateConfig, Instantiator};
+use sa_generator::{GenerateConfig, GenerateInput, OriginIndex};
+use sa_instantiator::{InstantiateConfig, Instantiator};
 use serde_json::Value;
 
 const F: DigestFunction = DigestFunction::Sha256;
@@ -26,40 +27,8 @@ fn fixture(profile: &str) -> Fixture {
     Fixture { cas, workload }
 }
 
-fn digest(value: &Value) -> Option<Digest> {
-    value.as_str().map(|s| Digest::parse(F, s).expect("the workload's digests parse"))
-}
-
-fn element<'a>(graph: &'a Value, name: &str) -> &'a Value {
-    graph["elements"]
-        .as_array()
-        .expect("elements")
-        .iter()
-        .find(|e| e["name"] == name)
-        .expect("element")
-}
-
-fn trees(graph: &Value, name: &str) -> ElementTrees {
-    let e = element(graph, name);
-    ElementTrees {
-        name: name.into(),
-        sources: digest(&e["sources"]),
-        artifact: digest(&e["artifact"]),
-    }
-}
-
 fn app_input(graph: &Value) -> GenerateInput {
-    let app = element(graph, "app.bst");
-    GenerateInput {
-        element: trees(graph, "app.bst"),
-        dependencies: vec![trees(graph, "lib.bst"), trees(graph, "base.bst")],
-        subactions: app["subactions"]
-            .as_array()
-            .expect("subactions")
-            .iter()
-            .filter_map(digest)
-            .collect(),
-    }
+    workload::generate_input(graph, "app.bst")
 }
 
 fn bench_index(c: &mut Criterion) {
@@ -99,43 +68,14 @@ fn bench_generate_instantiate(c: &mut Criterion) {
         );
         // Specs of build 1 for every element, then build 2's states.
         let mut specs = std::collections::HashMap::new();
-        for name in ["base.bst", "lib.bst", "app.bst"] {
-            let e = element(&fx.workload.build1, name);
-            let deps: Vec<ElementTrees> = e["build_deps"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|d| trees(&fx.workload.build1, d.as_str().expect("a name")))
-                .collect();
-            let subactions =
-                e["subactions"].as_array().into_iter().flatten().filter_map(digest).collect();
-            let input = GenerateInput {
-                element: trees(&fx.workload.build1, name),
-                dependencies: deps,
-                subactions,
-            };
+        for name in workload::ELEMENTS {
+            let input = workload::generate_input(&fx.workload.build1, name);
             specs.insert(
                 name,
                 sa_generator::generate(&fx.cas, &input, &config).expect("generate").digest,
             );
         }
-        let states = || -> Vec<ElementState> {
-            ["base.bst", "lib.bst", "app.bst"]
-                .iter()
-                .map(|name| {
-                    let now = element(&fx.workload.build2, name);
-                    let before = element(&fx.workload.build1, name);
-                    ElementState {
-                        name: (*name).into(),
-                        sources: digest(&now["sources"]),
-                        artifact: digest(&now["artifact"]),
-                        previous_key: before["cache_key"].as_str().map(str::to_owned),
-                        current_key: now["cache_key"].as_str().map(str::to_owned),
-                        previous_speculative_actions: Some(specs[name]),
-                    }
-                })
-                .collect()
-        };
+        let states = || workload::states(&fx.workload.build1, &fx.workload.build2, &specs);
         let config = InstantiateConfig::default();
         group.bench_function(
             BenchmarkId::new("instantiate_cold", format!("{profile}/actions={actions}")),

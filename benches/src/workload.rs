@@ -520,3 +520,67 @@ pub fn write_files(workload: &Workload, dir: &std::path::Path) -> std::io::Resul
     write("truth.json", &Value::from(truth))?;
     write("workload.json", &workload.stats)
 }
+
+/// The elements of a workload, in dependency order.
+pub const ELEMENTS: [&str; 3] = ["base.bst", "lib.bst", "app.bst"];
+
+/// A digest field of a workload's graph.
+pub fn digest(value: &Value) -> Option<Digest> {
+    value
+        .as_str()
+        .map(|s| Digest::parse(DigestFunction::Sha256, s).expect("the workload's digests parse"))
+}
+
+/// An element of a workload's graph.
+pub fn element<'a>(graph: &'a Value, name: &str) -> &'a Value {
+    let elements = graph["elements"].as_array().expect("a graph has elements");
+    elements.iter().find(|e| e["name"] == name).expect("the element is in the graph")
+}
+
+/// An element's trees in a workload's graph.
+pub fn trees(graph: &Value, name: &str) -> sa_generator::ElementTrees {
+    let e = element(graph, name);
+    sa_generator::ElementTrees {
+        name: name.into(),
+        sources: digest(&e["sources"]),
+        artifact: digest(&e["artifact"]),
+    }
+}
+
+/// What `sa generate` gives the generator for an element of build 1.
+pub fn generate_input(graph: &Value, name: &str) -> sa_generator::GenerateInput {
+    let e = element(graph, name);
+    sa_generator::GenerateInput {
+        element: trees(graph, name),
+        dependencies: e["build_deps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| trees(graph, d.as_str().expect("a dependency name")))
+            .collect(),
+        subactions: e["subactions"].as_array().into_iter().flatten().filter_map(digest).collect(),
+    }
+}
+
+/// What `sa instantiate` gives the instantiator: build 2's states with build 1's keys and
+/// SpeculativeActions (`specs`, by element).
+pub fn states(
+    build1: &Value,
+    build2: &Value,
+    specs: &std::collections::HashMap<&str, Digest>,
+) -> Vec<sa_instantiator::ElementState> {
+    ELEMENTS
+        .iter()
+        .map(|name| {
+            let now = element(build2, name);
+            sa_instantiator::ElementState {
+                name: (*name).into(),
+                sources: digest(&now["sources"]),
+                artifact: digest(&now["artifact"]),
+                previous_key: element(build1, name)["cache_key"].as_str().map(str::to_owned),
+                current_key: now["cache_key"].as_str().map(str::to_owned),
+                previous_speculative_actions: specs.get(name).copied(),
+            }
+        })
+        .collect()
+}
