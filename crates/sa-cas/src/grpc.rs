@@ -47,7 +47,7 @@ const CHUNK: usize = 1 << 20;
 const FIND_MISSING_CHUNK: usize = 10_000;
 
 /// How to reach a REAPI server.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct GrpcConfig {
     /// `grpc://host:port`, `grpcs://host:port` or `unix:/path/to/socket`.
     pub endpoint: String,
@@ -71,6 +71,27 @@ pub struct GrpcConfig {
     pub max_retries: u32,
     /// First backoff delay; doubles each retry, capped at 5 s.
     pub retry_delay: Duration,
+}
+
+impl std::fmt::Debug for GrpcConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Header values are secrets (tokens): only their names are shown.
+        let headers: Vec<(&str, &str)> =
+            self.headers.iter().map(|(k, _)| (k.as_str(), "<redacted>")).collect();
+        f.debug_struct("GrpcConfig")
+            .field("endpoint", &self.endpoint)
+            .field("instance_name", &self.instance_name)
+            .field("headers", &headers)
+            .field("tls_ca_cert", &self.tls_ca_cert)
+            .field("tls_client_identity", &self.tls_client_identity)
+            .field("digest_function", &self.digest_function)
+            .field("max_concurrent_rpcs", &self.max_concurrent_rpcs)
+            .field("rpc_timeout", &self.rpc_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_retries", &self.max_retries)
+            .field("retry_delay", &self.retry_delay)
+            .finish()
+    }
 }
 
 impl GrpcConfig {

@@ -29,6 +29,7 @@
 mod digest;
 mod error;
 mod grpc;
+mod limited;
 mod local;
 mod memory;
 pub mod merkle;
@@ -40,6 +41,7 @@ pub mod testing;
 pub use digest::{Digest, DigestFunction, HASH_LEN, Hasher};
 pub use error::{CasError, ResultExt};
 pub use grpc::{GrpcCas, GrpcConfig};
+pub use limited::Limited;
 pub use local::{LocalCas, LocalCasConfig};
 pub use memory::MemoryCas;
 pub use metered::{Metered, StoreStats};

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use sa_cas::merkle::{self, TreeLimits};
+use sa_cas::merkle;
 use sa_cas::{ActionCache, Digest};
 use sa_generator::{ElementTrees, GenerateConfig, GenerateInput};
 use sa_instantiator::{ElementState, InstantiateConfig, InstantiatedAction, Instantiator};
@@ -42,7 +42,7 @@ fn trees(element: &Element) -> ElementTrees {
 
 pub(crate) fn generate(args: &StoreArgs, cmd: &GenerateArgs, ui: &mut Ui) -> Result<()> {
     let opened = store::open(args)?;
-    let mut graph = Graph::load(&cmd.graph, args.digest_function)?;
+    let mut graph = Graph::load(&cmd.graph, args)?;
     let selected: Vec<Element> = graph
         .select(&cmd.element, |e| !e.subactions.is_empty() || e.artifact.is_some())?
         .into_iter()
@@ -50,7 +50,7 @@ pub(crate) fn generate(args: &StoreArgs, cmd: &GenerateArgs, ui: &mut Ui) -> Res
         .collect();
     let config = GenerateConfig {
         skip_broken_subactions: cmd.skip_broken_subactions,
-        limits: TreeLimits::default(),
+        limits: args.limits.tree(),
     };
     let bar = ui.progress(selected.len(), "generate");
     let mut lines = Vec::new();
@@ -127,8 +127,8 @@ pub(crate) struct Plan {
 }
 
 pub(crate) fn plan(args: &StoreArgs, cmd: &InstantiateArgs) -> Result<Plan> {
-    let next = Graph::load(&cmd.graph, args.digest_function)?;
-    let previous = Graph::load(&cmd.previous, args.digest_function)?;
+    let next = Graph::load(&cmd.graph, args)?;
+    let previous = Graph::load(&cmd.previous, args)?;
     let states = next
         .elements
         .iter()
@@ -178,7 +178,11 @@ pub(crate) fn outcome_json(element: &str, o: &InstantiatedAction) -> serde_json:
 pub(crate) fn instantiate(args: &StoreArgs, cmd: &InstantiateArgs, ui: &mut Ui) -> Result<()> {
     let opened = store::open(args)?;
     let Plan { states, targets } = plan(args, cmd)?;
-    let instantiator = Instantiator::new(&opened.store, states, InstantiateConfig::default())?;
+    let instantiator = Instantiator::new(
+        &opened.store,
+        states,
+        InstantiateConfig { limits: args.limits.tree(), ..Default::default() },
+    )?;
     let bar = ui.progress(targets.len(), "instantiate");
     let mut lines = Vec::new();
     for (element, digest) in &targets {
@@ -218,7 +222,7 @@ pub(crate) struct IngestArgs {
 pub(crate) fn ingest(args: &StoreArgs, cmd: &IngestArgs, ui: &mut Ui) -> Result<()> {
     let opened = store::open(args)?;
     let root = ui
-        .phase("ingest", || merkle::ingest(&opened.store, &cmd.path, &TreeLimits::default()))
+        .phase("ingest", || merkle::ingest(&opened.store, &cmd.path, &args.limits.tree()))
         .with_context(|| format!("ingesting {}", cmd.path.display()))?;
     if ui.json() {
         ui.line(json!({"path": cmd.path.display().to_string(), "root": root.to_string()}))?;

@@ -5,6 +5,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use sa_cas::{Digest, DigestFunction};
+
+use crate::StoreArgs;
 use serde_json::{Map, Value};
 
 /// One element of a build.
@@ -40,10 +42,18 @@ const ELEMENT_KEYS: &[&str] = &[
 impl Graph {
     /// Reads and validates a graph file; digests use `function` unless the file names another,
     /// which is then an error.
-    pub(crate) fn load(path: &Path, function: DigestFunction) -> Result<Graph> {
+    pub(crate) fn load(path: &Path, args: &StoreArgs) -> Result<Graph> {
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("reading graph {}", path.display()))?
+            .len();
+        let max = args.limits.max_graph_bytes;
+        if size > max {
+            bail!("graph {}: {size} bytes, more than --max-graph-bytes {max}", path.display());
+        }
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading graph {}", path.display()))?;
-        Graph::parse(&text, function).with_context(|| format!("graph {}", path.display()))
+        Graph::parse(&text, args.digest_function)
+            .with_context(|| format!("graph {}", path.display()))
     }
 
     pub(crate) fn parse(text: &str, function: DigestFunction) -> Result<Graph> {

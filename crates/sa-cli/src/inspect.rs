@@ -137,12 +137,17 @@ fn digests_valid(function: DigestFunction, digests: &[&Option<reapi::Digest>]) -
     digests.iter().all(|d| d.as_ref().is_some_and(|d| Digest::from_proto(function, d).is_ok()))
 }
 
-fn detect(function: DigestFunction, digest: &Digest, data: &Bytes) -> Option<(Kind, Value)> {
+fn detect(
+    function: DigestFunction,
+    digest: &Digest,
+    data: &Bytes,
+    limits: &TreeLimits,
+) -> Option<(Kind, Value)> {
     if data.is_empty() {
         return Some((Kind::Directory, directory_json(&Directory::default())));
     }
     if let Some(dir) = exact::<Directory>(data) {
-        if merkle::validate_directory(function, digest, &dir, &TreeLimits::default()).is_ok() {
+        if merkle::validate_directory(function, digest, &dir, limits).is_ok() {
             return Some((Kind::Directory, directory_json(&dir)));
         }
     }
@@ -188,7 +193,7 @@ pub(crate) fn inspect(args: &StoreArgs, cmd: &InspectArgs, ui: &mut Ui) -> Resul
             (Kind::ActionResult, result_json(&result))
         }
         Some(Kind::Tree) => {
-            let forest = merkle::fetch_tree(store, &digest, &TreeLimits::default())?;
+            let forest = merkle::fetch_tree(store, &digest, &args.limits.tree())?;
             let files = forest.files(&digest)?;
             let value: Vec<Value> = files
                 .iter()
@@ -204,11 +209,9 @@ pub(crate) fn inspect(args: &StoreArgs, cmd: &InspectArgs, ui: &mut Ui) -> Resul
             let value = match kind {
                 Kind::Action => action_json(&decode(data, &digest, "Action")?),
                 Kind::Command => command_json(&decode(data, &digest, "Command")?),
-                Kind::Directory => directory_json(&merkle::decode_directory(
-                    &digest,
-                    &data,
-                    &TreeLimits::default(),
-                )?),
+                Kind::Directory => {
+                    directory_json(&merkle::decode_directory(&digest, &data, &args.limits.tree())?)
+                }
                 Kind::SpeculativeActions => {
                     speculative_json(&decode(data, &digest, "SpeculativeActions")?)
                 }
@@ -219,7 +222,7 @@ pub(crate) fn inspect(args: &StoreArgs, cmd: &InspectArgs, ui: &mut Ui) -> Resul
         }
         None => {
             let data = store.read_blob(&digest)?;
-            match detect(function, &digest, &data) {
+            match detect(function, &digest, &data, &args.limits.tree()) {
                 Some(found) => found,
                 None => bail!("blob {digest} does not decode as any known message: pass --as"),
             }

@@ -84,6 +84,50 @@ pub(crate) struct StoreArgs {
     /// Digest function of the store and the graph: sha256 or blake3.
     #[arg(long, default_value = "sha256", value_parser = store::parse_function, global = true)]
     digest_function: DigestFunction,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Bounds on what `sa` accepts from outside; exceeding one is an error naming what and where,
+/// never an out-of-memory kill.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Limits")]
+pub(crate) struct LimitArgs {
+    /// Deepest directory nesting accepted in a tree.
+    #[arg(long, default_value_t = 256, global = true, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_tree_depth: u32,
+    /// Most entries (files, directories, symlinks) accepted in one Directory.
+    #[arg(long, default_value_t = 1 << 20, global = true, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_directory_entries: u32,
+    /// Most distinct directories one command fetches.
+    #[arg(long, default_value_t = 50_000_000, global = true, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_directories: u32,
+    /// Largest blob read into memory, in bytes (default 4 GiB).
+    #[arg(long, default_value_t = 4 << 30, global = true, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_blob_bytes: u64,
+    /// Largest build graph file, in bytes (default 256 MiB).
+    #[arg(long, default_value_t = 256 << 20, global = true, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_graph_bytes: u64,
+    /// Most RPCs in flight at once to --remote.
+    #[arg(long, default_value_t = 16, global = true, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    max_in_flight_rpcs: u32,
+}
+
+impl LimitArgs {
+    /// The tree bounds.
+    pub(crate) fn tree(&self) -> sa_cas::merkle::TreeLimits {
+        sa_cas::merkle::TreeLimits {
+            max_depth: self.max_tree_depth as usize,
+            max_entries: self.max_directory_entries as usize,
+            max_directories: self.max_directories as usize,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

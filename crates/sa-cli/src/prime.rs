@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use prost::Message;
 use sa_cas::merkle::{self, TreeLimits};
-use sa_cas::{Digest, GrpcCas, Metered, Store, read_message};
+use sa_cas::{Digest, GrpcCas, Store, read_message};
 use sa_exec::{ExecConfig, Execution};
 use sa_instantiator::{InstantiateConfig, InstantiatedAction, Instantiator};
 use sa_proto::google::longrunning::operation;
@@ -60,9 +60,7 @@ pub(crate) fn prime(args: &StoreArgs, cmd: &PrimeArgs, ui: &mut Ui) -> Result<()
     }
     let local = store::open_local(args)?;
     let local_desc = local.root().display().to_string();
-    let local_store: Arc<dyn Store> = local;
-    let opened =
-        store::Opened { store: Metered::new(local_store), grpc: None, description: local_desc };
+    let opened = store::Opened::new(args, local, None, local_desc);
     let executor = match (&args.remote, cmd.local) {
         (Some(_), true) => bail!("sa prime takes --local or --remote URL, not both"),
         (None, false) => bail!(
@@ -75,17 +73,18 @@ pub(crate) fn prime(args: &StoreArgs, cmd: &PrimeArgs, ui: &mut Ui) -> Result<()
         (Some(endpoint), false) => {
             let grpc = store::connect(args, endpoint)?;
             let remote_store: Arc<dyn Store> = grpc.clone();
-            let opened = store::Opened {
-                store: Metered::new(remote_store),
-                grpc: Some(grpc.clone()),
-                description: endpoint.clone(),
-            };
+            let opened =
+                store::Opened::new(args, remote_store, Some(grpc.clone()), endpoint.clone());
             Executor::Remote { grpc, opened }
         }
     };
 
     let Plan { states, targets } = plan(args, &cmd.instantiate)?;
-    let instantiator = Instantiator::new(&opened.store, states, InstantiateConfig::default())?;
+    let instantiator = Instantiator::new(
+        &opened.store,
+        states,
+        InstantiateConfig { limits: args.limits.tree(), ..Default::default() },
+    )?;
     let mut status: HashMap<Digest, Status> = HashMap::new();
     let mut last: Vec<(String, InstantiatedAction)>;
     // Waves: each round instantiates again, so ACTION overlays resolve once their producers
@@ -112,7 +111,9 @@ pub(crate) fn prime(args: &StoreArgs, cmd: &PrimeArgs, ui: &mut Ui) -> Result<()
         }
         let statuses = match &executor {
             Executor::Remote { grpc, opened: remote } => {
-                ui.phase("upload", || upload(&opened.store, &remote.store, &wave))?;
+                ui.phase("upload", || {
+                    upload(&opened.store, &remote.store, &wave, &args.limits.tree())
+                })?;
                 let executed = ui.phase("execute", || {
                     run_parallel(cmd.jobs, &wave, |action| {
                         execute(grpc, args, action, Duration::from_secs(cmd.execute_timeout))
@@ -206,7 +207,12 @@ fn stderr_excerpt(remote: &dyn Store, result: &ActionResult) -> String {
 }
 
 /// Uploads every blob the actions need (Action, Command, input tree) that the remote lacks.
-fn upload(local: &dyn Store, remote: &dyn Store, actions: &[Digest]) -> Result<()> {
+fn upload(
+    local: &dyn Store,
+    remote: &dyn Store,
+    actions: &[Digest],
+    limits: &TreeLimits,
+) -> Result<()> {
     let mut needed: Vec<Digest> = actions.to_vec();
     let mut roots = Vec::new();
     for action in actions {
@@ -223,7 +229,7 @@ fn upload(local: &dyn Store, remote: &dyn Store, actions: &[Digest]) -> Result<(
             "Action.input_root_digest",
         )?);
     }
-    let forest = merkle::fetch_forest(local, &roots, &TreeLimits::default())?;
+    let forest = merkle::fetch_forest(local, &roots, limits)?;
     needed.extend(forest.directories().keys().copied());
     for root in &roots {
         needed.extend(forest.files(root)?.into_iter().map(|(_, d, _)| d));

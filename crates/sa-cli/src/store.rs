@@ -4,15 +4,30 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use sa_cas::{DigestFunction, GrpcCas, GrpcConfig, LocalCas, LocalCasConfig, Metered, Store};
+use sa_cas::{
+    DigestFunction, GrpcCas, GrpcConfig, Limited, LocalCas, LocalCasConfig, Metered, Store,
+};
 
 use crate::StoreArgs;
 
-/// The store a command works on, metered for `--stats`.
+/// The store a command works on, with in-memory reads bounded by `--max-blob-bytes` and
+/// metered for `--stats`.
 pub(crate) struct Opened {
-    pub(crate) store: Metered<Arc<dyn Store>>,
+    pub(crate) store: Metered<Limited<Arc<dyn Store>>>,
     pub(crate) grpc: Option<Arc<GrpcCas>>,
     pub(crate) description: String,
+}
+
+impl Opened {
+    pub(crate) fn new(
+        args: &StoreArgs,
+        store: Arc<dyn Store>,
+        grpc: Option<Arc<GrpcCas>>,
+        description: String,
+    ) -> Opened {
+        let store = Metered::new(Limited::new(store, args.limits.max_blob_bytes));
+        Opened { store, grpc, description }
+    }
 }
 
 /// The default local store: `${XDG_CACHE_HOME:-~/.cache}/speculative-actions`.
@@ -41,6 +56,7 @@ pub(crate) fn grpc_config(args: &StoreArgs, endpoint: &str) -> Result<GrpcConfig
     let mut config = GrpcConfig::new(endpoint);
     config.instance_name = args.instance_name.clone();
     config.digest_function = args.digest_function;
+    config.max_concurrent_rpcs = args.limits.max_in_flight_rpcs as usize;
     for header in &args.remote_header {
         let Some((key, value)) = header.split_once('=') else {
             bail!(
@@ -69,16 +85,11 @@ pub(crate) fn open(args: &StoreArgs) -> Result<Opened> {
     if let Some(endpoint) = &args.remote {
         let grpc = connect(args, endpoint)?;
         let store: Arc<dyn Store> = grpc.clone();
-        return Ok(Opened {
-            store: Metered::new(store),
-            grpc: Some(grpc),
-            description: endpoint.clone(),
-        });
+        return Ok(Opened::new(args, store, Some(grpc), endpoint.clone()));
     }
     let local = open_local(args)?;
     let description = local.root().display().to_string();
-    let store: Arc<dyn Store> = local;
-    Ok(Opened { store: Metered::new(store), grpc: None, description })
+    Ok(Opened::new(args, local, None, description))
 }
 
 pub(crate) fn parse_function(text: &str) -> Result<DigestFunction, String> {

@@ -211,6 +211,8 @@ fn grpc_cas_reaches_casd_over_a_unix_socket_with_headers() {
     }
     let mut config = GrpcConfig::new(format!("unix:{}", socket.display()));
     config.headers = vec![("Authorization".into(), "Bearer secret-token".into())];
+    assert!(!format!("{config:?}").contains("secret-token"), "header values never shown");
+    assert!(format!("{config:?}").contains("Authorization"), "header names are");
     let cas = GrpcCas::connect(config).unwrap();
     assert!(!format!("{cas:?}").contains("secret-token"), "header values never shown");
     let b = blob(60, 100);

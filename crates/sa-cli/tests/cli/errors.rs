@@ -109,3 +109,42 @@ fn unknown_element_and_missing_speculative_actions_are_errors() {
             .contains("element \"app.bst\" has no speculative_actions in")
     );
 }
+
+#[test]
+fn limits_are_errors_naming_what_exceeded_them() {
+    let p = Project::new();
+    let store = p.store();
+    let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
+    // Tree depth: a/b/c/d/file is four directories below the root.
+    let deep = p.dir.path().join("deep");
+    std::fs::create_dir_all(deep.join("a/b/c/d")).unwrap();
+    std::fs::write(deep.join("a/b/c/d/file"), "x").unwrap();
+    let deep = deep.display().to_string();
+    let out = sa(&["--cas", &store, "--max-tree-depth", "3", "ingest", &deep]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("limit exceeded"), "{}", stderr(&out));
+    // Blob size read into memory.
+    let action = p.actions1["src/main.c"];
+    let out = sa(&["--cas", &store, "--max-blob-bytes", "10", "inspect", &action.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!(
+            "blob {action} has {} bytes, more than the 10 a blob read into memory may have",
+            action.size()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    // Graph size.
+    let graph = p.graph1.display().to_string();
+    let out = sa(&["--cas", &store, "--max-graph-bytes", "10", "generate", "--graph", &graph]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("more than --max-graph-bytes 10"), "{}", stderr(&out));
+    // Zero is not a limit: a usage error.
+    for flag in ["--max-in-flight-rpcs", "--max-tree-depth", "--max-blob-bytes"] {
+        let out = sa(&["--cas", &store, flag, "0", "ingest", &p.path("app1")]);
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+    }
+    // Within the limits, the same commands work.
+    sa_ok(&["--cas", &store, "--max-tree-depth", "4", "ingest", &deep]);
+}
