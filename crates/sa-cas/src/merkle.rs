@@ -321,7 +321,55 @@ pub fn fetch_forest(
         frontier = next;
         depth += 1;
     }
+    check_acyclic(&forest)?;
     Ok(forest)
+}
+
+/// Fails if the forest has a cycle. Content addressing rules cycles out, but only if blobs hash
+/// to their digests: a store read without verification may serve a Directory that lists
+/// itself, and every walk of the forest relies on its being a DAG. Kahn's algorithm, linear in
+/// directories and edges.
+fn check_acyclic(forest: &Forest) -> Result<(), CasError> {
+    let mut children: HashMap<&Digest, Vec<Digest>> = HashMap::new();
+    let mut parents: HashMap<&Digest, usize> = forest.directories.keys().map(|d| (d, 0)).collect();
+    for (digest, directory) in &forest.directories {
+        let mut seen = HashSet::new();
+        for child in &directory.directories {
+            let child = dir_digest(digest.function(), child)?;
+            if seen.insert(child) {
+                if let Some(count) = parents.get_mut(&child) {
+                    *count += 1;
+                }
+                children.entry(digest).or_default().push(child);
+            }
+        }
+    }
+    let mut ready: Vec<&Digest> =
+        parents.iter().filter(|(_, n)| **n == 0).map(|(d, _)| *d).collect();
+    let mut done = 0;
+    while let Some(digest) = ready.pop() {
+        done += 1;
+        for child in children.get(digest).into_iter().flatten() {
+            if let Some((key, count)) = parents.get_key_value(child).map(|(k, n)| (*k, *n)) {
+                parents.insert(key, count - 1);
+                if count == 1 {
+                    ready.push(key);
+                }
+            }
+        }
+    }
+    if done < forest.directories.len() {
+        let mut cyclic: Vec<&Digest> =
+            parents.iter().filter(|(_, n)| **n > 0).map(|(d, _)| *d).collect();
+        cyclic.sort();
+        return Err(CasError::InvalidDirectory {
+            digest: *cyclic[0],
+            reason: "it contains itself through its subdirectories: the store served a blob \
+                     that does not hash to its digest"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 /// `Directory <digest> at <path>`, from the parent links, for error messages.

@@ -272,3 +272,59 @@ fn parse_element(
         name,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// JSON values shaped like graphs: the right keys with wrong or right values, nesting.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "[a-z0-9/.]{0,70}".prop_map(Value::from),
+            Just(Value::from(format!("{}/5", "e".repeat(64)))),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("name".to_owned()),
+                        Just("elements".to_owned()),
+                        Just("build_deps".to_owned()),
+                        Just("subactions".to_owned()),
+                        Just("sources".to_owned()),
+                        Just("digest_function".to_owned()),
+                        "[a-z_]{1,12}",
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_text_parses_or_fails_cleanly(text in "\\PC{0,300}") {
+            let _ = Graph::parse(&text, DigestFunction::Sha256);
+        }
+
+        #[test]
+        fn arbitrary_json_parses_or_fails_and_valid_graphs_round_trip(value in json()) {
+            let text = value.to_string();
+            if let Ok(graph) = Graph::parse(&text, DigestFunction::Sha256) {
+                let again = Graph::parse(&graph.to_json().to_string(), DigestFunction::Sha256)
+                    .expect("a graph's own JSON parses");
+                prop_assert_eq!(again.elements, graph.elements);
+            }
+        }
+    }
+}
