@@ -336,10 +336,7 @@ impl GrpcCas {
                     self.config.rpc_timeout
                 )),
             };
-            let retryable = matches!(
-                status.code(),
-                Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded
-            ) || is_transport_failure(&status);
+            let retryable = status.code() == Code::DeadlineExceeded || is_transient(&status);
             if !retryable || attempt >= self.config.max_retries {
                 let message = if attempt > 0 {
                     format!("{} (after {} attempts)", status.message(), attempt + 1)
@@ -787,8 +784,19 @@ impl ActionCache for GrpcCas {
     }
 }
 
+/// Whether a failed call may succeed if made again as it was: UNAVAILABLE,
+/// RESOURCE_EXHAUSTED, CANCELLED (calls here are never cancelled by their caller, so it is
+/// tonic's own deadline, "Timeout expired", or a connection torn down under the call), and a
+/// broken connection. DEADLINE_EXCEEDED is left to the caller: for a long execution it is the
+/// execution's own deadline.
+pub fn is_transient(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::ResourceExhausted | Code::Cancelled)
+        || is_transport_failure(status)
+}
+
 /// Whether a status is tonic's report of a connection that failed under the call (`Unknown`
-/// caused by a transport error: reset, closed early, refused by a server still starting),
+/// caused by a transport, hyper or h2 error: reset, closed early, a body cut off, refused by a
+/// server still starting),
 /// not an answer of the server's. Every call made through `call_async` is idempotent, so such
 /// a failure is retried like `UNAVAILABLE`.
 fn is_transport_failure(status: &Status) -> bool {
@@ -797,7 +805,10 @@ fn is_transport_failure(status: &Status) -> bool {
     }
     let mut source = std::error::Error::source(status);
     while let Some(cause) = source {
-        if cause.is::<tonic::transport::Error>() {
+        if cause.is::<tonic::transport::Error>()
+            || cause.is::<hyper::Error>()
+            || cause.is::<h2::Error>()
+        {
             return true;
         }
         source = cause.source();

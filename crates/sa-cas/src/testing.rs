@@ -40,6 +40,7 @@ pub struct Casd {
     store: PathBuf,
     port: u16,
     log: PathBuf,
+    extra: Vec<String>,
 }
 
 impl Casd {
@@ -57,16 +58,31 @@ impl Casd {
     }
 
     fn start_with(store: &Path, extra: &[&str]) -> Casd {
+        Casd::start_on(store, extra, None)
+    }
+
+    /// Kills casd and starts it again on the same port and store (what a crash and a restart
+    /// by a supervisor look like to clients).
+    pub fn restart(&mut self) {
+        self.kill();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        // The old handle's Drop kills a process that is already gone: harmless.
+        *self = Casd::start_on(&self.store, &extra, Some(self.port));
+    }
+
+    fn start_on(store: &Path, extra: &[&str], fixed_port: Option<u16>) -> Casd {
         let bb = buildbox_dir();
         std::fs::create_dir_all(store).expect("creating the casd store directory");
         let store = store.canonicalize().expect("the casd store directory exists");
         let mut last_error = String::new();
         // A port picked by binding to 0 can be taken before casd binds it: try a few.
         for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("binding a loopback port")
-                .port();
+            let port = fixed_port.unwrap_or_else(|| {
+                TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("binding a loopback port")
+                    .port()
+            });
             let log = store.with_extension(format!("casd-{port}.log"));
             let log_file = std::fs::File::create(&log).expect("creating the casd log");
             let path = format!("{}:{}", bb.display(), std::env::var("PATH").unwrap_or_default());
@@ -83,7 +99,8 @@ impl Casd {
                 .unwrap_or_else(|err| {
                     panic!("cannot start {}: {err}", bb.join("buildbox-casd").display())
                 });
-            let mut casd = Casd { child, store: store.clone(), port, log };
+            let extra = extra.iter().map(|e| (*e).to_owned()).collect();
+            let mut casd = Casd { child, store: store.clone(), port, log, extra };
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -91,6 +108,8 @@ impl Casd {
                 }
                 if let Ok(Some(status)) = casd.child.try_wait() {
                     last_error = format!("casd exited with {status}: {}", casd.log_text());
+                    // A fixed port may still be held by the process just killed: wait a little.
+                    std::thread::sleep(Duration::from_millis(200));
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(25));
@@ -105,6 +124,11 @@ impl Casd {
     /// The endpoint, `grpc://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("grpc://127.0.0.1:{}", self.port)
+    }
+
+    /// The loopback port casd listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The store directory casd serves.
@@ -127,5 +151,151 @@ impl Casd {
 impl Drop for Casd {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A fault a [`FaultProxy`] injects into one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward faithfully.
+    None,
+    /// Close the connection as soon as it is accepted.
+    Refuse,
+    /// Forward this many bytes (both directions together), then cut the connection.
+    CutAfter(usize),
+    /// Forward this many bytes, then stop forwarding (the connection stays open) for this long,
+    /// then cut it.
+    StallAfter(usize, Duration),
+    /// Delay every chunk forwarded by this long.
+    Delay(Duration),
+}
+
+/// A TCP proxy on loopback in front of `upstream` that injects one fault per connection, in
+/// the order of a schedule (connections past its end get the last entry). Counts connections
+/// and faults injected. Stops, closing everything, when dropped.
+#[derive(Debug)]
+pub struct FaultProxy {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    faults: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy to `127.0.0.1:upstream` with `schedule` (not empty).
+    pub fn start(upstream: u16, schedule: Vec<Fault>) -> FaultProxy {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        assert!(!schedule.is_empty(), "a schedule has at least one entry");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+        listener.set_nonblocking(true).expect("a non-blocking listener");
+        let port = listener.local_addr().expect("a bound address").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let faults = Arc::new(AtomicUsize::new(0));
+        let (stop2, connections2, faults2) = (stop.clone(), connections.clone(), faults.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let client = match listener.accept() {
+                    Ok((client, _)) => client,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                let n = connections2.fetch_add(1, Ordering::Relaxed);
+                let fault = schedule[n.min(schedule.len() - 1)];
+                if fault != Fault::None {
+                    faults2.fetch_add(1, Ordering::Relaxed);
+                }
+                if fault == Fault::Refuse {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                proxy_connection(client, server, fault, stop2.clone());
+            }
+        });
+        FaultProxy { port, stop, connections, faults }
+    }
+
+    /// The endpoint, `grpc://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("grpc://127.0.0.1:{}", self.port)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Faults injected so far (connections whose fault was not `None`).
+    pub fn faults(&self) -> usize {
+        self.faults.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Forwards both directions on their own threads, applying `fault` to the pair.
+fn proxy_connection(
+    client: TcpStream,
+    server: TcpStream,
+    fault: Fault,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let forwarded = Arc::new(AtomicUsize::new(0));
+    let pipes =
+        [(client.try_clone(), server.try_clone()), (server.try_clone(), client.try_clone())];
+    for (from, to) in pipes {
+        let (Ok(mut from), Ok(mut to)) = (from, to) else { return };
+        let (forwarded, stop) = (forwarded.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let _ = from.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut buffer = [0u8; 16 * 1024];
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let n = match from.read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        continue;
+                    }
+                    Err(_) => break,
+                };
+                let total = forwarded.fetch_add(n, Ordering::Relaxed) + n;
+                match fault {
+                    Fault::CutAfter(limit) if total > limit => break,
+                    Fault::StallAfter(limit, pause) if total > limit => {
+                        std::thread::sleep(pause);
+                        break;
+                    }
+                    Fault::Delay(pause) => std::thread::sleep(pause),
+                    _ => {}
+                }
+                if to.write_all(&buffer[..n]).is_err() {
+                    break;
+                }
+            }
+            let _ = from.shutdown(std::net::Shutdown::Both);
+            let _ = to.shutdown(std::net::Shutdown::Both);
+        });
     }
 }

@@ -81,6 +81,12 @@ pub(crate) struct StoreArgs {
     /// PEM file of the client certificate's key.
     #[arg(long, global = true, value_name = "PEM")]
     tls_client_key: Option<PathBuf>,
+    /// Deadline of one attempt of one RPC to --remote, in seconds (failed attempts are retried
+    /// with backoff on UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED and broken
+    /// connections).
+    #[arg(long, default_value_t = 60, global = true, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    rpc_timeout: u64,
     /// Digest function of the store and the graph: sha256 or blake3.
     #[arg(long, default_value = "sha256", value_parser = store::parse_function, global = true)]
     digest_function: DigestFunction,

@@ -371,21 +371,49 @@ pub(crate) fn execute(
         },
     });
     request.set_timeout(timeout);
-    let channel = grpc.channel();
-    let operation = grpc.block_on(async move {
-        let mut stream = ExecutionClient::new(channel).execute(request).await?.into_inner();
-        let mut last = None;
-        while let Some(op) = stream.message().await? {
-            let done = op.done;
-            last = Some(op);
-            if done {
-                break;
+    // Execute with cache lookup is safe to submit again: retry transient failures (a server
+    // restarting, a connection torn down) with backoff, as for every other call; the
+    // execution's own deadline is final.
+    let config = grpc.config();
+    let mut delay = config.retry_delay;
+    let mut attempt = 0;
+    let operation = loop {
+        let mut attempt_request = tonic::Request::new(request.get_ref().clone());
+        *attempt_request.metadata_mut() = request.metadata().clone();
+        attempt_request.set_timeout(timeout);
+        let channel = grpc.channel();
+        let result = grpc.block_on(async move {
+            let mut stream =
+                ExecutionClient::new(channel).execute(attempt_request).await?.into_inner();
+            let mut last = None;
+            while let Some(op) = stream.message().await? {
+                let done = op.done;
+                last = Some(op);
+                if done {
+                    break;
+                }
             }
+            Ok::<_, tonic::Status>(last)
+        });
+        match result {
+            Err(status) if sa_cas::is_transient(&status) && attempt < config.max_retries => {
+                tracing::debug!(%action, code = ?status.code(), attempt, "retrying Execute");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+            Err(status) => {
+                let attempts = if attempt > 0 {
+                    format!(" (after {} attempts)", attempt + 1)
+                } else {
+                    String::new()
+                };
+                bail!("Execute {action}: {:?}: {}{attempts}", status.code(), status.message());
+            }
+            Ok(operation) => break operation,
         }
-        Ok::<_, tonic::Status>(last)
-    });
+    };
     let operation = operation
-        .map_err(|s| anyhow!("Execute {action}: {:?}: {}", s.code(), s.message()))?
         .ok_or_else(|| anyhow!("Execute {action}: the stream ended without an operation"))?;
     match operation.result {
         Some(operation::Result::Response(any)) => {

@@ -57,6 +57,7 @@ pub(crate) fn grpc_config(args: &StoreArgs, endpoint: &str) -> Result<GrpcConfig
     config.instance_name = args.instance_name.clone();
     config.digest_function = args.digest_function;
     config.max_concurrent_rpcs = args.limits.max_in_flight_rpcs as usize;
+    config.rpc_timeout = std::time::Duration::from_secs(args.rpc_timeout);
     for header in &args.remote_header {
         let Some((key, value)) = header.split_once('=') else {
             bail!(

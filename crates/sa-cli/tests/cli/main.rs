@@ -5,6 +5,7 @@
 
 mod demo;
 mod errors;
+mod faults;
 mod local;
 mod record;
 mod remote;
