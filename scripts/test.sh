@@ -14,5 +14,7 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+echo "== fuzz (a bounded run of every target; scripts/fuzz.sh SECONDS for a campaign)"
+bash scripts/fuzz.sh "${SA_FUZZ_SECONDS:-45}"
 echo "== cargo test"
 cargo test --workspace --locked
