@@ -299,3 +299,64 @@ fn proxy_connection(
         });
     }
 }
+
+/// A TLS endpoint on loopback (the certificate and key given, ALPN h2) that forwards plaintext
+/// to `127.0.0.1:upstream`: buildbox-casd serves no TLS, so `grpcs://` is tested through this.
+#[derive(Debug)]
+pub struct TlsProxy {
+    port: u16,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl TlsProxy {
+    /// Starts the proxy with a PEM certificate chain and PEM private key.
+    pub fn start(upstream: u16, cert_pem: &Path, key_pem: &Path) -> TlsProxy {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio_rustls::rustls::{self, ServerConfig};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_pem)
+            .expect("a readable certificate")
+            .collect::<Result<_, _>>()
+            .expect("a PEM certificate");
+        let key = PrivateKeyDer::from_pem_file(key_pem).expect("a PEM private key");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("the certificate and key match");
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("binding a loopback port");
+        let port = listener.local_addr().expect("a bound address").port();
+        runtime.spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // A handshake the client refuses (an untrusted certificate) ends here.
+                    let Ok(mut tls) = acceptor.accept(client).await else { return };
+                    let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut server).await;
+                });
+            }
+        });
+        TlsProxy { port, _runtime: runtime }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}

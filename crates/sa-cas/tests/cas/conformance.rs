@@ -1,5 +1,7 @@
 //! The same behaviour from every backend: LocalCas, MemoryCas, GrpcCas against buildbox-casd.
 
+use std::path::PathBuf;
+
 use bytes::Bytes;
 use sa_cas::merkle::{self, MaterializeOptions, TreeLimits};
 use sa_cas::testing::Casd;
@@ -279,4 +281,76 @@ fn local_cas_and_casd_share_one_directory() {
     };
     local.update_action_result(&action2, &result2).unwrap();
     assert_eq!(grpc.get_action_result(&action2).unwrap().map(|r| r.exit_code), Some(4));
+}
+
+/// Makes a CA and a server certificate for `localhost` signed by it, with openssl; returns
+/// (ca.pem, server.pem, server.key).
+fn certificates(dir: &std::path::Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output();
+        let out = out.expect("openssl (Debian package openssl) runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let (ca, ca_key) = (format!("{name}-ca.pem"), format!("{name}-ca.key"));
+    run(&[
+        &["req", "-x509", "-days", "2", "-subj", "/CN=sa test CA"][..],
+        &ec,
+        &["-keyout", &ca_key, "-out", &ca],
+    ]
+    .concat());
+    let (key, csr, cert) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"));
+    run(&[&["req", "-subj", "/CN=localhost"][..], &ec, &["-keyout", &key, "-out", &csr]].concat());
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-extfile",
+        "san.ext",
+        "-out",
+        &cert,
+    ]);
+    (dir.join(ca), dir.join(cert), dir.join(key))
+}
+
+#[test]
+fn grpcs_verifies_the_server_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let casd = Casd::start(&dir.path().join("casd"));
+    let (ca, cert, key) = certificates(dir.path(), "server");
+    let (other_ca, _, _) = certificates(dir.path(), "other");
+    let tls = sa_cas::testing::TlsProxy::start(casd.port(), &cert, &key);
+    let config = |host: &str, ca: Option<&PathBuf>| {
+        let mut config = GrpcConfig::new(format!("grpcs://{host}:{}", tls.port()));
+        config.tls_ca_cert = ca.cloned();
+        config.max_retries = 0;
+        config
+    };
+    // Trusted CA, matching name: works end to end through TLS.
+    let cas = GrpcCas::connect(config("localhost", Some(&ca))).unwrap();
+    let b = blob(70, 1000);
+    cas.write_blobs(std::slice::from_ref(&b)).unwrap();
+    assert_eq!(cas.read_blob(b.digest()).unwrap(), b.data());
+    // No CA given (the system roots do not know ours), another CA, another name: refused.
+    for (host, ca, why) in [
+        ("localhost", None, "UnknownIssuer"),
+        // The other CA has the same subject: found as the issuer, its signature fails.
+        ("localhost", Some(&other_ca), "BadSignature"),
+        ("127.0.0.1", Some(&ca), "certificate not valid for name \"127.0.0.1\""),
+    ] {
+        let err = GrpcCas::connect(config(host, ca)).unwrap_err().to_string();
+        assert!(
+            err.contains("invalid peer certificate") && err.contains(why),
+            "{host} {ca:?}: {err}"
+        );
+    }
 }
