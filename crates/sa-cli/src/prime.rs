@@ -262,18 +262,7 @@ fn keep_result(
     action: &Digest,
     result: &ActionResult,
 ) -> Result<()> {
-    let function = local.digest_function();
-    let mut outputs = Vec::new();
-    for file in &result.output_files {
-        outputs.push(Digest::from_proto_field(
-            function,
-            file.digest.as_ref(),
-            "OutputFile.digest",
-        )?);
-    }
-    for d in [&result.stdout_digest, &result.stderr_digest].into_iter().flatten() {
-        outputs.push(Digest::from_proto(function, d)?);
-    }
+    let outputs = sa_exec::result_blobs(local.digest_function(), result)?;
     let missing = local.find_missing(&outputs)?;
     copy(remote, local, &missing)
         .with_context(|| format!("downloading the outputs of {action}"))?;

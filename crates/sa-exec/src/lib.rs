@@ -42,4 +42,6 @@
 
 mod run;
 
-pub use run::{ExecConfig, ExecError, Execution, execute, execute_cached, write_outputs};
+pub use run::{
+    ExecConfig, ExecError, Execution, execute, execute_cached, result_blobs, write_outputs,
+};

@@ -299,7 +299,7 @@ pub fn execute_cached<S: Store + ?Sized>(
     let store_error =
         |source: CasError| ExecError::Store { action: *action, source: Box::new(source) };
     if let Some(result) = store.get_action_result(action).map_err(store_error)? {
-        let outputs = result_blobs(store, &result).map_err(store_error)?;
+        let outputs = result_blobs(store.digest_function(), &result).map_err(store_error)?;
         if result.exit_code == 0 && store.find_missing(&outputs).map_err(store_error)?.is_empty() {
             return Ok(Execution { result, cached: true });
         }
@@ -307,12 +307,12 @@ pub fn execute_cached<S: Store + ?Sized>(
     Ok(Execution { result: execute(store, action, config)?, cached: false })
 }
 
-/// Every blob a result refers to directly: outputs, output trees, stdout and stderr.
-fn result_blobs<S: Cas + ?Sized>(
-    store: &S,
+/// Every blob a result refers to directly: output files, output trees, stdout and stderr
+/// (what must be in a store for the result to be usable there).
+pub fn result_blobs(
+    function: sa_cas::DigestFunction,
     result: &ActionResult,
 ) -> Result<Vec<Digest>, CasError> {
-    let function = store.digest_function();
     let mut digests = Vec::new();
     for file in &result.output_files {
         digests.push(Digest::from_proto_field(
