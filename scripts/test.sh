@@ -17,4 +17,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "== fuzz (a bounded run of every target; scripts/fuzz.sh SECONDS for a campaign)"
 bash scripts/fuzz.sh "${SA_FUZZ_SECONDS:-45}"
 echo "== cargo test"
-cargo test --workspace --locked
+mkdir -p target
+cargo test --workspace --locked 2>&1 | tee target/test.log
+# The last binary cargo runs is a doc-test one with 0 tests: close with the totals.
+awk '/^test result:/ {p += $4; f += $6} END {printf "tests: %d passed, %d failed\n", p, f}' \
+    target/test.log
