@@ -61,6 +61,17 @@ pub fn validate_directory(
     directory: &Directory,
     limits: &TreeLimits,
 ) -> Result<(), CasError> {
+    check_names(digest, directory, limits)?;
+    compact(function, digest, directory).map(|_| ())
+}
+
+/// Every check of [`validate_directory`] but the digests and symlink targets (which
+/// [`compact`] checks while converting).
+fn check_names(
+    digest: &Digest,
+    directory: &Directory,
+    limits: &TreeLimits,
+) -> Result<(), CasError> {
     let invalid = |reason: String| CasError::InvalidDirectory { digest: *digest, reason };
     let entries = directory.files.len() + directory.directories.len() + directory.symlinks.len();
     if entries > limits.max_entries {
@@ -98,20 +109,96 @@ pub fn validate_directory(
             }
         }
     }
-    for file in &directory.files {
-        Digest::from_proto_field(function, file.digest.as_ref(), "FileNode.digest")
-            .map_err(|err| invalid(format!("file {:?}: {err}", file.name)))?;
-    }
-    for dir in &directory.directories {
-        Digest::from_proto_field(function, dir.digest.as_ref(), "DirectoryNode.digest")
-            .map_err(|err| invalid(format!("directory {:?}: {err}", dir.name)))?;
-    }
-    for link in &directory.symlinks {
-        if link.target.is_empty() || link.target.contains('\0') {
-            return Err(invalid(format!("symlink {:?} has an empty or NUL target", link.name)));
-        }
-    }
     Ok(())
+}
+
+/// The compact form of a Directory whose names were checked: digests parsed (an error names
+/// the entry), symlink targets checked.
+fn compact(
+    function: DigestFunction,
+    digest: &Digest,
+    directory: &Directory,
+) -> Result<Dir, CasError> {
+    let invalid = |reason: String| CasError::InvalidDirectory { digest: *digest, reason };
+    let files = directory
+        .files
+        .iter()
+        .map(|file| {
+            let digest =
+                Digest::from_proto_field(function, file.digest.as_ref(), "FileNode.digest")
+                    .map_err(|err| invalid(format!("file {:?}: {err}", file.name)))?;
+            Ok(FileEntry {
+                name: file.name.as_str().into(),
+                digest,
+                is_executable: file.is_executable,
+            })
+        })
+        .collect::<Result<_, CasError>>()?;
+    let directories = directory
+        .directories
+        .iter()
+        .map(|dir| {
+            let digest =
+                Digest::from_proto_field(function, dir.digest.as_ref(), "DirectoryNode.digest")
+                    .map_err(|err| invalid(format!("directory {:?}: {err}", dir.name)))?;
+            Ok(DirEntry { name: dir.name.as_str().into(), digest })
+        })
+        .collect::<Result<_, CasError>>()?;
+    let symlinks = directory
+        .symlinks
+        .iter()
+        .map(|link| {
+            if link.target.is_empty() || link.target.contains('\0') {
+                return Err(invalid(format!("symlink {:?} has an empty or NUL target", link.name)));
+            }
+            Ok(SymlinkEntry {
+                name: link.name.as_str().into(),
+                target: link.target.as_str().into(),
+            })
+        })
+        .collect::<Result<_, CasError>>()?;
+    Ok(Dir { files, directories, symlinks })
+}
+
+/// A validated Directory as the tree walks hold it: names and parsed digests only, a fraction
+/// of the memory of the decoded proto, each digest parsed once. Lists are in canonical order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dir {
+    /// The files.
+    pub files: Vec<FileEntry>,
+    /// The subdirectories.
+    pub directories: Vec<DirEntry>,
+    /// The symlinks.
+    pub symlinks: Vec<SymlinkEntry>,
+}
+
+/// A file of a [`Dir`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileEntry {
+    /// One safe path segment.
+    pub name: Box<str>,
+    /// The content's digest.
+    pub digest: Digest,
+    /// The executable bit.
+    pub is_executable: bool,
+}
+
+/// A subdirectory of a [`Dir`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// One safe path segment.
+    pub name: Box<str>,
+    /// The subdirectory's digest.
+    pub digest: Digest,
+}
+
+/// A symlink of a [`Dir`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SymlinkEntry {
+    /// One safe path segment.
+    pub name: Box<str>,
+    /// The target, not empty, as stored (checked when materialized).
+    pub target: Box<str>,
 }
 
 /// Decodes and validates a `Directory` blob (the one entry point for outside Directory data).
@@ -127,6 +214,17 @@ pub fn decode_directory(
     })?;
     validate_directory(digest.function(), digest, &directory, limits)?;
     Ok(directory)
+}
+
+/// Decodes and validates a `Directory` blob into the compact form the walks hold.
+fn decode_dir(digest: &Digest, data: &[u8], limits: &TreeLimits) -> Result<Dir, CasError> {
+    let directory = Directory::decode(data).map_err(|source| CasError::Decode {
+        what: "Directory",
+        digest: *digest,
+        source,
+    })?;
+    check_names(digest, &directory, limits)?;
+    compact(digest.function(), digest, &directory)
 }
 
 /// The canonical encoding of a `Directory` as a blob (prost writes fields in tag order and
@@ -200,13 +298,13 @@ impl DirectoryBuilder {
 /// Directories fetched from a store, by digest, with the roots they were fetched for.
 #[derive(Debug, Default, Clone)]
 pub struct Forest {
-    directories: HashMap<Digest, Directory>,
+    directories: HashMap<Digest, Dir>,
     roots: Vec<Digest>,
 }
 
 impl Forest {
     /// The Directory with this digest, if it was fetched.
-    pub fn get(&self, digest: &Digest) -> Option<&Directory> {
+    pub fn get(&self, digest: &Digest) -> Option<&Dir> {
         self.directories.get(digest)
     }
 
@@ -226,7 +324,7 @@ impl Forest {
     }
 
     /// Every fetched directory, by digest.
-    pub fn directories(&self) -> &HashMap<Digest, Directory> {
+    pub fn directories(&self) -> &HashMap<Digest, Dir> {
         &self.directories
     }
 
@@ -237,13 +335,11 @@ impl Forest {
         let mut stack = vec![(*root, String::new())];
         while let Some((digest, prefix)) = stack.pop() {
             let directory = self.get(&digest).ok_or(CasError::NotFound(digest))?;
-            let function = digest.function();
             for file in &directory.files {
-                let digest = file_digest(function, file)?;
-                out.push((join(&prefix, &file.name), digest, file.is_executable));
+                out.push((join(&prefix, &file.name), file.digest, file.is_executable));
             }
             for dir in directory.directories.iter().rev() {
-                stack.push((dir_digest(function, dir)?, join(&prefix, &dir.name)));
+                stack.push((dir.digest, join(&prefix, &dir.name)));
             }
         }
         Ok(out)
@@ -262,7 +358,6 @@ pub fn fetch_forest(
     roots: &[Digest],
     limits: &TreeLimits,
 ) -> Result<Forest, CasError> {
-    let function = cas.digest_function();
     let mut forest = Forest { directories: HashMap::new(), roots: roots.to_vec() };
     // Where each directory was first seen, to name its path in errors.
     let mut parent: HashMap<Digest, (Digest, String)> = HashMap::new();
@@ -291,7 +386,7 @@ pub fn fetch_forest(
                     .par_iter()
                     .zip(blobs.par_iter())
                     .map(|(digest, data)| {
-                        decode_directory(digest, data, limits)
+                        decode_dir(digest, data, limits)
                             .map_err(|err| err.context(describe(&parent, digest)))
                             .map(|directory| (*digest, directory))
                     })
@@ -307,12 +402,12 @@ pub fn fetch_forest(
         let mut next = Vec::new();
         for (digest, directory) in fetched {
             for child in &directory.directories {
-                let child_digest = dir_digest(function, child)?;
+                let child_digest = child.digest;
                 if !forest.directories.contains_key(&child_digest)
                     && !parent.contains_key(&child_digest)
                     && !roots.contains(&child_digest)
                 {
-                    parent.insert(child_digest, (digest, child.name.clone()));
+                    parent.insert(child_digest, (digest, child.name.to_string()));
                     next.push(child_digest);
                 }
             }
@@ -335,7 +430,7 @@ fn check_acyclic(forest: &Forest) -> Result<(), CasError> {
     for (digest, directory) in &forest.directories {
         let mut seen = HashSet::new();
         for child in &directory.directories {
-            let child = dir_digest(digest.function(), child)?;
+            let child = child.digest;
             if seen.insert(child) {
                 if let Some(count) = parents.get_mut(&child) {
                     *count += 1;
@@ -677,7 +772,6 @@ pub fn materialize(
     target: &Path,
     options: &MaterializeOptions,
 ) -> Result<(), CasError> {
-    let function = cas.digest_function();
     let forest = fetch_tree(cas, root, &options.limits)?;
     match fs::read_dir(target) {
         Ok(mut entries) => {
@@ -699,22 +793,18 @@ pub fn materialize(
     while let Some((digest, dir_path, depth)) = stack.pop() {
         let directory = forest.get(&digest).ok_or(CasError::NotFound(digest))?;
         for file in &directory.files {
-            files.push((
-                dir_path.join(&file.name),
-                file_digest(function, file)?,
-                file.is_executable,
-            ));
+            files.push((dir_path.join(&*file.name), file.digest, file.is_executable));
         }
         for link in &directory.symlinks {
-            let link_path = dir_path.join(&link.name);
+            let link_path = dir_path.join(&*link.name);
             check_symlink(&link.target, depth, options)
                 .map_err(|reason| CasError::UnsafePath { path: link_path.clone(), reason })?;
-            std::os::unix::fs::symlink(&link.target, &link_path).map_err(io_error(&link_path))?;
+            std::os::unix::fs::symlink(&*link.target, &link_path).map_err(io_error(&link_path))?;
         }
         for dir in &directory.directories {
-            let path = dir_path.join(&dir.name);
+            let path = dir_path.join(&*dir.name);
             fs::create_dir(&path).map_err(io_error(&path))?;
-            stack.push((dir_digest(function, dir)?, path, depth + 1));
+            stack.push((dir.digest, path, depth + 1));
         }
     }
     // Write files, their blobs read in batches; large blobs streamed.

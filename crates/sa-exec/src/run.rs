@@ -256,15 +256,24 @@ pub fn execute<S: Store + ?Sized>(
             });
         } else if meta.is_dir() {
             let tree_root = merkle::ingest(store, &path, &config.limits).map_err(store_error)?;
+            // A Tree holds the full Directory protos: read the blobs the walk found.
             let forest =
                 merkle::fetch_tree(store, &tree_root, &config.limits).map_err(store_error)?;
-            let mut children: Vec<(&Digest, _)> =
-                forest.directories().iter().filter(|(d, _)| **d != tree_root).collect();
-            children.sort_by_key(|(d, _)| **d);
-            let tree = Tree {
-                root: forest.get(&tree_root).cloned(),
-                children: children.into_iter().map(|(_, dir)| dir.clone()).collect(),
-            };
+            let mut digests: Vec<Digest> = forest.directories().keys().copied().collect();
+            digests.sort();
+            let blobs = merkle::read_in_batches(store, &digests).map_err(store_error)?;
+            let mut root = None;
+            let mut children = Vec::new();
+            for (digest, data) in digests.iter().zip(blobs) {
+                let directory =
+                    merkle::decode_directory(digest, &data, &config.limits).map_err(store_error)?;
+                if *digest == tree_root {
+                    root = Some(directory);
+                } else {
+                    children.push(directory);
+                }
+            }
+            let tree = Tree { root, children };
             let tree_digest = write_message(store, &tree).map_err(store_error)?;
             result.output_directories.push(OutputDirectory {
                 path: output.clone(),

@@ -563,10 +563,9 @@ fn occurrence(
     }
     let (digest, path) = key;
     let directory = forest.get(&digest).expect("every directory of an input root was fetched");
-    let function = digest.function();
     let mut entry = Entry::default();
     for file in &directory.files {
-        let file_digest = merkle::file_digest(function, file).expect("validated when fetched");
+        let file_digest = file.digest;
         let file_path = join(&path, &file.name);
         match index.candidates(&file_digest) {
             None => entry.unattributed += 1,
@@ -578,8 +577,7 @@ fn occurrence(
         }
     }
     for dir in &directory.directories {
-        let child = merkle::dir_digest(function, dir).expect("validated when fetched");
-        entry.children.push(occurrence(forest, index, memo, &child, join(&path, &dir.name)));
+        entry.children.push(occurrence(forest, index, memo, &dir.digest, join(&path, &dir.name)));
     }
     let entry = Arc::new(entry);
     memo.insert((digest, path), entry.clone());

@@ -8,7 +8,7 @@ use dashmap::DashMap;
 use prost::Message;
 use rayon::prelude::*;
 use sa_cas::merkle::{self, Forest, TreeLimits, join};
-use sa_cas::{Blob, CasError, Digest, DigestFunction, Store};
+use sa_cas::{Blob, CasError, Digest, Store};
 use sa_generator::model::{Origin, OriginKind, compare_for};
 use sa_proto::buildstream::v2::SpeculativeActions;
 use sa_proto::buildstream::v2::speculative_actions::{Overlay, SpeculativeAction};
@@ -548,7 +548,7 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         let directory = work.forest.get(&digest).expect("input trees were fetched");
         let mut files: HashMap<&str, Digest> = HashMap::new();
         for file in &directory.files {
-            let old = merkle::file_digest(function, file).expect("validated when fetched");
+            let old = file.digest;
             if let Some(ids) = changing.get(&old) {
                 let file_path = join(&path, &file.name);
                 let chosen = ids
@@ -563,17 +563,17 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
                     .expect("targets have overlays");
                 if let Some(Resolution::Replace(new)) = work.resolutions[*chosen as usize].get() {
                     if *new != old {
-                        files.insert(&file.name, *new);
+                        files.insert(&*file.name, *new);
                     }
                 }
             }
         }
         let mut dirs: HashMap<&str, Digest> = HashMap::new();
         for dir in &directory.directories {
-            let old = merkle::dir_digest(function, dir).expect("validated when fetched");
+            let old = dir.digest;
             let new = self.rewrite(work, changing, &old, join(&path, &dir.name))?;
             if new != old {
-                dirs.insert(&dir.name, new);
+                dirs.insert(&*dir.name, new);
             }
         }
         let result = if files.is_empty() && dirs.is_empty() {
@@ -762,20 +762,16 @@ enum RewriteError {
 
 impl<'f> ElementWork<'f> {
     fn new(forest: &'f Forest, overlays: Vec<(Origin, Digest)>) -> Self {
-        let function = forest.roots().first().map_or(DigestFunction::Sha256, |d| d.function());
         let mut parents: HashMap<Digest, Vec<Digest>> = HashMap::new();
         let mut holders: HashMap<Digest, Vec<Digest>> = HashMap::new();
         let targets: HashSet<Digest> = overlays.iter().map(|(_, t)| *t).collect();
         for (digest, directory) in forest.directories() {
             for dir in &directory.directories {
-                let child = merkle::dir_digest(function, dir).expect("validated when fetched");
-                parents.entry(child).or_default().push(*digest);
+                parents.entry(dir.digest).or_default().push(*digest);
             }
             for file in &directory.files {
-                let file_digest =
-                    merkle::file_digest(function, file).expect("validated when fetched");
-                if targets.contains(&file_digest) {
-                    holders.entry(file_digest).or_default().push(*digest);
+                if targets.contains(&file.digest) {
+                    holders.entry(file.digest).or_default().push(*digest);
                 }
             }
         }
