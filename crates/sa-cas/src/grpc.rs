@@ -615,7 +615,29 @@ async fn open_channel(config: &GrpcConfig) -> Result<Channel, CasError> {
     } else if config.tls_ca_cert.is_some() || config.tls_client_identity.is_some() {
         return Err(connect_error(config, "TLS options need a grpcs:// endpoint"));
     }
-    endpoint.connect().await.map_err(|err| connect_error(config, error_chain(&err)))
+    // Refused, reset or aborted while connecting: a server starting or restarting. Retry with
+    // the calls' backoff; anything else (TLS verification, a bad address) is final.
+    let mut delay = config.retry_delay;
+    let mut attempt = 0;
+    loop {
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(err) if attempt < config.max_retries && is_transient_connect(&err) => {
+                tracing::debug!(endpoint = %config.endpoint, attempt, "retrying the connection");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+            Err(err) => {
+                let attempts = if attempt > 0 {
+                    format!(" (after {} attempts)", attempt + 1)
+                } else {
+                    String::new()
+                };
+                return Err(connect_error(config, format!("{}{attempts}", error_chain(&err))));
+            }
+        }
+    }
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {
@@ -810,6 +832,25 @@ fn is_transport_failure(status: &Status) -> bool {
             || cause.is::<h2::Error>()
         {
             return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// Whether a failure to establish a connection is one a later attempt may not meet.
+fn is_transient_connect(err: &tonic::transport::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::NotConnected
+            );
         }
         source = cause.source();
     }

@@ -244,6 +244,8 @@ fn grpc_cas_reports_unreachable_and_malformed_endpoints() {
     config.connect_timeout = std::time::Duration::from_secs(2);
     let err = GrpcCas::connect(config).unwrap_err();
     assert!(matches!(err, CasError::Connect { .. }), "{err}");
+    // A refused connection is what a restarting server looks like: retried with backoff.
+    assert!(err.to_string().contains("(after 6 attempts)"), "{err}");
     for bad in ["http://x:1", "grpc://", "unix:relative.sock", "grpc://h:1/path"] {
         let err = GrpcCas::connect(GrpcConfig::new(bad)).unwrap_err();
         assert!(err.to_string().starts_with(&format!("cannot connect to {bad}")), "{err}");
