@@ -169,8 +169,10 @@ pub struct Instantiator<'s, S: Store + ?Sized> {
 /// One element's speculative action, decoded.
 struct Planned {
     base: Digest,
-    /// Overlay ids (into the element's interned overlays), grouped by target digest.
-    by_target: BTreeMap<Digest, Vec<u32>>,
+    /// Overlay ids (into the element's interned overlays), sorted by target digest then id:
+    /// each id names its target, so runs of equal targets are the groups (4 bytes an overlay,
+    /// where a map per action cost a hundred on large elements).
+    overlay_ids: Vec<u32>,
     root: Digest,
     raw: Bytes,
     /// Producers (base digests) of this element this action waits for.
@@ -278,7 +280,7 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
                 "SpeculativeAction.base_action_digest",
             )
             .map_err(sa_error)?;
-            let mut by_target: BTreeMap<Digest, Vec<u32>> = BTreeMap::new();
+            let mut ids: Vec<u32> = Vec::with_capacity(action.overlays.len());
             for (index, overlay) in action.overlays.iter().enumerate() {
                 let (origin, target) = Origin::from_overlay(function, overlay).map_err(|err| {
                     InstantiateError::Overlay {
@@ -298,13 +300,10 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
                         id
                     }
                 };
-                let ids = by_target.entry(target).or_default();
-                if !ids.contains(&id) {
-                    ids.push(id);
-                }
+                ids.push(id);
             }
             bases.push(base);
-            groups.push(by_target);
+            groups.push(ids);
             Ok(())
         });
         match decoded {
@@ -335,7 +334,9 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         let position: HashMap<Digest, usize> =
             bases.iter().enumerate().map(|(i, b)| (*b, i)).collect();
         let mut planned = Vec::with_capacity(bases.len());
-        for ((base, raw), by_target) in bases.iter().zip(raws).zip(groups) {
+        for ((base, raw), mut overlay_ids) in bases.iter().zip(raws).zip(groups) {
+            overlay_ids.sort_unstable_by_key(|id| (overlays[*id as usize].1, *id));
+            overlay_ids.dedup();
             let action_error = |source| InstantiateError::Action {
                 element: element.into(),
                 action: *base,
@@ -350,15 +351,14 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
                 "Action.input_root_digest",
             )
             .map_err(action_error)?;
-            let mut producers: Vec<usize> = by_target
-                .values()
-                .flatten()
+            let mut producers: Vec<usize> = overlay_ids
+                .iter()
                 .filter_map(|id| overlays[*id as usize].0.producer)
                 .filter_map(|p| position.get(&p).copied())
                 .collect();
             producers.sort_unstable();
             producers.dedup();
-            planned.push(Planned { base: *base, by_target, root, raw, producers });
+            planned.push(Planned { base: *base, overlay_ids, root, raw, producers });
         }
         let roots: Vec<Digest> = planned.iter().map(|p| p.root).collect();
         let forest = match merkle::fetch_forest(self.store, &roots, &self.config.limits) {
@@ -454,8 +454,11 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             unresolved: 0,
             unresolved_reasons: Vec::new(),
         };
-        let mut changing: BTreeMap<Digest, &Vec<u32>> = BTreeMap::new();
-        for (target, ids) in &planned.by_target {
+        let mut changing: BTreeMap<Digest, &[u32]> = BTreeMap::new();
+        let same_target =
+            |a: &u32, b: &u32| work.overlays[*a as usize].1 == work.overlays[*b as usize].1;
+        for ids in planned.overlay_ids.chunk_by(same_target) {
+            let target = &work.overlays[ids[0] as usize].1;
             for &id in ids {
                 let resolution = match work.resolutions[id as usize].get() {
                     Some(r) => r.clone(),
@@ -524,7 +527,7 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
     fn rewrite(
         &self,
         work: &ElementWork<'_>,
-        changing: &BTreeMap<Digest, &Vec<u32>>,
+        changing: &BTreeMap<Digest, &[u32]>,
         digest: &Digest,
         path: String,
     ) -> Result<Digest, RewriteError> {
@@ -532,7 +535,7 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         let signature: Vec<(Digest, Vec<u32>)> = changing
             .iter()
             .filter(|(target, _)| work.ancestors_of(target).contains(digest))
-            .map(|(target, ids)| (*target, (*ids).clone()))
+            .map(|(target, ids)| (*target, ids.to_vec()))
             .collect();
         if signature.is_empty() {
             return Ok(*digest);
