@@ -320,8 +320,7 @@ impl GrpcCas {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let mut delay = self.config.retry_delay;
-        let mut attempt = 0;
+        let mut backoff = Backoff::new(&self.config);
         loop {
             let permit = self.semaphore.acquire().await.expect("the semaphore is never closed");
             self.rpcs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -337,18 +336,12 @@ impl GrpcCas {
                 )),
             };
             let retryable = status.code() == Code::DeadlineExceeded || is_transient(&status);
-            if !retryable || attempt >= self.config.max_retries {
-                let message = if attempt > 0 {
-                    format!("{} (after {} attempts)", status.message(), attempt + 1)
-                } else {
-                    status.message().to_owned()
-                };
+            let Some(delay) = retryable.then(|| backoff.next_delay()).flatten() else {
+                let message = format!("{}{}", status.message(), backoff.attempts_note());
                 return Err(CasError::Rpc { operation, code: status.code(), message });
-            }
-            tracing::debug!(operation, code = ?status.code(), attempt, "retrying");
+            };
+            tracing::debug!(operation, code = ?status.code(), ?delay, "retrying");
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-            attempt += 1;
         }
     }
 
@@ -617,26 +610,18 @@ async fn open_channel(config: &GrpcConfig) -> Result<Channel, CasError> {
     }
     // Refused, reset or aborted while connecting: a server starting or restarting. Retry with
     // the calls' backoff; anything else (TLS verification, a bad address) is final.
-    let mut delay = config.retry_delay;
-    let mut attempt = 0;
+    let mut backoff = Backoff::new(config);
     loop {
-        match endpoint.connect().await {
+        let err = match endpoint.connect().await {
             Ok(channel) => return Ok(channel),
-            Err(err) if attempt < config.max_retries && is_transient_connect(&err) => {
-                tracing::debug!(endpoint = %config.endpoint, attempt, "retrying the connection");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-                attempt += 1;
-            }
-            Err(err) => {
-                let attempts = if attempt > 0 {
-                    format!(" (after {} attempts)", attempt + 1)
-                } else {
-                    String::new()
-                };
-                return Err(connect_error(config, format!("{}{attempts}", error_chain(&err))));
-            }
-        }
+            Err(err) => err,
+        };
+        let Some(delay) = is_transient_connect(&err).then(|| backoff.next_delay()).flatten() else {
+            let reason = format!("{}{}", error_chain(&err), backoff.attempts_note());
+            return Err(connect_error(config, reason));
+        };
+        tracing::debug!(endpoint = %config.endpoint, ?delay, "retrying the connection");
+        tokio::time::sleep(delay).await;
     }
 }
 
@@ -803,6 +788,40 @@ impl ActionCache for GrpcCas {
             async move { ActionCacheClient::new(channel).update_action_result(request).await }
         })
         .map(|_| ())
+    }
+}
+
+/// Exponential backoff between attempts of a call: `retry_delay`, doubling, capped at 5 s, at
+/// most `max_retries` retries. The one schedule for store calls, connections and executions.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    next: Duration,
+    retries_left: u32,
+    attempts: u32,
+}
+
+impl Backoff {
+    /// A schedule from a config's `retry_delay` and `max_retries`.
+    pub fn new(config: &GrpcConfig) -> Backoff {
+        Backoff { next: config.retry_delay, retries_left: config.max_retries, attempts: 1 }
+    }
+
+    /// The pause before another attempt, or `None` when no retry is left.
+    pub fn next_delay(&mut self) -> Option<Duration> {
+        self.retries_left = self.retries_left.checked_sub(1)?;
+        self.attempts += 1;
+        let delay = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        Some(delay)
+    }
+
+    /// ` (after N attempts)` once a call was retried, for the final error; empty otherwise.
+    pub fn attempts_note(&self) -> String {
+        if self.attempts > 1 {
+            format!(" (after {} attempts)", self.attempts)
+        } else {
+            String::new()
+        }
     }
 }
 

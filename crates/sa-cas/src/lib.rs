@@ -40,7 +40,7 @@ pub mod testing;
 
 pub use digest::{Digest, DigestFunction, HASH_LEN, Hasher};
 pub use error::{CasError, ResultExt};
-pub use grpc::{GrpcCas, GrpcConfig, is_transient};
+pub use grpc::{Backoff, GrpcCas, GrpcConfig, is_transient};
 pub use limited::Limited;
 pub use local::{LocalCas, LocalCasConfig};
 pub use memory::MemoryCas;

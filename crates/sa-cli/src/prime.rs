@@ -363,9 +363,7 @@ pub(crate) fn execute(
     // Execute with cache lookup is safe to submit again: retry transient failures (a server
     // restarting, a connection torn down) with backoff, as for every other call; the
     // execution's own deadline is final.
-    let config = grpc.config();
-    let mut delay = config.retry_delay;
-    let mut attempt = 0;
+    let mut backoff = sa_cas::Backoff::new(grpc.config());
     let operation = loop {
         let mut attempt_request = tonic::Request::new(request.get_ref().clone());
         *attempt_request.metadata_mut() = request.metadata().clone();
@@ -384,23 +382,17 @@ pub(crate) fn execute(
             }
             Ok::<_, tonic::Status>(last)
         });
-        match result {
-            Err(status) if sa_cas::is_transient(&status) && attempt < config.max_retries => {
-                tracing::debug!(%action, code = ?status.code(), attempt, "retrying Execute");
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_secs(5));
-                attempt += 1;
-            }
-            Err(status) => {
-                let attempts = if attempt > 0 {
-                    format!(" (after {} attempts)", attempt + 1)
-                } else {
-                    String::new()
-                };
-                bail!("Execute {action}: {:?}: {}{attempts}", status.code(), status.message());
-            }
+        let status = match result {
             Ok(operation) => break operation,
-        }
+            Err(status) => status,
+        };
+        let Some(delay) = sa_cas::is_transient(&status).then(|| backoff.next_delay()).flatten()
+        else {
+            let attempts = backoff.attempts_note();
+            bail!("Execute {action}: {:?}: {}{attempts}", status.code(), status.message());
+        };
+        tracing::debug!(%action, code = ?status.code(), ?delay, "retrying Execute");
+        std::thread::sleep(delay);
     };
     let operation = operation
         .ok_or_else(|| anyhow!("Execute {action}: the stream ended without an operation"))?;

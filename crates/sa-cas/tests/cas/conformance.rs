@@ -356,3 +356,17 @@ fn grpcs_verifies_the_server_certificate() {
         );
     }
 }
+
+#[test]
+fn backoff_doubles_caps_at_five_seconds_and_counts_attempts() {
+    let mut config = GrpcConfig::new("grpc://unused:1");
+    config.retry_delay = std::time::Duration::from_millis(1500);
+    config.max_retries = 4;
+    let mut backoff = sa_cas::Backoff::new(&config);
+    assert_eq!(backoff.attempts_note(), "");
+    let delays: Vec<u128> =
+        std::iter::from_fn(|| backoff.next_delay()).map(|d| d.as_millis()).collect();
+    assert_eq!(delays, [1500, 3000, 5000, 5000]);
+    assert_eq!(backoff.next_delay(), None);
+    assert_eq!(backoff.attempts_note(), " (after 5 attempts)");
+}
