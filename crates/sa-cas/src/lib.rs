@@ -26,6 +26,7 @@
 
 #![deny(missing_docs)]
 
+mod confined;
 mod digest;
 mod error;
 mod grpc;
@@ -38,6 +39,7 @@ mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use confined::{ConfinedDir, EntryKind, segments};
 pub use digest::{Digest, DigestFunction, HASH_LEN, Hasher};
 pub use error::{CasError, ResultExt};
 pub use grpc::{Backoff, GrpcCas, GrpcConfig, is_transient};

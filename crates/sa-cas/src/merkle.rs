@@ -8,14 +8,15 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+
+use std::path::Path;
 
 use bytes::Bytes;
 use prost::Message;
 use rayon::prelude::*;
 use sa_proto::reapi::{Directory, DirectoryNode, FileNode, SymlinkNode};
 
+use crate::confined::{ConfinedDir, EntryKind};
 use crate::digest::{Digest, DigestFunction};
 use crate::error::{CasError, io_error};
 use crate::store::{Blob, Cas};
@@ -29,11 +30,44 @@ pub struct TreeLimits {
     pub max_entries: usize,
     /// The most distinct directories in one fetch.
     pub max_directories: usize,
+    /// The most entries (files, directories, symlinks) the trees of one operation expand to,
+    /// counting every path a walk lists, not distinct directories: what bounds a Merkle DAG
+    /// whose few blobs name 2^40 paths. Checked on the counts before any walk allocates.
+    pub max_expanded_entries: u64,
 }
+
+/// The default of [`TreeLimits::max_expanded_entries`]: far above the largest real build
+/// (the benchmark's large workload lists 6M input file references in one run).
+pub const DEFAULT_MAX_EXPANDED_ENTRIES: u64 = 100_000_000;
 
 impl Default for TreeLimits {
     fn default() -> Self {
-        TreeLimits { max_depth: 256, max_entries: 1 << 20, max_directories: 50_000_000 }
+        TreeLimits {
+            max_depth: 256,
+            max_entries: 1 << 20,
+            max_directories: 50_000_000,
+            max_expanded_entries: DEFAULT_MAX_EXPANDED_ENTRIES,
+        }
+    }
+}
+
+impl TreeLimits {
+    /// Fails unless `entries`, what `what` expands to, is within
+    /// [`max_expanded_entries`](Self::max_expanded_entries).
+    pub fn check_expanded(
+        &self,
+        entries: u64,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), CasError> {
+        if entries > self.max_expanded_entries {
+            return Err(CasError::LimitExceeded(format!(
+                "{} expands to {entries} entries (files, directories, symlinks), more than the \
+                 expanded-entries limit of {}",
+                what(),
+                self.max_expanded_entries
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -295,10 +329,21 @@ impl DirectoryBuilder {
     }
 }
 
+/// What a full walk of a tree lists, counted over the DAG (each distinct directory once).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Expansion {
+    /// Files, directories and symlinks below the root (the root itself not counted),
+    /// saturating.
+    pub entries: u64,
+    /// Bytes of all files below the root, counted once per path, saturating.
+    pub bytes: u64,
+}
+
 /// Directories fetched from a store, by digest, with the roots they were fetched for.
 #[derive(Debug, Default, Clone)]
 pub struct Forest {
     directories: HashMap<Digest, Dir>,
+    expansions: HashMap<Digest, Expansion>,
     roots: Vec<Digest>,
 }
 
@@ -326,6 +371,11 @@ impl Forest {
     /// Every fetched directory, by digest.
     pub fn directories(&self) -> &HashMap<Digest, Dir> {
         &self.directories
+    }
+
+    /// What a full walk below the fetched directory `digest` lists (zero if not fetched).
+    pub fn expansion(&self, digest: &Digest) -> Expansion {
+        self.expansions.get(digest).copied().unwrap_or_default()
     }
 
     /// Every file below `root` as `(path, digest, is_executable)`, depth-first in canonical
@@ -358,7 +408,8 @@ pub fn fetch_forest(
     roots: &[Digest],
     limits: &TreeLimits,
 ) -> Result<Forest, CasError> {
-    let mut forest = Forest { directories: HashMap::new(), roots: roots.to_vec() };
+    let mut forest =
+        Forest { directories: HashMap::new(), expansions: HashMap::new(), roots: roots.to_vec() };
     // Where each directory was first seen, to name its path in errors.
     let mut parent: HashMap<Digest, (Digest, String)> = HashMap::new();
     let mut frontier: Vec<Digest> = {
@@ -416,15 +467,41 @@ pub fn fetch_forest(
         frontier = next;
         depth += 1;
     }
-    check_acyclic(&forest)?;
+    let order = check_acyclic(&forest)?;
+    // Children come after their parents in `order`: count bottom-up, each directory once.
+    let mut expansions: HashMap<Digest, Expansion> = HashMap::with_capacity(order.len());
+    for digest in order.iter().rev() {
+        let directory = &forest.directories[digest];
+        let mut total = Expansion {
+            entries: (directory.files.len()
+                + directory.directories.len()
+                + directory.symlinks.len()) as u64,
+            bytes: directory.files.iter().fold(0u64, |sum, f| sum.saturating_add(f.digest.size())),
+        };
+        for child in &directory.directories {
+            let below = expansions[&child.digest];
+            total.entries = total.entries.saturating_add(below.entries);
+            total.bytes = total.bytes.saturating_add(below.bytes);
+        }
+        expansions.insert(*digest, total);
+    }
+    forest.expansions = expansions;
+    let mut seen = HashSet::new();
+    let mut entries = 0u64;
+    for root in roots.iter().filter(|r| seen.insert(**r)) {
+        let one = forest.expansion(root).entries;
+        limits.check_expanded(one, || format!("tree {root}"))?;
+        entries = entries.saturating_add(one);
+    }
+    limits.check_expanded(entries, || format!("the {} trees fetched together", seen.len()))?;
     Ok(forest)
 }
 
 /// Fails if the forest has a cycle. Content addressing rules cycles out, but only if blobs hash
 /// to their digests: a store read without verification may serve a Directory that lists
 /// itself, and every walk of the forest relies on its being a DAG. Kahn's algorithm, linear in
-/// directories and edges.
-fn check_acyclic(forest: &Forest) -> Result<(), CasError> {
+/// directories and edges; returns the directories parents first.
+fn check_acyclic(forest: &Forest) -> Result<Vec<Digest>, CasError> {
     let mut children: HashMap<&Digest, Vec<Digest>> = HashMap::new();
     let mut parents: HashMap<&Digest, usize> = forest.directories.keys().map(|d| (d, 0)).collect();
     for (digest, directory) in &forest.directories {
@@ -441,9 +518,9 @@ fn check_acyclic(forest: &Forest) -> Result<(), CasError> {
     }
     let mut ready: Vec<&Digest> =
         parents.iter().filter(|(_, n)| **n == 0).map(|(d, _)| *d).collect();
-    let mut done = 0;
+    let mut order = Vec::with_capacity(forest.directories.len());
     while let Some(digest) = ready.pop() {
-        done += 1;
+        order.push(*digest);
         for child in children.get(digest).into_iter().flatten() {
             if let Some((key, count)) = parents.get_key_value(child).map(|(k, n)| (*k, *n)) {
                 parents.insert(key, count - 1);
@@ -453,7 +530,7 @@ fn check_acyclic(forest: &Forest) -> Result<(), CasError> {
             }
         }
     }
-    if done < forest.directories.len() {
+    if order.len() < forest.directories.len() {
         let mut cyclic: Vec<&Digest> =
             parents.iter().filter(|(_, n)| **n > 0).map(|(d, _)| *d).collect();
         cyclic.sort();
@@ -464,7 +541,7 @@ fn check_acyclic(forest: &Forest) -> Result<(), CasError> {
                 .into(),
         });
     }
-    Ok(())
+    Ok(order)
 }
 
 /// `Directory <digest> at <path>`, from the parent links, for error messages.
@@ -543,35 +620,68 @@ pub fn batch_ranges(
 }
 
 enum DiskEntry {
-    File { name: String, path: PathBuf, executable: bool },
-    Dir { name: String, index: usize },
-    Symlink { name: String, target: String },
+    /// A file, by its path relative to the ingested root.
+    File {
+        name: String,
+        rel: String,
+        executable: bool,
+    },
+    Dir {
+        name: String,
+        index: usize,
+    },
+    Symlink {
+        name: String,
+        target: String,
+    },
 }
 
-/// Stores the directory at `path` as a Merkle tree and returns its root digest. Files are
-/// hashed in parallel; only blobs the store lacks are written. Symlinks are kept as symlinks;
-/// other special files, non-UTF-8 names and unsafe names are errors naming the path.
+/// Stores the directory at `path` as a Merkle tree and returns its root digest (see
+/// [`ingest_dir`]).
 pub fn ingest(
     cas: &(impl Cas + ?Sized),
     path: &Path,
     limits: &TreeLimits,
 ) -> Result<Digest, CasError> {
+    ingest_dir(cas, &ConfinedDir::open(path)?, limits)
+}
+
+/// Stores the directory `top` as a Merkle tree and returns its root digest. Nothing below
+/// `top` is followed: symlinks are kept as symlinks, every file and directory is opened
+/// through its parent's descriptor with no-follow semantics. Files are hashed in parallel;
+/// only blobs the store lacks are written. Other special files, non-UTF-8 names and unsafe
+/// names are errors naming the path; so are trees beyond `limits`.
+pub fn ingest_dir(
+    cas: &(impl Cas + ?Sized),
+    top: &ConfinedDir,
+    limits: &TreeLimits,
+) -> Result<Digest, CasError> {
     let function = cas.digest_function();
     // Scan: directories in pre-order; each holds its entries.
     let mut dirs: Vec<Vec<DiskEntry>> = Vec::new();
-    scan(path, &mut dirs, 0, limits)?;
-    // Hash every file in parallel.
-    let files: Vec<&PathBuf> = dirs
+    let mut total = 0u64;
+    scan(top, "", &mut dirs, 0, &mut total, limits)?;
+    let files: Vec<&str> = dirs
         .iter()
         .flatten()
         .filter_map(|e| match e {
-            DiskEntry::File { path, .. } => Some(path),
+            DiskEntry::File { rel, .. } => Some(rel.as_str()),
             _ => None,
         })
         .collect();
-    let digests: Vec<Digest> =
-        files.par_iter().map(|p| function.hash_file(p)).collect::<Result<_, _>>()?;
-    let file_digest: HashMap<&PathBuf, Digest> =
+    let open = |rel: &str| -> Result<fs::File, CasError> {
+        let (parent, name) = top.parent_of(rel, false)?.ok_or_else(|| CasError::Io {
+            path: top.child_path(rel),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "vanished while ingested"),
+        })?;
+        parent.open_file(name)
+    };
+    // Hash every file in parallel, through a descriptor opened without following anything.
+    let digests: Vec<Digest> = files
+        .par_iter()
+        .map(|rel| function.hash_file(&ConfinedDir::fd_path(&open(rel)?)))
+        .collect::<Result<_, _>>()?;
+    let file_digest: HashMap<&str, Digest> =
         files.iter().copied().zip(digests.iter().copied()).collect();
     // Build directories bottom-up (children have larger indices in pre-order).
     let mut built: Vec<Option<Digest>> = vec![None; dirs.len()];
@@ -580,8 +690,8 @@ pub fn ingest(
         let mut builder = DirectoryBuilder::new();
         for entry in &dirs[index] {
             builder = match entry {
-                DiskEntry::File { name, path, executable } => {
-                    builder.file(name, &file_digest[path], *executable)
+                DiskEntry::File { name, rel, executable } => {
+                    builder.file(name, &file_digest[rel.as_str()], *executable)
                 }
                 DiskEntry::Dir { name, index } => {
                     builder.directory(name, &built[*index].expect("children are built first"))
@@ -602,7 +712,7 @@ pub fn ingest(
         dir_blobs.into_iter().filter(|b| missing.contains(b.digest())).collect();
     write_in_batches(cas, &dir_blobs)?;
     let mut uploaded = HashSet::new();
-    let to_upload: Vec<(&PathBuf, Digest)> = files
+    let to_upload: Vec<(&str, Digest)> = files
         .iter()
         .zip(digests.iter())
         .filter(|(_, d)| missing.contains(d) && uploaded.insert(**d))
@@ -611,13 +721,20 @@ pub fn ingest(
     let max = cas.max_batch_bytes();
     let (small, large): (Vec<_>, Vec<_>) =
         to_upload.into_iter().partition(|(_, d)| d.size() < max / 4);
-    large.par_iter().try_for_each(|(path, digest)| cas.write_file(digest, path))?;
+    large.par_iter().try_for_each(|(rel, digest)| {
+        cas.write_file(digest, &ConfinedDir::fd_path(&open(rel)?)).map_err(|err| {
+            err.context(format!("{} changed while being ingested", top.child_path(rel).display()))
+        })
+    })?;
     let sizes = small.iter().map(|(_, d)| d.size());
     batch_ranges(sizes, max).par_iter().try_for_each(|range| {
         let blobs = small[range.clone()]
             .iter()
-            .map(|(path, digest)| {
-                let data = fs::read(path).map_err(io_error(*path))?;
+            .map(|(rel, digest)| {
+                use std::io::Read;
+                let path = top.child_path(rel);
+                let mut data = Vec::with_capacity(digest.size() as usize);
+                open(rel)?.read_to_end(&mut data).map_err(io_error(&path))?;
                 let blob = Blob::new(function, data);
                 if blob.digest() != digest {
                     return Err(CasError::DigestMismatch {
@@ -692,59 +809,55 @@ pub fn build_tree(
 }
 
 fn scan(
-    path: &Path,
+    dir: &ConfinedDir,
+    rel: &str,
     dirs: &mut Vec<Vec<DiskEntry>>,
     depth: usize,
+    total: &mut u64,
     limits: &TreeLimits,
 ) -> Result<(), CasError> {
     if depth > limits.max_depth {
         return Err(CasError::LimitExceeded(format!(
             "{} is nested deeper than {} levels",
-            path.display(),
+            dir.path().display(),
             limits.max_depth
         )));
     }
     let index = dirs.len();
     dirs.push(Vec::new());
-    let mut listing: Vec<fs::DirEntry> = fs::read_dir(path)
-        .map_err(io_error(path))?
-        .collect::<Result<_, _>>()
-        .map_err(io_error(path))?;
-    listing.sort_by_key(|e| e.file_name());
+    let listing = dir.list()?;
     if listing.len() > limits.max_entries {
         return Err(CasError::LimitExceeded(format!(
             "{} has {} entries, the limit is {}",
-            path.display(),
+            dir.path().display(),
             listing.len(),
             limits.max_entries
         )));
     }
+    *total += listing.len() as u64;
+    limits.check_expanded(*total, || format!("{}", dir.path().display()))?;
     let mut entries = Vec::with_capacity(listing.len());
-    for entry in listing {
-        let entry_path = entry.path();
-        let unsafe_path =
-            |reason: String| CasError::UnsafePath { path: entry_path.clone(), reason };
-        let name =
-            entry.file_name().into_string().map_err(|_| unsafe_path("name is not UTF-8".into()))?;
-        check_name(&name).map_err(unsafe_path)?;
-        let meta = fs::symlink_metadata(&entry_path).map_err(io_error(&entry_path))?;
-        let kind = meta.file_type();
-        if kind.is_file() {
-            let executable = meta.permissions().mode() & 0o111 != 0;
-            entries.push(DiskEntry::File { name, path: entry_path, executable });
-        } else if kind.is_dir() {
-            let child = dirs.len();
-            scan(&entry_path, dirs, depth + 1, limits)?;
-            entries.push(DiskEntry::Dir { name, index: child });
-        } else if kind.is_symlink() {
-            let target = fs::read_link(&entry_path).map_err(io_error(&entry_path))?;
-            let target = target
-                .into_os_string()
-                .into_string()
-                .map_err(|_| unsafe_path("symlink target is not UTF-8".into()))?;
-            entries.push(DiskEntry::Symlink { name, target });
-        } else {
-            return Err(unsafe_path("not a regular file, directory or symlink".into()));
+    for (name, kind) in listing {
+        let entry_rel = join(rel, &name);
+        match kind {
+            EntryKind::File { executable } => {
+                entries.push(DiskEntry::File { name, rel: entry_rel, executable });
+            }
+            EntryKind::Directory => {
+                let child = dirs.len();
+                scan(&dir.subdir(&name)?, &entry_rel, dirs, depth + 1, total, limits)?;
+                entries.push(DiskEntry::Dir { name, index: child });
+            }
+            EntryKind::Symlink => {
+                let target = dir.read_link(&name)?;
+                entries.push(DiskEntry::Symlink { name, target });
+            }
+            EntryKind::Other => {
+                return Err(CasError::UnsafePath {
+                    path: dir.child_path(&name),
+                    reason: "not a regular file, directory or symlink".into(),
+                });
+            }
         }
     }
     dirs[index] = entries;
@@ -752,28 +865,48 @@ fn scan(
 }
 
 /// Options of [`materialize`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MaterializeOptions {
     /// Allow symlinks with absolute targets (they point outside the tree by definition).
     pub allow_absolute_symlinks: bool,
-    /// Allow relative symlinks whose target climbs above the tree's root.
+    /// Allow relative symlinks whose target, resolved through the tree's own directories and
+    /// symlinks, leaves the tree.
     pub allow_escaping_symlinks: bool,
     /// Bounds on the tree.
     pub limits: TreeLimits,
+    /// The most bytes of file content one materialization writes.
+    pub max_bytes: u64,
 }
 
-/// Writes the tree `root` into `target`, which must not exist or be an empty directory. Never
-/// writes outside `target`: every name is a validated single segment, every path is created
-/// fresh (no existing file or symlink is followed), and symlinks that are absolute or climb out
-/// of the tree are refused unless allowed.
+/// The default of [`MaterializeOptions::max_bytes`]: 64 GiB.
+pub const DEFAULT_MAX_MATERIALIZE_BYTES: u64 = 64 << 30;
+
+impl Default for MaterializeOptions {
+    fn default() -> Self {
+        MaterializeOptions {
+            allow_absolute_symlinks: false,
+            allow_escaping_symlinks: false,
+            limits: TreeLimits::default(),
+            max_bytes: DEFAULT_MAX_MATERIALIZE_BYTES,
+        }
+    }
+}
+
+/// Writes the tree `root` into `target`, which must not exist or be an empty directory, and
+/// returns it opened. Never writes outside `target`: every entry is created exclusively
+/// through its parent's descriptor (nothing existing is followed or overwritten), and a
+/// symlink that is absolute or whose target, resolved through the tree's own directories and
+/// symlinks, leaves the tree is refused unless allowed. The expanded size of the tree (entries
+/// and bytes) is checked against the limits before anything is written.
 pub fn materialize(
     cas: &(impl Cas + ?Sized),
     root: &Digest,
     target: &Path,
     options: &MaterializeOptions,
-) -> Result<(), CasError> {
+) -> Result<ConfinedDir, CasError> {
     let forest = fetch_tree(cas, root, &options.limits)?;
-    match fs::read_dir(target) {
+    check_bytes(&forest, root, options)?;
+    let top = match fs::read_dir(target) {
         Ok(mut entries) => {
             if entries.next().is_some() {
                 return Err(CasError::UnsafePath {
@@ -781,83 +914,194 @@ pub fn materialize(
                     reason: "materialize target is not empty".into(),
                 });
             }
+            ConfinedDir::open(target)?
         }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir(target).map_err(io_error(target))?;
-        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => ConfinedDir::create(target)?,
         Err(err) => return Err(io_error(target)(err)),
+    };
+    populate(cas, &forest, root, &top, options)?;
+    Ok(top)
+}
+
+/// Like [`materialize`], into the new directory `name` of `parent` (created here; it must not
+/// exist), so no path outside `parent`'s descriptor is ever resolved.
+pub fn materialize_in(
+    cas: &(impl Cas + ?Sized),
+    root: &Digest,
+    parent: &ConfinedDir,
+    name: &str,
+    options: &MaterializeOptions,
+) -> Result<ConfinedDir, CasError> {
+    let forest = fetch_tree(cas, root, &options.limits)?;
+    check_bytes(&forest, root, options)?;
+    parent.mkdir(name)?;
+    let top = parent.subdir(name)?;
+    populate(cas, &forest, root, &top, options)?;
+    Ok(top)
+}
+
+fn check_bytes(
+    forest: &Forest,
+    root: &Digest,
+    options: &MaterializeOptions,
+) -> Result<(), CasError> {
+    let expansion = forest.expansion(root);
+    if expansion.bytes > options.max_bytes {
+        return Err(CasError::LimitExceeded(format!(
+            "tree {root} holds {} bytes of files, more than the materialize limit of {} bytes",
+            expansion.bytes, options.max_bytes
+        )));
     }
-    // Create directories and symlinks; collect files.
-    let mut files: Vec<(PathBuf, Digest, bool)> = Vec::new();
-    let mut stack = vec![(*root, target.to_path_buf(), 0usize)];
-    while let Some((digest, dir_path, depth)) = stack.pop() {
+    Ok(())
+}
+
+/// Creates the tree `root` of `forest` in the empty directory `top`.
+fn populate(
+    cas: &(impl Cas + ?Sized),
+    forest: &Forest,
+    root: &Digest,
+    top: &ConfinedDir,
+    options: &MaterializeOptions,
+) -> Result<(), CasError> {
+    // Create directories and symlinks; collect files. Each stack entry carries the chain of
+    // directories from the root, against which its symlinks are resolved.
+    let mut files: Vec<(String, Digest, bool)> = Vec::new();
+    let mut stack: Vec<(String, Vec<Digest>)> = vec![(String::new(), vec![*root])];
+    while let Some((rel, chain)) = stack.pop() {
+        let digest = *chain.last().expect("a chain holds the root at least");
         let directory = forest.get(&digest).ok_or(CasError::NotFound(digest))?;
+        let here = top.walk(&rel, false)?.ok_or_else(|| CasError::UnsafePath {
+            path: top.child_path(&rel),
+            reason: "vanished while being materialized".into(),
+        })?;
         for file in &directory.files {
-            files.push((dir_path.join(&*file.name), file.digest, file.is_executable));
+            files.push((join(&rel, &file.name), file.digest, file.is_executable));
         }
         for link in &directory.symlinks {
-            let link_path = dir_path.join(&*link.name);
-            check_symlink(&link.target, depth, options)
-                .map_err(|reason| CasError::UnsafePath { path: link_path.clone(), reason })?;
-            std::os::unix::fs::symlink(&*link.target, &link_path).map_err(io_error(&link_path))?;
+            check_symlink(forest, &chain, &link.target, options).map_err(|reason| {
+                CasError::UnsafePath { path: top.child_path(&join(&rel, &link.name)), reason }
+            })?;
+            here.symlink(&link.name, &link.target)?;
         }
         for dir in &directory.directories {
-            let path = dir_path.join(&*dir.name);
-            fs::create_dir(&path).map_err(io_error(&path))?;
-            stack.push((dir.digest, path, depth + 1));
+            here.mkdir(&dir.name)?;
+            let mut below = chain.clone();
+            below.push(dir.digest);
+            stack.push((join(&rel, &dir.name), below));
         }
     }
-    // Write files, their blobs read in batches; large blobs streamed.
+    // Write files, their blobs read in batches; large blobs streamed. Files are in directory
+    // order, so consecutive ones share their parent's descriptor.
     let max = cas.max_batch_bytes();
     let (small, large): (Vec<_>, Vec<_>) =
         files.into_iter().partition(|(_, d, _)| d.size() < max / 4);
-    large.par_iter().try_for_each(|(path, digest, executable)| {
-        let mut file = create_file(path, *executable)?;
+    let create = |parent: &mut Option<(String, ConfinedDir)>, rel: &str, executable: bool| {
+        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        if parent.as_ref().is_none_or(|(open, _)| open != dir) {
+            let opened = top.walk(dir, false)?.ok_or_else(|| CasError::UnsafePath {
+                path: top.child_path(dir),
+                reason: "vanished while being materialized".into(),
+            })?;
+            *parent = Some((dir.to_owned(), opened));
+        }
+        parent.as_ref().expect("just opened").1.create_file(name, executable)
+    };
+    large.par_iter().try_for_each(|(rel, digest, executable)| {
+        let mut file = create(&mut None, rel, *executable)?;
         cas.read_blob_to(digest, &mut file)
     })?;
     batch_ranges(small.iter().map(|(_, d, _)| d.size()), max).par_iter().try_for_each(|range| {
         let part = &small[range.clone()];
         let digests: Vec<Digest> = part.iter().map(|(_, d, _)| *d).collect();
         let blobs = cas.read_blobs(&digests)?;
-        for ((path, _, executable), data) in part.iter().zip(blobs) {
+        let mut parent = None;
+        for ((rel, _, executable), data) in part.iter().zip(blobs) {
             use std::io::Write;
-            create_file(path, *executable)?.write_all(&data).map_err(io_error(path))?;
+            create(&mut parent, rel, *executable)?
+                .write_all(&data)
+                .map_err(io_error(top.child_path(rel)))?;
         }
         Ok(())
     })
 }
 
-fn create_file(path: &Path, executable: bool) -> Result<fs::File, CasError> {
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(if executable { 0o755 } else { 0o644 })
-        .open(path)
-        .map_err(io_error(path))
+/// The most symlinks one resolution follows (Linux's own limit).
+const MAX_SYMLINK_HOPS: u32 = 40;
+
+/// Checks a symlink target found in the directory at the end of `chain` (root first) by
+/// resolving it as the kernel would, through the tree's own directories and symlinks: it may
+/// not be absolute, nor climb above the root at any step. Components that do not exist (or are
+/// files) are taken as directories the command might create, so the check holds whatever it
+/// creates.
+fn check_symlink(
+    forest: &Forest,
+    chain: &[Digest],
+    target: &str,
+    options: &MaterializeOptions,
+) -> Result<(), String> {
+    let mut hops = 0;
+    let mut position: Vec<Option<Digest>> = chain.iter().copied().map(Some).collect();
+    match resolve(forest, &mut position, target, &mut hops) {
+        Ok(()) => Ok(()),
+        Err(Escape::Absolute) if options.allow_absolute_symlinks => Ok(()),
+        Err(Escape::Climbs) if options.allow_escaping_symlinks => Ok(()),
+        Err(Escape::Absolute) => Err(format!("symlink target {target:?} is absolute")),
+        Err(Escape::Climbs) => Err(format!(
+            "symlink target {target:?} leads out of the tree (resolved through the tree's own \
+             symlinks)"
+        )),
+        Err(Escape::Loop) => {
+            Err(format!("symlink target {target:?} needs more than {MAX_SYMLINK_HOPS} symlinks"))
+        }
+    }
 }
 
-/// Checks a symlink target found `depth` levels below the root.
-fn check_symlink(target: &str, depth: usize, options: &MaterializeOptions) -> Result<(), String> {
-    let path = Path::new(target);
-    if path.is_absolute() {
-        return if options.allow_absolute_symlinks {
-            Ok(())
-        } else {
-            Err(format!("symlink target {target:?} is absolute"))
-        };
+enum Escape {
+    Absolute,
+    Climbs,
+    Loop,
+}
+
+/// Moves `position` (directories from the root; `None` for one the tree does not hold) along
+/// `target`, following the tree's symlinks.
+fn resolve(
+    forest: &Forest,
+    position: &mut Vec<Option<Digest>>,
+    target: &str,
+    hops: &mut u32,
+) -> Result<(), Escape> {
+    if target.starts_with('/') {
+        return Err(Escape::Absolute);
     }
-    let mut level = depth as isize;
-    for component in path.components() {
+    for component in target.split('/') {
         match component {
-            Component::ParentDir => level -= 1,
-            Component::Normal(_) => level += 1,
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(format!("symlink target {target:?} is absolute"));
+            "" | "." => {}
+            ".." => {
+                if position.len() <= 1 {
+                    return Err(Escape::Climbs);
+                }
+                position.pop();
             }
-        }
-        if level < 0 && !options.allow_escaping_symlinks {
-            return Err(format!("symlink target {target:?} climbs out of the tree"));
+            name => {
+                let here = position.last().copied().flatten().and_then(|d| forest.get(&d));
+                let Some(directory) = here else {
+                    position.push(None);
+                    continue;
+                };
+                let find_dir = directory.directories.binary_search_by(|d| (*d.name).cmp(name));
+                let find_link = directory.symlinks.binary_search_by(|s| (*s.name).cmp(name));
+                if let Ok(i) = find_dir {
+                    position.push(Some(directory.directories[i].digest));
+                } else if let Ok(i) = find_link {
+                    *hops += 1;
+                    if *hops > MAX_SYMLINK_HOPS {
+                        return Err(Escape::Loop);
+                    }
+                    resolve(forest, position, &directory.symlinks[i].target, hops)?;
+                } else {
+                    position.push(None);
+                }
+            }
         }
     }
     Ok(())

@@ -119,6 +119,16 @@ pub(crate) struct LimitArgs {
     #[arg(long, default_value_t = 256 << 20, global = true, value_name = "BYTES",
           value_parser = clap::value_parser!(u64).range(1..))]
     max_graph_bytes: u64,
+    /// Most entries (files, directories, symlinks) the trees of one command expand to, counting
+    /// every path a walk lists (a tree of few distinct directories can name 2^40 paths).
+    #[arg(long, default_value_t = sa_cas::merkle::DEFAULT_MAX_EXPANDED_ENTRIES, global = true,
+          value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_expanded_entries: u64,
+    /// Most bytes of files one input root may materialize on this machine (prime --local,
+    /// record; default 64 GiB).
+    #[arg(long, default_value_t = sa_cas::merkle::DEFAULT_MAX_MATERIALIZE_BYTES, global = true,
+          value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    max_materialize_bytes: u64,
     /// Most RPCs in flight at once to --remote.
     #[arg(long, default_value_t = 16, global = true, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -132,8 +142,47 @@ impl LimitArgs {
             max_depth: self.max_tree_depth as usize,
             max_entries: self.max_directory_entries as usize,
             max_directories: self.max_directories as usize,
+            max_expanded_entries: self.max_expanded_entries,
         }
     }
+}
+
+/// Where `prime --local` and `record` run the commands they take from the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum SandboxChoice {
+    /// bwrap when it is on PATH, else none.
+    Auto,
+    /// bubblewrap: only the input root writable, /usr read-only, no network.
+    Bwrap,
+    /// On the host, unsandboxed: only for a trusted store.
+    None,
+}
+
+/// The execution options of `prime --local` and `record`.
+pub(crate) fn exec_config(
+    args: &StoreArgs,
+    sandbox: SandboxChoice,
+    timeout: std::time::Duration,
+) -> anyhow::Result<sa_exec::ExecConfig> {
+    let sandbox = match sandbox {
+        SandboxChoice::Auto => sa_exec::Sandbox::detect(),
+        SandboxChoice::None => sa_exec::Sandbox::None,
+        SandboxChoice::Bwrap => {
+            sa_exec::Sandbox::find_bwrap().map(sa_exec::Sandbox::Bwrap).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--sandbox bwrap: no bwrap on PATH (Debian: apt-get install bubblewrap)"
+                )
+            })?
+        }
+    };
+    tracing::debug!(?sandbox, "executing");
+    Ok(sa_exec::ExecConfig {
+        default_timeout: timeout,
+        limits: args.limits.tree(),
+        max_materialize_bytes: args.limits.max_materialize_bytes,
+        sandbox,
+        ..Default::default()
+    })
 }
 
 #[derive(Debug, Subcommand)]

@@ -25,9 +25,15 @@ pub(crate) struct PrimeArgs {
     #[command(flatten)]
     instantiate: InstantiateArgs,
     /// Execute here, with no server (sa-exec), against the local store (--cas); results go to
-    /// its ActionCache, where `sa record` finds them.
+    /// its ActionCache, where `sa record` finds them. This runs commands taken from the store
+    /// on this host: the store must be trusted, or the commands sandboxed (--sandbox).
     #[arg(long)]
     local: bool,
+    /// With --local: run each command in a bubblewrap sandbox (only its input root writable,
+    /// /usr read-only, no network), on the host unsandboxed (none), or bwrap where installed
+    /// (auto).
+    #[arg(long, value_enum, default_value = "auto")]
+    sandbox: crate::SandboxChoice,
     /// Actions executed at once.
     #[arg(long, default_value_t = 4, value_name = "N")]
     jobs: usize,
@@ -66,10 +72,11 @@ pub(crate) fn prime(args: &StoreArgs, cmd: &PrimeArgs, ui: &mut Ui) -> Result<()
         (None, false) => bail!(
             "sa prime needs --remote URL (an execution service) or --local; blobs are read from --cas"
         ),
-        (None, true) => Executor::Local(ExecConfig {
-            default_timeout: Duration::from_secs(cmd.execute_timeout),
-            ..Default::default()
-        }),
+        (None, true) => Executor::Local(crate::exec_config(
+            args,
+            cmd.sandbox,
+            Duration::from_secs(cmd.execute_timeout),
+        )?),
         (Some(endpoint), false) => {
             let grpc = store::connect(args, endpoint)?;
             let remote_store: Arc<dyn Store> = grpc.clone();

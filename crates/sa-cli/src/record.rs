@@ -18,7 +18,6 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use sa_cas::{Cas, Digest, merkle, write_message};
-use sa_exec::ExecConfig;
 use sa_proto::reapi::{Action, ActionResult, Command, command::EnvironmentVariable};
 
 use crate::{StoreArgs, store};
@@ -79,6 +78,12 @@ pub(crate) struct RecordArgs {
     /// LC_CTYPE, LC_MESSAGES, SOURCE_DATE_EPOCH and TZ always are.
     #[arg(long = "pass-env", value_name = "NAME")]
     pass_env: Vec<String>,
+    /// Where a compile that misses the cache runs: in a bubblewrap sandbox (only its input
+    /// root writable, /usr read-only, no network), on the host unsandboxed (none), or bwrap
+    /// where installed (auto). Outputs of cached results are only ever written to the
+    /// declared output paths.
+    #[arg(long, value_enum, default_value = "auto")]
+    sandbox: crate::SandboxChoice,
     /// Deadline of one compile, in seconds.
     #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     timeout: u64,
@@ -373,9 +378,9 @@ pub(crate) fn record(args: &StoreArgs, cmd: &RecordArgs) -> Result<u8> {
         working_directory,
         ..Default::default()
     };
-    let command = write_message(cas, &command)?;
+    let command_digest = write_message(cas, &command)?;
     let action = Action {
-        command_digest: Some(command.to_proto()),
+        command_digest: Some(command_digest.to_proto()),
         input_root_digest: Some(input_root.to_proto()),
         ..Default::default()
     };
@@ -383,10 +388,7 @@ pub(crate) fn record(args: &StoreArgs, cmd: &RecordArgs) -> Result<u8> {
 
     let (result, cached): (ActionResult, bool) = match &opened.grpc {
         None => {
-            let config = ExecConfig {
-                default_timeout: Duration::from_secs(cmd.timeout),
-                ..Default::default()
-            };
+            let config = crate::exec_config(args, cmd.sandbox, Duration::from_secs(cmd.timeout))?;
             let executed = sa_exec::execute_cached(cas, &action, &config)?;
             (executed.result, executed.cached)
         }
@@ -400,7 +402,7 @@ pub(crate) fn record(args: &StoreArgs, cmd: &RecordArgs) -> Result<u8> {
             (response.result.unwrap_or_default(), cached)
         }
     };
-    sa_exec::write_outputs(cas, &result, &cwd)
+    sa_exec::write_outputs(cas, &command, &result, &cwd)
         .with_context(|| format!("writing the outputs of {action}"))?;
     for (digest, mut out) in [
         (&result.stdout_digest, Box::new(std::io::stdout()) as Box<dyn Write>),

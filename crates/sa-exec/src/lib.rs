@@ -40,8 +40,12 @@
 
 #![deny(missing_docs)]
 
+mod cleanup;
 mod run;
+mod sandbox;
 
+pub use cleanup::{interrupt, interrupted};
 pub use run::{
     ExecConfig, ExecError, Execution, execute, execute_cached, result_blobs, write_outputs,
 };
+pub use sandbox::Sandbox;

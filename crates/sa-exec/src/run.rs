@@ -2,14 +2,18 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use std::os::unix::process::CommandExt;
+
 use sa_cas::merkle::{self, MaterializeOptions, TreeLimits};
-use sa_cas::{Cas, CasError, Digest, Store, read_message, write_message};
+use sa_cas::{Cas, CasError, ConfinedDir, Digest, EntryKind, Store, read_message, write_message};
+
+use crate::cleanup::{GroupGuard, ScratchGuard};
+use crate::sandbox::Sandbox;
 use sa_proto::reapi::{
     Action, ActionResult, Command, OutputDirectory, OutputFile, OutputSymlink, Tree,
 };
@@ -23,6 +27,10 @@ pub struct ExecConfig {
     pub default_timeout: Duration,
     /// Bounds on input roots and output directories.
     pub limits: TreeLimits,
+    /// The most bytes of files one input root may materialize.
+    pub max_materialize_bytes: u64,
+    /// Where the command runs.
+    pub sandbox: Sandbox,
 }
 
 impl Default for ExecConfig {
@@ -31,6 +39,8 @@ impl Default for ExecConfig {
             scratch_dir: None,
             default_timeout: Duration::from_secs(3600),
             limits: TreeLimits::default(),
+            max_materialize_bytes: merkle::DEFAULT_MAX_MATERIALIZE_BYTES,
+            sandbox: Sandbox::None,
         }
     }
 }
@@ -83,6 +93,12 @@ pub enum ExecError {
         action: Digest,
         /// The deadline.
         timeout: Duration,
+    },
+    /// The process was interrupted ([`crate::interrupt`]) before or while the action ran.
+    #[error("action {action}: interrupted")]
+    Interrupted {
+        /// The action.
+        action: Digest,
     },
     /// A file operation in the scratch directory failed.
     #[error("action {action}: {}", path.display())]
@@ -161,10 +177,9 @@ pub fn execute<S: Store + ?Sized>(
     let working = relative(&command.working_directory, true)
         .map_err(|reason| invalid(format!("working_directory: {reason}")))?;
     let outputs = output_paths(&command);
-    let output_dirs = outputs
-        .iter()
-        .map(|o| relative(o, false).map_err(|reason| invalid(format!("output path: {reason}"))))
-        .collect::<Result<Vec<_>, _>>()?;
+    for output in &outputs {
+        relative(output, false).map_err(|reason| invalid(format!("output path: {reason}")))?;
+    }
     let timeout = decoded
         .timeout
         .as_ref()
@@ -172,20 +187,36 @@ pub fn execute<S: Store + ?Sized>(
         .filter(|t| !t.is_zero())
         .unwrap_or(config.default_timeout);
 
+    if crate::cleanup::interrupted() {
+        return Err(ExecError::Interrupted { action: id });
+    }
     let base = config.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
     let scratch =
         tempfile::Builder::new().prefix("sa-exec-").tempdir_in(&base).map_err(io_error(&base))?;
+    let _registered = ScratchGuard::register(scratch.path());
     let root = scratch.path().join("root");
-    let options = MaterializeOptions { limits: config.limits, ..Default::default() };
-    merkle::materialize(store, &root_digest, &root, &options)
+    let options = MaterializeOptions {
+        limits: config.limits,
+        max_bytes: config.max_materialize_bytes,
+        ..Default::default()
+    };
+    let top = merkle::materialize(store, &root_digest, &root, &options)
         .map_err(|e| store_error(e.context(format!("materializing input root {root_digest}"))))?;
-    let cwd = root.join(&working);
-    fs::create_dir_all(&cwd).map_err(io_error(&cwd))?;
-    for output in &output_dirs {
-        if let Some(parent) = cwd.join(output).parent() {
-            fs::create_dir_all(parent).map_err(io_error(parent))?;
-        }
+    // The working directory and the parents of the outputs, created without following any
+    // symlink of the input root.
+    let unsafe_path = |what: String| {
+        move |e: CasError| ExecError::Store { action: id, source: Box::new(e.context(what)) }
+    };
+    let working_dir = top
+        .walk(&command.working_directory, true)
+        .map_err(unsafe_path(format!("working directory {:?}", command.working_directory)))?
+        .expect("walk creates what is missing");
+    for output in &outputs {
+        working_dir
+            .parent_of(output, true)
+            .map_err(unsafe_path(format!("parent of output path {output:?}")))?;
     }
+    let cwd = root.join(&working);
 
     // A relative program with a slash is relative to the working directory (REAPI); a bare
     // name is looked up in the command's own PATH.
@@ -198,17 +229,20 @@ pub fn execute<S: Store + ?Sized>(
     let stderr_path = scratch.path().join("stderr");
     let stdout = fs::File::create(&stdout_path).map_err(io_error(&stdout_path))?;
     let stderr = fs::File::create(&stderr_path).map_err(io_error(&stderr_path))?;
-    tracing::debug!(%action, ?program, "running");
-    let mut child = Process::new(&program_path)
-        .args(&command.arguments[1..])
+    tracing::debug!(%action, ?program, sandbox = ?config.sandbox, "running");
+    let mut child = config
+        .sandbox
+        .command(&program_path, &command.arguments[1..], &root, &cwd)
         .env_clear()
         .envs(command.environment_variables.iter().map(|e| (&e.name, &e.value)))
-        .current_dir(&cwd)
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
+        // Its own process group, so a deadline or an interrupt ends everything it started.
+        .process_group(0)
         .spawn()
         .map_err(|source| ExecError::Spawn { action: id, program: program.clone(), source })?;
+    let group = GroupGuard::register(child.id());
     let start = Instant::now();
     let mut pause = Duration::from_millis(1);
     let status = loop {
@@ -216,13 +250,17 @@ pub fn execute<S: Store + ?Sized>(
             break status;
         }
         if start.elapsed() >= timeout {
-            let _ = child.kill();
+            group.kill();
             let _ = child.wait();
             return Err(ExecError::Timeout { action: id, timeout });
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));
     };
+    drop(group);
+    if crate::cleanup::interrupted() {
+        return Err(ExecError::Interrupted { action: id });
+    }
     // A command killed by a signal reports 128 + the signal, as shells do.
     let exit_code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
 
@@ -237,58 +275,51 @@ pub fn execute<S: Store + ?Sized>(
         stderr_digest: Some(store_file(&stderr_path)?.to_proto()),
         ..Default::default()
     };
-    for (output, relative) in outputs.iter().zip(&output_dirs) {
-        let path = cwd.join(relative);
-        let meta = match fs::symlink_metadata(&path) {
-            Ok(meta) => meta,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-            Err(err) => return Err(io_error(&path)(err)),
-        };
-        if meta.file_type().is_symlink() {
-            let target = fs::read_link(&path).map_err(io_error(&path))?;
-            let target = target.to_str().ok_or_else(|| {
-                invalid(format!("output {output:?} is a symlink to a non-UTF-8 path"))
-            })?;
-            result.output_symlinks.push(OutputSymlink {
-                path: output.clone(),
-                target: target.to_owned(),
-                ..Default::default()
-            });
-        } else if meta.is_dir() {
-            let tree_root = merkle::ingest(store, &path, &config.limits).map_err(store_error)?;
-            // A Tree holds the full Directory protos: read the blobs the walk found.
-            let forest =
-                merkle::fetch_tree(store, &tree_root, &config.limits).map_err(store_error)?;
-            let mut digests: Vec<Digest> = forest.directories().keys().copied().collect();
-            digests.sort();
-            let blobs = merkle::read_in_batches(store, &digests).map_err(store_error)?;
-            let mut root = None;
-            let mut children = Vec::new();
-            for (digest, data) in digests.iter().zip(blobs) {
-                let directory =
-                    merkle::decode_directory(digest, &data, &config.limits).map_err(store_error)?;
-                if *digest == tree_root {
-                    root = Some(directory);
-                } else {
-                    children.push(directory);
-                }
+    for output in &outputs {
+        let found = working_dir
+            .parent_of(output, false)
+            .and_then(|parent| match parent {
+                Some((dir, name)) => Ok(dir.kind(name)?.map(|kind| (dir, name, kind))),
+                None => Ok(None),
+            })
+            .map_err(unsafe_path(format!("output {output:?}")))?;
+        let Some((dir, name, kind)) = found else { continue };
+        match kind {
+            EntryKind::Symlink => {
+                let target =
+                    dir.read_link(name).map_err(unsafe_path(format!("output {output:?}")))?;
+                result.output_symlinks.push(OutputSymlink {
+                    path: output.clone(),
+                    target,
+                    ..Default::default()
+                });
             }
-            let tree = Tree { root, children };
-            let tree_digest = write_message(store, &tree).map_err(store_error)?;
-            result.output_directories.push(OutputDirectory {
-                path: output.clone(),
-                tree_digest: Some(tree_digest.to_proto()),
-                ..Default::default()
-            });
-        } else if meta.is_file() {
-            result.output_files.push(OutputFile {
-                path: output.clone(),
-                digest: Some(store_file(&path)?.to_proto()),
-                is_executable: meta.permissions().mode() & 0o111 != 0,
-                ..Default::default()
-            });
-        } else {
-            return Err(invalid(format!("output {output:?} is not a file, directory or symlink")));
+            EntryKind::Directory => {
+                let tree_digest = output_tree(store, &dir, name, &config.limits)
+                    .map_err(unsafe_path(format!("output directory {output:?}")))?;
+                result.output_directories.push(OutputDirectory {
+                    path: output.clone(),
+                    tree_digest: Some(tree_digest.to_proto()),
+                    ..Default::default()
+                });
+            }
+            EntryKind::File { executable } => {
+                let file =
+                    dir.open_file(name).map_err(unsafe_path(format!("output {output:?}")))?;
+                // The open file itself, whatever its path points to by now.
+                let digest = store_file(&ConfinedDir::fd_path(&file))?;
+                result.output_files.push(OutputFile {
+                    path: output.clone(),
+                    digest: Some(digest.to_proto()),
+                    is_executable: executable,
+                    ..Default::default()
+                });
+            }
+            EntryKind::Other => {
+                return Err(invalid(format!(
+                    "output {output:?} is not a file, directory or symlink"
+                )));
+            }
         }
     }
     if exit_code == 0 && !decoded.do_not_cache {
@@ -343,47 +374,94 @@ pub fn result_blobs(
     Ok(digests)
 }
 
-/// Writes a result's output files, symlinks and directories under `dir` (the command's
-/// working directory), replacing what is there; files are written to a temp file beside them
-/// and renamed, so a reader never sees half a file.
+/// Stores the output directory `name` of `dir` as a Tree (the full Directory protos, root
+/// first) and returns the Tree's digest.
+fn output_tree<S: Store + ?Sized>(
+    store: &S,
+    dir: &ConfinedDir,
+    name: &str,
+    limits: &TreeLimits,
+) -> Result<Digest, CasError> {
+    let tree_root = merkle::ingest_dir(store, &dir.subdir(name)?, limits)?;
+    let forest = merkle::fetch_tree(store, &tree_root, limits)?;
+    let mut digests: Vec<Digest> = forest.directories().keys().copied().collect();
+    digests.sort();
+    let blobs = merkle::read_in_batches(store, &digests)?;
+    let mut root = None;
+    let mut children = Vec::new();
+    for (digest, data) in digests.iter().zip(blobs) {
+        let directory = merkle::decode_directory(digest, &data, limits)?;
+        if *digest == tree_root {
+            root = Some(directory);
+        } else {
+            children.push(directory);
+        }
+    }
+    write_message(store, &Tree { root, children })
+}
+
+/// Writes a result's outputs into `dir` (the command's working directory), replacing what is
+/// there: only outputs that `command` declares, each created beside its target under a temp
+/// name and renamed into place (a reader never sees half a file), every parent directory
+/// opened without following symlinks (a symlink where a directory is needed is an error), and
+/// no symlink written whose target is absolute or climbs above `dir`. Made for results that
+/// come from a cache: nothing a result says can make this write elsewhere.
 #[allow(deprecated)] // results of older servers still carry output_file_symlinks
 pub fn write_outputs<S: Cas + ?Sized>(
     store: &S,
+    command: &Command,
     result: &ActionResult,
     dir: &Path,
 ) -> Result<(), CasError> {
     let function = store.digest_function();
-    let target = |path: &str| -> Result<PathBuf, CasError> {
-        let relative = relative(path, false)
-            .map_err(|reason| CasError::UnsafePath { path: path.into(), reason })?;
-        let full = dir.join(relative);
-        if let Some(parent) = full.parent() {
-            fs::create_dir_all(parent)
-                .map_err(|source| CasError::Io { path: parent.into(), source })?;
-        }
-        Ok(full)
+    let declared = output_paths(command);
+    let top = ConfinedDir::open(dir)?;
+    let undeclared = |path: &str| CasError::UnsafePath {
+        path: dir.join(path),
+        reason: "the result names an output the Command does not declare".into(),
     };
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| CasError::Io { path, source }
+    let place = |path: &str| -> Result<(ConfinedDir, String, String), CasError> {
+        if declared.binary_search_by(|d| d.as_str().cmp(path)).is_err() {
+            return Err(undeclared(path));
+        }
+        let (parent, name) = top.parent_of(path, true)?.expect("parents are created");
+        let temp = format!(".sa-tmp-{}-{name}", uuid_like());
+        Ok((parent, name.to_owned(), temp))
+    };
+    // Moves `temp` over `name`, removing a directory there first (rename cannot replace one);
+    // on failure the temp entry is removed.
+    let commit = |parent: &ConfinedDir, temp: &str, name: &str| -> Result<(), CasError> {
+        let outcome = match parent.kind(name)? {
+            Some(EntryKind::Directory) => parent.remove(name),
+            _ => Ok(()),
+        }
+        .and_then(|()| parent.rename(temp, name));
+        if outcome.is_err() {
+            let _ = parent.remove(temp);
+        }
+        outcome
     };
     for file in &result.output_files {
-        let path = target(&file.path)?;
+        let (parent, name, temp) = place(&file.path)?;
         let digest = Digest::from_proto_field(function, file.digest.as_ref(), "OutputFile.digest")?;
-        let parent = path.parent().expect("an output path has a parent under dir");
-        let mut temp = tempfile::NamedTempFile::new_in(parent).map_err(io(parent))?;
-        store.read_blob_to(&digest, temp.as_file_mut())?;
-        let mode = if file.is_executable { 0o755 } else { 0o644 };
-        fs::set_permissions(temp.path(), fs::Permissions::from_mode(mode)).map_err(io(&path))?;
-        temp.persist(&path).map_err(|e| CasError::Io { path: path.clone(), source: e.error })?;
+        let written = parent
+            .create_file(&temp, file.is_executable)
+            .and_then(|mut out| store.read_blob_to(&digest, &mut out));
+        if let Err(err) = written {
+            let _ = parent.remove(&temp);
+            return Err(err);
+        }
+        commit(&parent, &temp, &name)?;
     }
     for link in result.output_symlinks.iter().chain(&result.output_file_symlinks) {
-        let path = target(&link.path)?;
-        remove_existing(&path)?;
-        std::os::unix::fs::symlink(&link.target, &path).map_err(io(&path))?;
+        check_output_symlink(&link.path, &link.target)
+            .map_err(|reason| CasError::UnsafePath { path: dir.join(&link.path), reason })?;
+        let (parent, name, temp) = place(&link.path)?;
+        parent.symlink(&temp, &link.target)?;
+        commit(&parent, &temp, &name)?;
     }
     for output in &result.output_directories {
-        let path = target(&output.path)?;
+        let (parent, name, temp) = place(&output.path)?;
         let tree_digest = Digest::from_proto_field(
             function,
             output.tree_digest.as_ref(),
@@ -392,18 +470,45 @@ pub fn write_outputs<S: Cas + ?Sized>(
         let tree: Tree = read_message(store, &tree_digest, "Tree")?;
         let root = tree.root.ok_or(CasError::MissingField("Tree.root"))?;
         let root = *merkle::directory_blob(function, &root).digest();
-        remove_existing(&path)?;
-        merkle::materialize(store, &root, &path, &MaterializeOptions::default())?;
+        if let Err(err) =
+            merkle::materialize_in(store, &root, &parent, &temp, &MaterializeOptions::default())
+        {
+            let _ = parent.remove(&temp);
+            return Err(err);
+        }
+        commit(&parent, &temp, &name)?;
     }
     Ok(())
 }
 
-fn remove_existing(path: &Path) -> Result<(), CasError> {
-    let outcome = match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(err),
-    };
-    outcome.map_err(|source| CasError::Io { path: path.into(), source })
+/// A symlink written as an output at `path` (relative to the working directory) may not be
+/// absolute nor climb above the working directory, counted from where it stands.
+fn check_output_symlink(path: &str, target: &str) -> Result<(), String> {
+    if target.is_empty() || target.contains('\0') {
+        return Err("output symlink with an empty or NUL target".into());
+    }
+    if target.starts_with('/') {
+        return Err(format!("output symlink target {target:?} is absolute"));
+    }
+    let mut level = path.split('/').count() as isize - 1;
+    for component in target.split('/') {
+        match component {
+            "" | "." => {}
+            ".." => level -= 1,
+            _ => level += 1,
+        }
+        if level < 0 {
+            return Err(format!(
+                "output symlink target {target:?} climbs out of the working directory"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A name part that no two writers share: the process id and a counter.
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }

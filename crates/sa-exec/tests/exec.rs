@@ -68,6 +68,14 @@ impl Fixture {
         String::from_utf8(self.store.read_blob(&digest).unwrap().to_vec()).unwrap()
     }
 
+    /// The Command of an action.
+    fn command(&self, action: &Digest) -> Command {
+        let action: Action = sa_cas::read_message(&self.store, action, "Action").unwrap();
+        let digest = action.command_digest.unwrap();
+        let digest = Digest::from_proto(DigestFunction::Sha256, &digest).unwrap();
+        sa_cas::read_message(&self.store, &digest, "Command").unwrap()
+    }
+
     fn scratch_is_empty(&self) -> bool {
         std::fs::read_dir(&self.scratch).unwrap().next().is_none()
     }
@@ -157,7 +165,7 @@ fn output_directories_and_symlinks_round_trip_through_write_outputs() {
     assert_eq!(result.output_symlinks[0].target, "d/e/f");
     let out = tempfile::tempdir().unwrap();
     std::fs::write(out.path().join("plain"), "stale").unwrap();
-    write_outputs(&f.store, &result, out.path()).unwrap();
+    write_outputs(&f.store, &f.command(&action), &result, out.path()).unwrap();
     assert_eq!(std::fs::read_to_string(out.path().join("plain")).unwrap(), "y\n");
     assert_eq!(std::fs::read_to_string(out.path().join("link")).unwrap(), "x\n");
     use std::os::unix::fs::PermissionsExt;
