@@ -143,14 +143,51 @@ impl LocalCas {
             }
             Err(err) => return Err(io_error(path)(err)),
         };
-        check_content(digest, &data, self.config.verify_reads)?;
+        check_content(digest, &data, self.config.verify_reads)
+            .map_err(|err| self.corrupt(err, &path))?;
         Ok(Bytes::from(data))
+    }
+
+    /// A corrupt object's error, naming the file and the fix.
+    fn corrupt(&self, err: CasError, path: &Path) -> CasError {
+        err.context(format!(
+            "object {} of the store at {} is corrupt: remove it, or write the blob again (a \
+             write replaces an object that does not verify)",
+            path.display(),
+            self.root.display()
+        ))
+    }
+
+    /// Whether the object of `digest` is present and verifies (size, then content). A
+    /// present object that does not is logged: the caller replaces it.
+    fn holds(&self, digest: &Digest) -> Result<bool, CasError> {
+        if digest.is_empty_blob() {
+            return Ok(true);
+        }
+        let path = self.blob_path(digest);
+        let file = match fs::File::open(&path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(err) => return Err(io_error(path)(err)),
+        };
+        let mut hasher = digest.function().hasher();
+        io::copy(&mut io::BufReader::with_capacity(256 << 10, file), &mut HashWriter(&mut hasher))
+            .map_err(io_error(&path))?;
+        let actual = hasher.finish();
+        if actual == *digest {
+            return Ok(true);
+        }
+        tracing::warn!(
+            path = %path.display(),
+            "corrupt object in the local store (content hashes to {actual}): replacing it"
+        );
+        Ok(false)
     }
 
     fn write_one(&self, blob: &Blob) -> Result<(), CasError> {
         let digest = blob.digest();
         check_function(self.config.digest_function, digest)?;
-        if digest.is_empty_blob() || self.blob_path(digest).exists() {
+        if self.holds(digest)? {
             return Ok(());
         }
         self.persist(digest, &self.cas_tmp(), true, |file| file.write_all(blob.data()))
@@ -187,6 +224,33 @@ impl LocalCas {
     }
 }
 
+impl LocalCas {
+    /// Whether an object of the right size is there (a truncated one counts as missing, so
+    /// it gets written again; content is verified on read and on write).
+    fn present(&self, digest: &Digest) -> Result<bool, CasError> {
+        let path = self.blob_path(digest);
+        match fs::metadata(&path) {
+            Ok(meta) => Ok(meta.len() == digest.size()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(err) => Err(io_error(path)(err)),
+        }
+    }
+}
+
+/// Feeds what is written to a hasher.
+struct HashWriter<'a>(&'a mut crate::digest::Hasher);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 fn object_path(objects: &Path, digest: &Digest) -> PathBuf {
     let hex = digest.hash_hex();
     objects.join(&hex[..2]).join(&hex[2..])
@@ -218,7 +282,7 @@ impl Cas for LocalCas {
         let mut missing = Vec::new();
         for digest in digests {
             check_function(self.config.digest_function, digest)?;
-            if seen.insert(*digest) && !digest.is_empty_blob() && !self.blob_path(digest).exists() {
+            if seen.insert(*digest) && !digest.is_empty_blob() && !self.present(digest)? {
                 missing.push(*digest);
             }
         }
@@ -256,17 +320,19 @@ impl Cas for LocalCas {
         }
         let actual = hasher.finish();
         if actual.size() != digest.size() {
-            return Err(CasError::SizeMismatch { digest: *digest, actual: actual.size() });
+            let err = CasError::SizeMismatch { digest: *digest, actual: actual.size() };
+            return Err(self.corrupt(err, &path));
         }
         if self.config.verify_reads && actual != *digest {
-            return Err(CasError::DigestMismatch { expected: *digest, actual });
+            let err = CasError::DigestMismatch { expected: *digest, actual };
+            return Err(self.corrupt(err, &path));
         }
         Ok(())
     }
 
     fn write_file(&self, digest: &Digest, path: &Path) -> Result<(), CasError> {
         check_function(self.config.digest_function, digest)?;
-        if digest.is_empty_blob() || self.blob_path(digest).exists() {
+        if self.holds(digest)? {
             return Ok(());
         }
         let mut source = fs::File::open(path).map_err(io_error(path))?;
@@ -309,10 +375,18 @@ impl ActionCache for LocalCas {
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(err) => return Err(io_error(path)(err)),
         };
-        ActionResult::decode(&data[..]).map(Some).map_err(|source| {
-            CasError::Decode { what: "ActionResult", digest: *action, source }
-                .context(format!("action cache entry {}", path.display()))
-        })
+        match ActionResult::decode(&data[..]) {
+            Ok(result) => Ok(Some(result)),
+            Err(err) => {
+                // A cache must not fail a build: an entry that does not decode is a miss, and
+                // the next update replaces it.
+                tracing::warn!(
+                    path = %path.display(),
+                    "corrupt action cache entry ({err}): treated as a miss"
+                );
+                Ok(None)
+            }
+        }
     }
 
     fn update_action_result(&self, action: &Digest, result: &ActionResult) -> Result<(), CasError> {

@@ -48,7 +48,7 @@ pub(crate) fn generate(args: &StoreArgs, cmd: &GenerateArgs, ui: &mut Ui) -> Res
         .into_iter()
         .cloned()
         .collect();
-    let config = GenerateConfig {
+    let mut config = GenerateConfig {
         skip_broken_subactions: cmd.skip_broken_subactions,
         limits: args.limits.tree(),
     };
@@ -68,6 +68,9 @@ pub(crate) fn generate(args: &StoreArgs, cmd: &GenerateArgs, ui: &mut Ui) -> Res
             .phase("generate", || sa_generator::generate(&opened.store, &input, &config))
             .with_context(|| format!("generating for element {:?}", element.name))?;
         let stats = &generated.stats;
+        // The expansion limit holds for the whole run: later elements get what is left.
+        config.limits.max_expanded_entries =
+            config.limits.max_expanded_entries.saturating_sub(stats.expanded_entries).max(1);
         for skipped in &stats.skipped {
             eprintln!("warning: {:?}: skipped {}", element.name, skipped.reason);
         }

@@ -8,7 +8,7 @@ use sa_cas::merkle::{self, TreeLimits};
 use sa_cas::{ActionCache, Cas, Digest, DigestFunction};
 use sa_proto::buildstream::v2::speculative_actions::Overlay;
 use sa_proto::buildstream::v2::{Artifact, SpeculativeActions};
-use sa_proto::reapi::{self, Action, ActionResult, Command, Directory};
+use sa_proto::reapi::{self, Action, ActionResult, Command, Directory, Tree};
 use serde_json::{Value, json};
 
 use crate::{StoreArgs, Ui, store};
@@ -74,23 +74,105 @@ fn command_json(c: &Command) -> Value {
     })
 }
 
-fn directory_json(dir: &Directory) -> Value {
-    json!({
-        "files": dir.files.iter().map(|f| json!({"name": f.name, "digest": d(&f.digest), "is_executable": f.is_executable})).collect::<Vec<_>>(),
-        "directories": dir.directories.iter().map(|x| json!({"name": x.name, "digest": d(&x.digest)})).collect::<Vec<_>>(),
-        "symlinks": dir.symlinks.iter().map(|s| json!({"name": s.name, "target": s.target})).collect::<Vec<_>>(),
+fn node_properties(p: &Option<reapi::NodeProperties>) -> Value {
+    p.as_ref().map_or(Value::Null, |p| {
+        json!({
+            "properties": p.properties.iter().map(|x| json!({"name": x.name, "value": x.value})).collect::<Vec<_>>(),
+            "mtime": p.mtime.as_ref().map(|t| json!({"seconds": t.seconds, "nanos": t.nanos})),
+            "unix_mode": p.unix_mode,
+        })
     })
 }
 
+fn directory_json(dir: &Directory) -> Value {
+    json!({
+        "files": dir.files.iter().map(|f| json!({"name": f.name, "digest": d(&f.digest), "is_executable": f.is_executable, "node_properties": node_properties(&f.node_properties)})).collect::<Vec<_>>(),
+        "directories": dir.directories.iter().map(|x| json!({"name": x.name, "digest": d(&x.digest)})).collect::<Vec<_>>(),
+        "symlinks": dir.symlinks.iter().map(|s| json!({"name": s.name, "target": s.target, "node_properties": node_properties(&s.node_properties)})).collect::<Vec<_>>(),
+        "node_properties": node_properties(&dir.node_properties),
+    })
+}
+
+fn symlinks_json(links: &[reapi::OutputSymlink]) -> Value {
+    links
+        .iter()
+        .map(|l| json!({"path": l.path, "target": l.target, "node_properties": node_properties(&l.node_properties)}))
+        .collect::<Vec<_>>()
+        .into()
+}
+
+fn timestamp(t: &Option<prost_types::Timestamp>) -> Value {
+    t.as_ref().map_or(Value::Null, |t| json!({"seconds": t.seconds, "nanos": t.nanos}))
+}
+
+// Results of older servers still carry the deprecated symlink lists: show them.
+#[allow(deprecated)]
 fn result_json(r: &ActionResult) -> Value {
+    let metadata = r.execution_metadata.as_ref().map_or(Value::Null, |m| {
+        json!({
+            "worker": m.worker,
+            "queued_timestamp": timestamp(&m.queued_timestamp),
+            "worker_start_timestamp": timestamp(&m.worker_start_timestamp),
+            "worker_completed_timestamp": timestamp(&m.worker_completed_timestamp),
+            "execution_start_timestamp": timestamp(&m.execution_start_timestamp),
+            "execution_completed_timestamp": timestamp(&m.execution_completed_timestamp),
+            "auxiliary_metadata": m.auxiliary_metadata.len(),
+        })
+    });
     json!({
         "exit_code": r.exit_code,
-        "output_files": r.output_files.iter().map(|f| json!({"path": f.path, "digest": d(&f.digest), "is_executable": f.is_executable})).collect::<Vec<_>>(),
-        "output_directories": r.output_directories.iter().map(|o| json!({"path": o.path, "tree_digest": d(&o.tree_digest)})).collect::<Vec<_>>(),
+        "output_files": r.output_files.iter().map(|f| json!({"path": f.path, "digest": d(&f.digest), "is_executable": f.is_executable, "contents": hex::encode(&f.contents), "node_properties": node_properties(&f.node_properties)})).collect::<Vec<_>>(),
+        "output_symlinks": symlinks_json(&r.output_symlinks),
+        "output_file_symlinks": symlinks_json(&r.output_file_symlinks),
+        "output_directories": r.output_directories.iter().map(|o| json!({"path": o.path, "tree_digest": d(&o.tree_digest), "is_topologically_sorted": o.is_topologically_sorted, "root_directory_digest": d(&o.root_directory_digest)})).collect::<Vec<_>>(),
+        "output_directory_symlinks": symlinks_json(&r.output_directory_symlinks),
+        "stdout_raw": hex::encode(&r.stdout_raw),
         "stdout_digest": d(&r.stdout_digest),
+        "stderr_raw": hex::encode(&r.stderr_raw),
         "stderr_digest": d(&r.stderr_digest),
+        "execution_metadata": metadata,
         "subactions": r.subactions.iter().map(|s| d(&Some(s.clone()))).collect::<Vec<_>>(),
     })
+}
+
+/// A REAPI `Tree`: the root and children Directories, each with the digest it has as a blob.
+fn tree_json(function: DigestFunction, tree: &Tree) -> Value {
+    let one = |dir: &Directory| {
+        let mut value = directory_json(dir);
+        value["digest"] = merkle::directory_blob(function, dir).digest().to_string().into();
+        value
+    };
+    json!({
+        "root": tree.root.as_ref().map_or(Value::Null, one),
+        "children": tree.children.iter().map(one).collect::<Vec<_>>(),
+    })
+}
+
+/// Top-level fields of `data` that `M` does not know (prost drops them when decoding): their
+/// numbers and wire types, so a reader sees that the blob holds more than is printed.
+fn unknown_fields<M: Message + Default>(data: &[u8]) -> Value {
+    let Ok(message) = M::decode(data) else { return Value::Null };
+    let known = top_level_fields(&message.encode_to_vec());
+    let unknown: Vec<Value> = top_level_fields(data)
+        .into_iter()
+        .filter(|field| !known.iter().any(|k| k.0 == field.0))
+        .map(|(number, wire_type)| json!({"number": number, "wire_type": wire_type}))
+        .collect();
+    unknown.into()
+}
+
+/// `(number, wire type)` of each top-level field, in order; stops at the first malformed key.
+fn top_level_fields(mut data: &[u8]) -> Vec<(u32, u8)> {
+    use prost::encoding::{DecodeContext, decode_key, skip_field};
+    let mut fields = Vec::new();
+    while !data.is_empty() {
+        let Ok((number, wire_type)) = decode_key(&mut data) else { break };
+        fields.push((number, wire_type as u8));
+        if skip_field(wire_type, number, &mut data, DecodeContext::default()).is_err() {
+            break;
+        }
+    }
+    fields
 }
 
 fn overlay_json(o: &Overlay) -> Value {
@@ -164,8 +246,13 @@ fn detect(
         }
     }
     if let Some(c) = exact::<Command>(data) {
-        if !c.arguments.is_empty() {
+        if !c.arguments.is_empty() && command_is_text(&c) {
             return Some((Kind::Command, command_json(&c)));
+        }
+    }
+    if let Some(tree) = exact::<Tree>(data) {
+        if tree_valid(function, &tree, limits) {
+            return Some((Kind::Tree, tree_json(function, &tree)));
         }
     }
     if let Some(a) = exact::<Artifact>(data) {
@@ -176,8 +263,71 @@ fn detect(
     None
 }
 
+/// Whether every string of a Command is text: no control characters but tab, line feed and
+/// carriage return (an encoded message has them in its keys and lengths, so another message
+/// that happens to parse as a Command is not taken for one).
+#[allow(deprecated)] // the deprecated output lists are strings too
+fn command_is_text(c: &Command) -> bool {
+    let text =
+        |s: &String| !s.chars().any(|ch| ch.is_control() && !matches!(ch, '\t' | '\n' | '\r'));
+    let env = c.environment_variables.iter().flat_map(|e| [&e.name, &e.value]);
+    c.arguments
+        .iter()
+        .chain(env)
+        .chain(&c.output_paths)
+        .chain(&c.output_files)
+        .chain(&c.output_directories)
+        .chain(std::iter::once(&c.working_directory))
+        .all(text)
+}
+
+/// Whether a Tree's root and children all validate as Directories.
+fn tree_valid(function: DigestFunction, tree: &Tree, limits: &TreeLimits) -> bool {
+    tree.root.iter().chain(&tree.children).all(|dir| {
+        let blob = merkle::directory_blob(function, dir);
+        merkle::validate_directory(function, blob.digest(), dir, limits).is_ok()
+    }) && tree.root.is_some()
+}
+
 fn decode<M: Message + Default>(data: Bytes, digest: &Digest, what: &str) -> Result<M> {
     M::decode(data).with_context(|| format!("blob {digest} is not a valid {what}"))
+}
+
+fn with_unknown<M: Message + Default>(mut value: Value, data: &[u8]) -> Value {
+    value["unknown_fields"] = unknown_fields::<M>(data);
+    value
+}
+
+/// Every path below the Directory `root`, files, symlinks and directories, after the expansion
+/// limit has been checked on the DAG's counts.
+fn expanded_json(store: &dyn sa_cas::Store, root: &Digest, limits: &TreeLimits) -> Result<Value> {
+    let forest = merkle::fetch_tree(store, root, limits)?;
+    let mut files = Vec::new();
+    let mut symlinks = Vec::new();
+    let mut directories = Vec::new();
+    let mut stack = vec![(*root, String::new())];
+    while let Some((digest, prefix)) = stack.pop() {
+        let dir = forest.get(&digest).ok_or(sa_cas::CasError::NotFound(digest))?;
+        for file in &dir.files {
+            files.push(json!({"path": merkle::join(&prefix, &file.name), "digest": file.digest.to_string(), "is_executable": file.is_executable}));
+        }
+        for link in &dir.symlinks {
+            symlinks
+                .push(json!({"path": merkle::join(&prefix, &link.name), "target": &*link.target}));
+        }
+        for sub in dir.directories.iter().rev() {
+            let path = merkle::join(&prefix, &sub.name);
+            directories.push(json!({"path": path, "digest": sub.digest.to_string()}));
+            stack.push((sub.digest, path));
+        }
+    }
+    Ok(json!({
+        "root": root.to_string(),
+        "distinct_directories": forest.len(),
+        "files": files,
+        "symlinks": symlinks,
+        "directories": directories,
+    }))
 }
 
 pub(crate) fn inspect(args: &StoreArgs, cmd: &InspectArgs, ui: &mut Ui) -> Result<()> {
@@ -193,29 +343,49 @@ pub(crate) fn inspect(args: &StoreArgs, cmd: &InspectArgs, ui: &mut Ui) -> Resul
             (Kind::ActionResult, result_json(&result))
         }
         Some(Kind::Tree) => {
-            let forest = merkle::fetch_tree(store, &digest, &args.limits.tree())?;
-            let files = forest.files(&digest)?;
-            let value: Vec<Value> = files
-                .iter()
-                .map(|(path, d, exec)| json!({"path": path, "digest": d.to_string(), "is_executable": exec}))
-                .collect();
-            (
-                Kind::Tree,
-                json!({"root": digest.to_string(), "directories": forest.len(), "files": value}),
-            )
+            let data = store.read_blob(&digest)?;
+            let limits = args.limits.tree();
+            let as_directory = merkle::decode_directory(&digest, &data, &limits);
+            match exact::<Tree>(&data) {
+                Some(tree) if as_directory.is_err() => {
+                    if !tree_valid(function, &tree, &limits) {
+                        bail!("blob {digest} is a Tree holding an invalid Directory");
+                    }
+                    let mut value = tree_json(function, &tree);
+                    value["unknown_fields"] = unknown_fields::<Tree>(&data);
+                    (Kind::Tree, value)
+                }
+                _ => {
+                    as_directory.with_context(|| {
+                        format!("blob {digest} is neither a REAPI Tree nor a Directory")
+                    })?;
+                    (Kind::Tree, expanded_json(store, &digest, &limits)?)
+                }
+            }
         }
         Some(kind) => {
             let data = store.read_blob(&digest)?;
             let value = match kind {
-                Kind::Action => action_json(&decode(data, &digest, "Action")?),
-                Kind::Command => command_json(&decode(data, &digest, "Command")?),
-                Kind::Directory => {
-                    directory_json(&merkle::decode_directory(&digest, &data, &args.limits.tree())?)
-                }
-                Kind::SpeculativeActions => {
-                    speculative_json(&decode(data, &digest, "SpeculativeActions")?)
-                }
-                Kind::Artifact => artifact_json(&decode(data, &digest, "Artifact")?),
+                Kind::Action => with_unknown::<Action>(
+                    action_json(&decode(data.clone(), &digest, "Action")?),
+                    &data,
+                ),
+                Kind::Command => with_unknown::<Command>(
+                    command_json(&decode(data.clone(), &digest, "Command")?),
+                    &data,
+                ),
+                Kind::Directory => with_unknown::<Directory>(
+                    directory_json(&merkle::decode_directory(&digest, &data, &args.limits.tree())?),
+                    &data,
+                ),
+                Kind::SpeculativeActions => with_unknown::<SpeculativeActions>(
+                    speculative_json(&decode(data.clone(), &digest, "SpeculativeActions")?),
+                    &data,
+                ),
+                Kind::Artifact => with_unknown::<Artifact>(
+                    artifact_json(&decode(data.clone(), &digest, "Artifact")?),
+                    &data,
+                ),
                 Kind::ActionResult | Kind::Tree => unreachable!("handled above"),
             };
             (kind, value)
@@ -224,7 +394,14 @@ pub(crate) fn inspect(args: &StoreArgs, cmd: &InspectArgs, ui: &mut Ui) -> Resul
             let data = store.read_blob(&digest)?;
             match detect(function, &digest, &data, &args.limits.tree()) {
                 Some(found) => found,
-                None => bail!("blob {digest} does not decode as any known message: pass --as"),
+                None => {
+                    // The likeliest intent, said with its reason.
+                    if exact::<Directory>(&data).is_some() {
+                        merkle::decode_directory(&digest, &data, &args.limits.tree())
+                            .with_context(|| format!("blob {digest} is not any known message"))?;
+                    }
+                    bail!("blob {digest} does not decode as any known message: pass --as")
+                }
             }
         }
     };

@@ -302,6 +302,23 @@ impl Ui {
     }
 }
 
+/// On SIGINT, SIGTERM or SIGHUP: end every running action's process group, remove every
+/// scratch directory, and exit with 128 + the signal, as shells report it.
+fn install_signal_handlers() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let (groups, dirs) = sa_exec::interrupt();
+            eprintln!(
+                "sa: interrupted by signal {signal}: ended {groups} running actions, removed {dirs} scratch directories"
+            );
+            std::process::exit(128 + signal);
+        }
+    })?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -323,6 +340,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Err(err) = install_signal_handlers() {
+        eprintln!("error: installing signal handlers: {err}");
+        return ExitCode::FAILURE;
+    }
     let mut ui = Ui {
         json: cli.json,
         stats: cli.stats,

@@ -390,7 +390,20 @@ pub(crate) fn record(args: &StoreArgs, cmd: &RecordArgs) -> Result<u8> {
         None => {
             let config = crate::exec_config(args, cmd.sandbox, Duration::from_secs(cmd.timeout))?;
             let executed = sa_exec::execute_cached(cas, &action, &config)?;
-            (executed.result, executed.cached)
+            if executed.cached
+                && let Err(err) = sa_exec::write_outputs(cas, &command, &executed.result, &cwd)
+            {
+                // A cache entry whose outputs cannot be written safely (corrupt blobs, or a
+                // result naming paths it may not) is a miss: run the compile, which replaces
+                // the entry and any corrupt object.
+                tracing::warn!(
+                    "action {action}: the cached result is unusable, compiling instead: {}",
+                    sa_generator::error_chain(&err)
+                );
+                (sa_exec::execute(cas, &action, &config)?, false)
+            } else {
+                (executed.result, executed.cached)
+            }
         }
         Some(grpc) => {
             let (response, cached) =
@@ -402,8 +415,11 @@ pub(crate) fn record(args: &StoreArgs, cmd: &RecordArgs) -> Result<u8> {
             (response.result.unwrap_or_default(), cached)
         }
     };
-    sa_exec::write_outputs(cas, &command, &result, &cwd)
-        .with_context(|| format!("writing the outputs of {action}"))?;
+    // A local hit has written its outputs already.
+    if !(cached && opened.grpc.is_none()) {
+        sa_exec::write_outputs(cas, &command, &result, &cwd)
+            .with_context(|| format!("writing the outputs of {action}"))?;
+    }
     for (digest, mut out) in [
         (&result.stdout_digest, Box::new(std::io::stdout()) as Box<dyn Write>),
         (&result.stderr_digest, Box::new(std::io::stderr())),

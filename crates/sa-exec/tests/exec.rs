@@ -231,3 +231,221 @@ fn a_command_past_its_timeout_is_killed() {
     );
     assert_eq!(f.store.get_action_result(&action).unwrap(), None);
 }
+
+/// Processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|cmdline| String::from_utf8_lossy(cmdline).replace('\0', " ").contains(marker))
+        .count()
+}
+
+#[test]
+fn working_directory_and_output_parents_through_input_root_symlinks_are_refused() {
+    let f = fixture();
+    let x =
+        merkle::DirectoryBuilder::new().symlink("x", "..").build(DigestFunction::Sha256).unwrap();
+    let x =
+        f.store.write_blob(merkle::directory_blob(DigestFunction::Sha256, &x).into_data()).unwrap();
+    let root =
+        merkle::DirectoryBuilder::new().directory("d", &x).build(DigestFunction::Sha256).unwrap();
+    let root = f
+        .store
+        .write_blob(merkle::directory_blob(DigestFunction::Sha256, &root).into_data())
+        .unwrap();
+    for (working, output) in [("d/x/wd", "o"), ("", "d/x/o")] {
+        let action = f.action_with(&[], "true", &[output], |a, c| {
+            a.input_root_digest = Some(root.to_proto());
+            c.working_directory = working.into();
+        });
+        let err = execute(&f.store, &action, &f.config()).unwrap_err();
+        let text = error_text(&err);
+        assert!(text.contains("d/x: is a symlink where a directory is needed"), "{text}");
+        assert!(text.starts_with(&format!("action {action}")), "{text}");
+    }
+    assert!(f.scratch_is_empty());
+}
+
+#[test]
+fn a_symlink_chain_root_creates_nothing_outside_and_stores_no_host_file() {
+    let f = fixture();
+    let sha = DigestFunction::Sha256;
+    let put = |dir: merkle::DirectoryBuilder| {
+        f.store
+            .write_blob(merkle::directory_blob(sha, &dir.build(sha).unwrap()).into_data())
+            .unwrap()
+    };
+    let d = put(merkle::DirectoryBuilder::new().symlink("x", ".."));
+    let mut root = merkle::DirectoryBuilder::new().directory("d", &d).symlink("z", "d/x/../..");
+    root = root.symlink("w1", "z/..");
+    for i in 2..=30 {
+        root = root.symlink(&format!("w{i}"), &format!("w{}/..", i - 1));
+    }
+    let root = put(root);
+    let action = f.action_with(&[], "true", &["z/ESCAPED_OUT/o", "w30/etc/hostname"], |a, c| {
+        a.input_root_digest = Some(root.to_proto());
+        c.working_directory = "z/ESCAPED_WD".into();
+    });
+    let err = execute(&f.store, &action, &f.config()).unwrap_err();
+    assert!(error_text(&err).contains("leads out of the tree"), "{}", error_text(&err));
+    assert!(f.scratch_is_empty(), "nothing is left in the scratch directory");
+    let hostname = std::fs::read("/etc/hostname").unwrap();
+    let digest = DigestFunction::Sha256.hash_bytes(&hostname);
+    assert_eq!(f.store.find_missing(&[digest]).unwrap(), vec![digest], "no host file is stored");
+}
+
+#[test]
+fn an_output_that_is_a_symlink_is_recorded_as_one_never_followed() {
+    let f = fixture();
+    let action =
+        f.action(&[], "ln -s /etc/hostname leak && mkdir d && ln -s /etc d/e", &["leak", "d"]);
+    let result = execute(&f.store, &action, &f.config()).unwrap();
+    assert_eq!(result.exit_code, 0);
+    assert!(result.output_files.is_empty());
+    assert_eq!(result.output_symlinks[0].target, "/etc/hostname");
+    let digest = DigestFunction::Sha256.hash_bytes(&std::fs::read("/etc/hostname").unwrap());
+    assert_eq!(f.store.find_missing(&[digest]).unwrap(), vec![digest], "no host file is stored");
+}
+
+/// A result for `command` that the cache could have been poisoned with.
+fn poisoned(
+    f: &Fixture,
+    edit: impl FnOnce(&mut sa_proto::reapi::ActionResult, Digest),
+) -> sa_proto::reapi::ActionResult {
+    let pwned = f.store.write_blob("pwned\n".into()).unwrap();
+    let mut result = sa_proto::reapi::ActionResult::default();
+    edit(&mut result, pwned);
+    result
+}
+
+#[test]
+fn write_outputs_refuses_what_a_poisoned_result_asks() {
+    use sa_proto::reapi::{OutputDirectory, OutputFile, OutputSymlink, Tree};
+    let f = fixture();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir(outside.path().join("victim")).unwrap();
+    std::fs::write(outside.path().join("victim/keep"), "keep").unwrap();
+    let command = Command {
+        output_paths: vec!["main.o".into(), "lnk".into(), "lnk/victim".into()],
+        ..Default::default()
+    };
+    let tree = write_message(&f.store, &Tree { root: Some(Default::default()), children: vec![] })
+        .unwrap();
+    let outside_text = outside.path().display().to_string();
+    let cases: Vec<(sa_proto::reapi::ActionResult, &str)> = vec![
+        (
+            poisoned(&f, |r, d| {
+                r.output_files.push(OutputFile {
+                    path: "Makefile".into(),
+                    digest: Some(d.to_proto()),
+                    ..Default::default()
+                })
+            }),
+            "does not declare",
+        ),
+        (
+            poisoned(&f, |r, _| {
+                r.output_symlinks.push(OutputSymlink {
+                    path: "lnk".into(),
+                    target: outside_text.clone(),
+                    ..Default::default()
+                })
+            }),
+            "is absolute",
+        ),
+        (
+            poisoned(&f, |r, _| {
+                r.output_symlinks.push(OutputSymlink {
+                    path: "main.o".into(),
+                    target: "/etc/passwd".into(),
+                    ..Default::default()
+                })
+            }),
+            "is absolute",
+        ),
+        (
+            poisoned(&f, |r, _| {
+                r.output_symlinks.push(OutputSymlink {
+                    path: "main.o".into(),
+                    target: "../../etc/passwd".into(),
+                    ..Default::default()
+                })
+            }),
+            "climbs out",
+        ),
+        (
+            poisoned(&f, |r, _| {
+                r.output_directories.push(OutputDirectory {
+                    path: "lnk/victim".into(),
+                    tree_digest: Some(tree.to_proto()),
+                    ..Default::default()
+                })
+            }),
+            "is a symlink where a directory is needed",
+        ),
+    ];
+    for (result, expected) in cases {
+        let work = tempfile::tempdir().unwrap();
+        std::fs::write(work.path().join("Makefile"), "all:\n").unwrap();
+        // A symlink planted by an earlier run, where an output's parent should be.
+        std::os::unix::fs::symlink(outside.path(), work.path().join("lnk")).unwrap();
+        let err = write_outputs(&f.store, &command, &result, work.path()).unwrap_err();
+        let mut text = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            text = format!("{text}: {cause}");
+            source = cause.source();
+        }
+        assert!(text.contains(expected), "{expected}: {text}");
+        assert_eq!(std::fs::read_to_string(work.path().join("Makefile")).unwrap(), "all:\n");
+        assert!(!work.path().join("main.o").exists());
+        assert_eq!(std::fs::read_to_string(outside.path().join("victim/keep")).unwrap(), "keep");
+        let names: Vec<_> =
+            std::fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 2, "no temp file is left: {names:?}");
+    }
+}
+
+#[test]
+fn a_command_past_its_timeout_is_killed_with_everything_it_started() {
+    let f = fixture();
+    let action = f.action_with(&[], "sleep 31.125 & sleep 31.125", &[], |a, _| {
+        a.timeout = Some(prost_types::Duration { seconds: 0, nanos: 300_000_000 });
+    });
+    let err = execute(&f.store, &action, &f.config()).unwrap_err();
+    assert!(matches!(err, ExecError::Timeout { .. }), "{err}");
+    // SIGKILL is delivered at once, but reaping by init may take a moment.
+    let mut left = processes_with("sleep 31.125");
+    for _ in 0..50 {
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        left = processes_with("sleep 31.125");
+    }
+    assert_eq!(left, 0, "the background child was killed with its group");
+    assert!(f.scratch_is_empty());
+}
+
+#[test]
+fn the_bwrap_sandbox_hides_the_host_and_keeps_the_input_root_writable() {
+    let Some(bwrap) = sa_exec::Sandbox::find_bwrap() else {
+        panic!("bwrap is not installed: scripts/provision.sh installs bubblewrap");
+    };
+    let f = fixture();
+    let config = ExecConfig { sandbox: sa_exec::Sandbox::Bwrap(bwrap), ..f.config() };
+    let store_dir = f.store.root().display().to_string();
+    let script = format!(
+        "test ! -e /etc/hostname && test ! -e {store_dir} && test -x /bin/sh && echo built > out"
+    );
+    let action = f.action(&[("in.txt", "x")], &script, &["out"]);
+    let result = execute(&f.store, &action, &config).unwrap();
+    assert_eq!(result.exit_code, 0, "{}", f.blob_text(&result.stderr_digest));
+    assert_eq!(f.blob_text(&result.output_files[0].digest), "built\n");
+    // No network: only loopback, and nothing listens there.
+    let action =
+        f.action(&[], "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' ' > ifs", &["ifs"]);
+    let result = execute(&f.store, &action, &config).unwrap();
+    assert_eq!(f.blob_text(&result.output_files[0].digest), "lo\n");
+}

@@ -77,6 +77,9 @@ pub struct GenerateStats {
     pub unattributed_artifact_files: u64,
     /// Distinct directories fetched and decoded.
     pub directories: usize,
+    /// Entries (files, directories, symlinks) of every tree walked, each input root counted
+    /// once per action: what [`TreeLimits::max_expanded_entries`] bounds.
+    pub expanded_entries: u64,
     /// Distinct origins indexed.
     pub origins: usize,
     /// Subactions left out, with the reason.
@@ -315,6 +318,28 @@ pub fn generate(
         }
     };
     stats.directories = forest.len();
+    // Every walk below lists each tree once, and each input root once per action: bound the
+    // total before any of them allocates.
+    let mut expanded = 0u64;
+    for root in trees.iter().map(|t| &t.root).chain(&input.element.artifact) {
+        expanded = expanded.saturating_add(forest.expansion(root).entries);
+    }
+    for (_, root) in &roots {
+        expanded = expanded.saturating_add(forest.expansion(root).entries);
+    }
+    config
+        .limits
+        .check_expanded(expanded, || {
+            format!(
+                "the trees of element {element:?} (sources, artifacts, {} input roots)",
+                roots.len()
+            )
+        })
+        .map_err(|source| GenerateError::Store {
+            element: element.into(),
+            source: Box::new(source),
+        })?;
+    stats.expanded_entries = expanded;
 
     // ACTION origins: the outputs of each subaction that has a result.
     let results: Vec<Result<Vec<(Digest, Origin)>, GenerateError>> = roots

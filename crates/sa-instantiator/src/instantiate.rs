@@ -164,6 +164,8 @@ pub struct Instantiator<'s, S: Store + ?Sized> {
     instantiated: DashMap<Digest, Digest>,
     path_indexes: DashMap<Digest, Shared<HashMap<String, Digest>>>,
     artifact_overlays: DashMap<Digest, Shared<HashMap<Digest, Vec<Origin>>>>,
+    /// Entries of the input roots each element's actions walk, for the run's expansion limit.
+    expanded: Mutex<HashMap<String, u64>>,
 }
 
 /// One element's speculative action, decoded.
@@ -236,6 +238,7 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             instantiated: DashMap::new(),
             path_indexes: DashMap::new(),
             artifact_overlays: DashMap::new(),
+            expanded: Mutex::new(HashMap::new()),
         })
     }
 
@@ -385,6 +388,30 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
                 })?
             }
         };
+        // Each action's rewrite may walk its whole input root: bound the total over the
+        // element's actions, and over the run (each element counted once, whatever the waves).
+        let expanded = planned
+            .iter()
+            .fold(0u64, |sum, p| sum.saturating_add(forest.expansion(&p.root).entries));
+        let run_total = {
+            let mut counted = self.expanded.lock().unwrap_or_else(|e| e.into_inner());
+            counted.insert(element.to_owned(), expanded);
+            counted.values().fold(0u64, |sum, n| sum.saturating_add(*n))
+        };
+        let describe =
+            || format!("the input roots of element {element:?} ({} actions)", planned.len());
+        self.config
+            .limits
+            .check_expanded(expanded, describe)
+            .and_then(|()| {
+                self.config.limits.check_expanded(run_total, || {
+                    format!("the input roots of this run's elements (up to {element:?})")
+                })
+            })
+            .map_err(|source| InstantiateError::Store {
+                what: format!("input trees of element {element:?}"),
+                source: Box::new(source),
+            })?;
         let work = ElementWork::new(&forest, overlays);
 
         // Waves: an action runs after the producers it names (ACTION overlays) have run.

@@ -48,13 +48,23 @@ fn corrupt_object_is_a_digest_mismatch_naming_the_blob() {
     corrupt(&cas, b.digest(), &[0u8; 32]);
     let err = cas.read_blob(b.digest()).unwrap_err();
     assert!(
-        matches!(err, CasError::DigestMismatch { expected, .. } if expected == *b.digest()),
+        matches!(err.root_cause(), CasError::DigestMismatch { expected, .. } if expected == b.digest()),
         "{err}"
     );
-    assert!(err.to_string().starts_with(&format!("blob {} is corrupt", b.digest())));
+    // The message names the object file, the store and the fix.
+    let path = cas.blob_path(b.digest());
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "object {} of the store at {} is corrupt: remove it, or write the blob again (a write replaces an object that does not verify)",
+            path.display(),
+            dir.path().display()
+        )
+    );
+    assert!(err.root_cause().to_string().starts_with(&format!("blob {} is corrupt", b.digest())));
     let mut sink = Vec::new();
     let err = cas.read_blob_to(b.digest(), &mut sink).unwrap_err();
-    assert!(matches!(err, CasError::DigestMismatch { .. }), "{err}");
+    assert!(matches!(err.root_cause(), CasError::DigestMismatch { .. }), "{err}");
     // Without verification the size check alone passes: the option is explicit.
     let unverified =
         LocalCas::open(dir.path(), LocalCasConfig { verify_reads: false, ..Default::default() })
@@ -73,22 +83,48 @@ fn truncated_object_is_a_size_mismatch_even_unverified() {
         LocalCas::open(dir.path(), LocalCasConfig { verify_reads: false, ..Default::default() })
             .unwrap();
     let err = unverified.read_blob(b.digest()).unwrap_err();
-    assert!(matches!(err, CasError::SizeMismatch { actual: 40, .. }), "{err}");
-    assert_eq!(err.to_string(), format!("blob {} is corrupt: it has 40 bytes", b.digest()));
+    assert!(matches!(err.root_cause(), CasError::SizeMismatch { actual: 40, .. }), "{err}");
+    assert_eq!(
+        err.root_cause().to_string(),
+        format!("blob {} is corrupt: it has 40 bytes", b.digest())
+    );
 }
 
 #[test]
-fn corrupt_action_result_names_the_action_and_file() {
+fn a_write_repairs_a_corrupt_or_truncated_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = open(dir.path());
+    let b = blob(6, 64);
+    cas.write_blobs(std::slice::from_ref(&b)).unwrap();
+    // Same size, other bytes: present, but a write replaces it.
+    corrupt(&cas, b.digest(), &[7u8; 64]);
+    assert!(cas.read_blob(b.digest()).is_err());
+    cas.write_blobs(std::slice::from_ref(&b)).unwrap();
+    assert_eq!(cas.read_blob(b.digest()).unwrap(), *b.data());
+    let mode = std::fs::metadata(cas.blob_path(b.digest())).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o444, "the replacement is read-only again");
+    // Truncated: reported missing, so callers that ask first write it again.
+    corrupt(&cas, b.digest(), &b.data()[..10]);
+    assert_eq!(cas.find_missing(&[*b.digest()]).unwrap(), vec![*b.digest()]);
+    let source = dir.path().join("source");
+    std::fs::write(&source, b.data()).unwrap();
+    cas.write_file(b.digest(), &source).unwrap();
+    assert!(cas.find_missing(&[*b.digest()]).unwrap().is_empty());
+    assert_eq!(cas.read_blob(b.digest()).unwrap(), *b.data());
+}
+
+#[test]
+fn a_corrupt_action_cache_entry_is_a_miss_and_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let cas = open(dir.path());
     let action = *blob(5, 8).digest();
     let path = cas.action_result_path(&action);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, [0xff, 0xff, 0xff]).unwrap();
-    let err = cas.get_action_result(&action).unwrap_err();
-    let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
-    assert!(text.contains(&path.display().to_string()), "{text}");
-    assert!(text.contains(&format!("blob {action} is not a valid ActionResult")), "{text}");
+    assert_eq!(cas.get_action_result(&action).unwrap(), None);
+    let result = sa_proto::reapi::ActionResult { exit_code: 0, ..Default::default() };
+    cas.update_action_result(&action, &result).unwrap();
+    assert_eq!(cas.get_action_result(&action).unwrap(), Some(result));
 }
 
 #[test]

@@ -6,6 +6,7 @@
 
 mod conformance;
 mod digest;
+mod hostile;
 mod local;
 mod merkle;
 mod processes;
