@@ -6,6 +6,7 @@
 mod demo;
 mod errors;
 mod faults;
+mod hostile;
 mod local;
 mod record;
 mod remote;
