@@ -17,7 +17,12 @@ fuzz_target!(|data: &[u8]| {
         .map(|part| cas.write_blob(Bytes::copy_from_slice(part)).expect("memory store"))
         .collect();
     let root = blobs[0];
-    let limits = TreeLimits { max_depth: 64, max_entries: 4096, max_directories: 4096 };
+    let limits = TreeLimits {
+        max_depth: 64,
+        max_entries: 4096,
+        max_directories: 4096,
+        max_expanded_entries: 1 << 20,
+    };
     let _ = merkle::fetch_tree(&cas, &root, &limits).map(|f| f.files(&root));
     let action = write_message(
         &cas,
