@@ -970,10 +970,7 @@ fn populate(
     while let Some((rel, chain)) = stack.pop() {
         let digest = *chain.last().expect("a chain holds the root at least");
         let directory = forest.get(&digest).ok_or(CasError::NotFound(digest))?;
-        let here = top.walk(&rel, false)?.ok_or_else(|| CasError::UnsafePath {
-            path: top.child_path(&rel),
-            reason: "vanished while being materialized".into(),
-        })?;
+        let here = open_made(top, &rel)?;
         for file in &directory.files {
             files.push((join(&rel, &file.name), file.digest, file.is_executable));
         }
@@ -998,11 +995,7 @@ fn populate(
     let create = |parent: &mut Option<(String, ConfinedDir)>, rel: &str, executable: bool| {
         let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
         if parent.as_ref().is_none_or(|(open, _)| open != dir) {
-            let opened = top.walk(dir, false)?.ok_or_else(|| CasError::UnsafePath {
-                path: top.child_path(dir),
-                reason: "vanished while being materialized".into(),
-            })?;
-            *parent = Some((dir.to_owned(), opened));
+            *parent = Some((dir.to_owned(), open_made(top, dir)?));
         }
         parent.as_ref().expect("just opened").1.create_file(name, executable)
     };
@@ -1022,6 +1015,14 @@ fn populate(
                 .map_err(io_error(top.child_path(rel)))?;
         }
         Ok(())
+    })
+}
+
+/// Opens a directory this materialization made (its vanishing is an error, not a skip).
+fn open_made(top: &ConfinedDir, rel: &str) -> Result<ConfinedDir, CasError> {
+    top.walk(rel, false)?.ok_or_else(|| CasError::UnsafePath {
+        path: top.child_path(rel),
+        reason: "vanished while being materialized".into(),
     })
 }
 
