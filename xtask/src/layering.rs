@@ -8,9 +8,10 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 /// Workspace library crates in layering order; a crate may depend only on crates before it.
-/// A new crate takes its place in this line: sa-exec (local execution) sits right above sa-cas.
+/// A new crate takes its place in this line: sa-proxy (the recording proxy) sits right above
+/// sa-cas, sa-exec (local execution) above it.
 pub const LAYERS: &[&str] =
-    &["sa-proto", "sa-cas", "sa-exec", "sa-generator", "sa-instantiator", "sa-cli"];
+    &["sa-proto", "sa-cas", "sa-proxy", "sa-exec", "sa-generator", "sa-instantiator", "sa-cli"];
 
 /// Crates outside the line: they may depend on any layer, and no layer may depend on them.
 pub const TOOLS: &[&str] = &["sa-benches", "xtask"];

@@ -550,7 +550,41 @@ fn make_request<T>(
     request
 }
 
-async fn open_channel(config: &GrpcConfig) -> Result<Channel, CasError> {
+/// Where a channel goes: a TCP endpoint (plain or TLS), or a Unix socket.
+enum Target {
+    Tcp(Endpoint),
+    Unix(Endpoint, PathBuf),
+}
+
+fn unix_connector(
+    path: PathBuf,
+) -> impl tower::Service<
+    tonic::transport::Uri,
+    Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
++ Send {
+    tower::service_fn(move |_: tonic::transport::Uri| {
+        let path = path.clone();
+        async move {
+            let stream = tokio::net::UnixStream::connect(path).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    })
+}
+
+/// A channel to `config`'s endpoint that connects on first use (and again after a failure),
+/// so a server that is down now is an `UNAVAILABLE` call, not an error here. Must be called
+/// within a tokio runtime. For forwarding (`sa proxy`): no capabilities are read.
+pub fn lazy_channel(config: &GrpcConfig) -> Result<Channel, CasError> {
+    Ok(match target(config)? {
+        Target::Tcp(endpoint) => endpoint.connect_lazy(),
+        Target::Unix(endpoint, path) => endpoint.connect_with_connector_lazy(unix_connector(path)),
+    })
+}
+
+fn target(config: &GrpcConfig) -> Result<Target, CasError> {
     let endpoint_text = config.endpoint.as_str();
     if let Some(path) = endpoint_text.strip_prefix("unix:") {
         let path = PathBuf::from(path.trim_start_matches("//"));
@@ -559,16 +593,7 @@ async fn open_channel(config: &GrpcConfig) -> Result<Channel, CasError> {
         }
         let endpoint =
             Endpoint::from_static("http://localhost").connect_timeout(config.connect_timeout);
-        return endpoint
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let path = path.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(path).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            }))
-            .await
-            .map_err(|err| connect_error(config, error_chain(&err)));
+        return Ok(Target::Unix(endpoint, path));
     }
     let (scheme, host_port) = if let Some(rest) = endpoint_text.strip_prefix("grpc://") {
         ("http", rest)
@@ -608,6 +633,19 @@ async fn open_channel(config: &GrpcConfig) -> Result<Channel, CasError> {
     } else if config.tls_ca_cert.is_some() || config.tls_client_identity.is_some() {
         return Err(connect_error(config, "TLS options need a grpcs:// endpoint"));
     }
+    Ok(Target::Tcp(endpoint))
+}
+
+async fn open_channel(config: &GrpcConfig) -> Result<Channel, CasError> {
+    let endpoint = match target(config)? {
+        Target::Unix(endpoint, path) => {
+            return endpoint
+                .connect_with_connector(unix_connector(path))
+                .await
+                .map_err(|err| connect_error(config, error_chain(&err)));
+        }
+        Target::Tcp(endpoint) => endpoint,
+    };
     // Refused, reset or aborted while connecting: a server starting or restarting. Retry with
     // the calls' backoff; anything else (TLS verification, a bad address) is final.
     let mut backoff = Backoff::new(config);

@@ -57,6 +57,26 @@ impl Casd {
         Casd::start_with(store, &[&run, "--runner-arg=--ro-bind-mount=/usr:/usr", &jobs])
     }
 
+    /// Starts casd executing with the host's tools visible in the sandbox: `/usr`, and
+    /// `/usr/bin`, `/usr/lib`, `/usr/lib64` bound at `/bin`, `/lib`, `/lib64`, so an input root
+    /// of sources alone (what `sa record` builds) can run `gcc`.
+    pub fn start_executing_host_tools(store: &Path, jobs: usize) -> Casd {
+        let bb = buildbox_dir();
+        let run = format!("--buildbox-run={}", bb.join("buildbox-run").display());
+        let jobs = format!("--jobs={jobs}");
+        Casd::start_with(
+            store,
+            &[
+                &run,
+                "--runner-arg=--ro-bind-mount=/usr:/usr",
+                "--runner-arg=--ro-bind-mount=/usr/bin:/bin",
+                "--runner-arg=--ro-bind-mount=/usr/lib:/lib",
+                "--runner-arg=--ro-bind-mount=/usr/lib64:/lib64",
+                &jobs,
+            ],
+        )
+    }
+
     fn start_with(store: &Path, extra: &[&str]) -> Casd {
         Casd::start_on(store, extra, None)
     }

@@ -9,6 +9,7 @@ mod demo;
 mod graph;
 mod inspect;
 mod prime;
+mod proxy;
 mod record;
 mod store;
 
@@ -219,6 +220,17 @@ enum Command {
         after_help = "Example:\n  make CC=\"sa --cas /tmp/store record --log subactions.log -- gcc\"\n\nThe exit code is the compiler's."
     )]
     Record(record::RecordArgs),
+    /// Forward every REAPI call to an upstream server and record each Execute and
+    /// GetActionResult (any client: Bazel, Buck2, Pants, recc, BuildStream).
+    #[command(
+        after_help = "Example:\n  sa proxy --listen 127.0.0.1:8980 --upstream grpc://127.0.0.1:50051 --record recordings/\n  bazel build --remote_executor=grpc://127.0.0.1:8980 //...\n\nRuns until interrupted."
+    )]
+    Proxy(proxy::ProxyArgs),
+    /// Build graphs from other sources (a proxy's recording).
+    #[command(
+        after_help = "Example:\n  sa --remote grpc://127.0.0.1:50051 graph from-recording --recording recordings/ID.jsonl --sources . --name app --output build1.json"
+    )]
+    Graph(proxy::GraphArgs),
     /// Print the subactions recorded in an action's ActionResult.
     #[command(after_help = "Example:\n  sa subactions 77be…/142")]
     Subactions(commands::SubactionsArgs),
@@ -236,6 +248,11 @@ impl Ui {
     /// Prints a line; a closed stdout becomes a `BrokenPipe` error that ends quietly.
     pub(crate) fn line(&mut self, text: impl std::fmt::Display) -> anyhow::Result<()> {
         writeln!(self.stdout, "{text}").map_err(anyhow::Error::from)
+    }
+
+    /// Flushes stdout (before a long-running command blocks).
+    pub(crate) fn flush(&mut self) -> anyhow::Result<()> {
+        self.stdout.flush().map_err(anyhow::Error::from)
     }
 
     pub(crate) fn json(&self) -> bool {
@@ -360,6 +377,8 @@ fn main() -> ExitCode {
         Command::Ingest(args) => ok(commands::ingest(&cli.store, args, &mut ui)),
         Command::Record(args) => record::record(&cli.store, args),
         Command::Subactions(args) => ok(commands::subactions(&cli.store, args, &mut ui)),
+        Command::Proxy(args) => ok(proxy::proxy(&cli.store, args, &mut ui)),
+        Command::Graph(args) => ok(proxy::graph(&cli.store, args, &mut ui)),
     };
     let result =
         result.and_then(|code| ui.stdout.flush().map(|()| code).map_err(anyhow::Error::from));

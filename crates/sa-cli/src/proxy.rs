@@ -1,0 +1,285 @@
+//! `proxy` (record any REAPI client's actions) and `graph from-recording` (a recording to a
+//! build-graph element for `sa generate`).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use sa_cas::{ActionCache, Digest, merkle, read_message};
+use sa_proto::reapi::Action;
+use serde_json::{Value, json};
+
+use crate::{StoreArgs, Ui, store};
+
+#[derive(Debug, Args)]
+pub(crate) struct ProxyArgs {
+    /// Where clients connect: IP:PORT (loopback unless you name another address) or unix:/PATH.
+    #[arg(long, default_value = "127.0.0.1:8980", value_name = "ADDR")]
+    listen: String,
+    /// The REAPI server to forward to: grpc://HOST:PORT, grpcs://HOST:PORT or unix:/PATH
+    /// (with --remote-header, --tls-ca-cert, --tls-client-cert/--tls-client-key for it).
+    #[arg(long, value_name = "URL")]
+    upstream: String,
+    /// Directory of the recordings: one DIR/<tool_invocation_id>.jsonl per client invocation.
+    #[arg(long, value_name = "DIR")]
+    record: PathBuf,
+}
+
+pub(crate) fn proxy(args: &StoreArgs, cmd: &ProxyArgs, ui: &mut Ui) -> Result<()> {
+    let upstream = store::grpc_config(args, &cmd.upstream)?;
+    let listen = sa_proxy::Listen::parse(&cmd.listen)?;
+    let proxy =
+        sa_proxy::Proxy::start(&listen, sa_proxy::ProxyConfig::new(upstream, cmd.record.clone()))
+            .with_context(|| format!("starting the proxy to {}", cmd.upstream))?;
+    let line = if ui.json() {
+        json!({"listening": proxy.endpoint(), "upstream": cmd.upstream, "record": cmd.record})
+            .to_string()
+    } else {
+        format!(
+            "sa proxy: {} -> {}, recording into {}",
+            proxy.endpoint(),
+            cmd.upstream,
+            cmd.record.display()
+        )
+    };
+    ui.line(line)?;
+    ui.flush()?;
+    proxy.wait();
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GraphArgs {
+    #[command(subcommand)]
+    command: GraphCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum GraphCommand {
+    /// Turn one invocation's recording (from `sa proxy`) into a build-graph element whose
+    /// subactions are the recorded actions, producers before their consumers.
+    FromRecording(FromRecordingArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FromRecordingArgs {
+    /// The recording: DIR/<tool_invocation_id>.jsonl as `sa proxy` wrote it.
+    #[arg(long, value_name = "FILE")]
+    recording: PathBuf,
+    /// The workspace the build read, ingested as the element's sources.
+    #[arg(long, value_name = "DIR")]
+    sources: PathBuf,
+    /// The element's name.
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// Only actions with these mnemonics (comma-separated, e.g. CppCompile,CppLink).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    mnemonic: Vec<String>,
+    /// Write the graph here instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+pub(crate) fn graph(args: &StoreArgs, cmd: &GraphArgs, ui: &mut Ui) -> Result<()> {
+    match &cmd.command {
+        GraphCommand::FromRecording(from) => from_recording(args, from, ui),
+    }
+}
+
+/// The actions of a recording that have a successful result, each once, in recorded order.
+fn recorded_actions(
+    lines: &[Value],
+    mnemonics: &[String],
+    args: &StoreArgs,
+) -> Result<Vec<Digest>> {
+    let mut seen = HashSet::new();
+    let mut actions = Vec::new();
+    for (number, line) in lines.iter().enumerate() {
+        let usable = match line["kind"].as_str() {
+            Some("execute") => line["status"] == 0 && line["exit_code"] == 0,
+            Some("get_action_result") => line["status"] == 0 && line["cached"] == true,
+            _ => false,
+        };
+        let wanted = mnemonics.is_empty()
+            || line["action_mnemonic"].as_str().is_some_and(|m| mnemonics.iter().any(|w| w == m));
+        if !usable || !wanted {
+            continue;
+        }
+        let text = line["action"]
+            .as_str()
+            .with_context(|| format!("line {}: no \"action\"", number + 1))?;
+        let digest = Digest::parse(args.digest_function, text)
+            .with_context(|| format!("line {}: \"action\"", number + 1))?;
+        if seen.insert(digest) {
+            actions.push(digest);
+        }
+    }
+    Ok(actions)
+}
+
+/// Orders `actions` so every producer precedes its consumers: P produces for C when an output
+/// file of P's result is an input file of C (the empty blob excepted). Among actions free to
+/// go, the earliest recorded goes first; a cycle (identical outputs) is broken the same way.
+fn producer_order(
+    actions: &[Digest],
+    inputs: &[HashSet<Digest>],
+    outputs: &[Vec<Digest>],
+) -> Vec<usize> {
+    let mut producers: HashMap<Digest, Vec<usize>> = HashMap::new();
+    for (i, files) in outputs.iter().enumerate() {
+        for digest in files.iter().filter(|d| !d.is_empty_blob()) {
+            producers.entry(*digest).or_default().push(i);
+        }
+    }
+    let mut before: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); actions.len()];
+    for (consumer, files) in inputs.iter().enumerate() {
+        for digest in files {
+            for &producer in producers.get(digest).into_iter().flatten() {
+                if producer != consumer {
+                    before[consumer].insert(producer);
+                }
+            }
+        }
+    }
+    let mut waiting: Vec<usize> = before.iter().map(BTreeSet::len).collect();
+    let mut after: Vec<Vec<usize>> = vec![Vec::new(); actions.len()];
+    for (consumer, producers) in before.iter().enumerate() {
+        for &producer in producers {
+            after[producer].push(consumer);
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<usize>> =
+        (0..actions.len()).filter(|&i| waiting[i] == 0).map(Reverse).collect();
+    let mut placed = vec![false; actions.len()];
+    let mut order = Vec::with_capacity(actions.len());
+    while order.len() < actions.len() {
+        let next = match ready.pop() {
+            Some(Reverse(i)) => i,
+            // A cycle: the earliest recorded of what is left goes first.
+            None => (0..actions.len()).find(|&i| !placed[i]).expect("something is left"),
+        };
+        if placed[next] {
+            continue;
+        }
+        placed[next] = true;
+        order.push(next);
+        for &consumer in &after[next] {
+            waiting[consumer] = waiting[consumer].saturating_sub(1);
+            if waiting[consumer] == 0 && !placed[consumer] {
+                ready.push(Reverse(consumer));
+            }
+        }
+    }
+    order
+}
+
+fn from_recording(args: &StoreArgs, cmd: &FromRecordingArgs, ui: &mut Ui) -> Result<()> {
+    let lines = sa_proxy::read_recording(&cmd.recording)
+        .with_context(|| format!("reading the recording {}", cmd.recording.display()))?;
+    let actions = recorded_actions(&lines, &cmd.mnemonic, args)
+        .with_context(|| format!("recording {}", cmd.recording.display()))?;
+    if actions.is_empty() {
+        bail!(
+            "recording {} has no successful Execute or cache hit{}",
+            cmd.recording.display(),
+            if cmd.mnemonic.is_empty() {
+                String::new()
+            } else {
+                format!(" with mnemonic {:?}", cmd.mnemonic)
+            }
+        );
+    }
+    let opened = store::open(args)?;
+    let store = &opened.store;
+    let function = args.digest_function;
+    let limits = args.limits.tree();
+    let mut roots = Vec::with_capacity(actions.len());
+    let mut outputs = Vec::with_capacity(actions.len());
+    for action in &actions {
+        let decoded: Action = read_message(store, action, "Action")
+            .with_context(|| format!("recorded action {action}"))?;
+        let root = Digest::from_proto_field(
+            function,
+            decoded.input_root_digest.as_ref(),
+            "Action.input_root_digest",
+        )
+        .with_context(|| format!("recorded action {action}"))?;
+        roots.push(root);
+        let result = store.get_action_result(action)?.with_context(|| {
+            format!("recorded action {action} has no ActionResult in {}", opened.description)
+        })?;
+        let files = result
+            .output_files
+            .iter()
+            .map(|f| Digest::from_proto_field(function, f.digest.as_ref(), "OutputFile.digest"))
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("ActionResult of {action}"))?;
+        outputs.push(files);
+    }
+    let forest = merkle::fetch_forest(store, &roots, &limits)
+        .context("fetching the recorded input roots")?;
+    let expanded =
+        roots.iter().fold(0u64, |sum, root| sum.saturating_add(forest.expansion(root).entries));
+    limits.check_expanded(expanded, || {
+        format!("the input roots of the {} recorded actions", roots.len())
+    })?;
+    let inputs = roots
+        .iter()
+        .map(|root| Ok(forest.files(root)?.into_iter().map(|(_, digest, _)| digest).collect()))
+        .collect::<Result<Vec<HashSet<Digest>>, sa_cas::CasError>>()?;
+    let order = producer_order(&actions, &inputs, &outputs);
+    let sources = merkle::ingest(store, &cmd.sources, &limits)
+        .with_context(|| format!("ingesting --sources {}", cmd.sources.display()))?;
+    let graph = json!({
+        "digest_function": function.to_string(),
+        "elements": [{
+            "name": cmd.name,
+            "sources": sources.to_string(),
+            "subactions": order.iter().map(|&i| actions[i].to_string()).collect::<Vec<_>>(),
+        }],
+    });
+    let text = serde_json::to_string_pretty(&graph).expect("JSON values serialize") + "\n";
+    match &cmd.output {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+            ui.line(format!(
+                "{}: {} subactions, sources {sources} -> {}",
+                cmd.name,
+                actions.len(),
+                path.display()
+            ))?;
+        }
+        None => ui.line(text.trim_end())?,
+    }
+    ui.report_stats(&opened, None);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: u8) -> Digest {
+        sa_cas::DigestFunction::Sha256.hash_bytes(&[n])
+    }
+
+    #[test]
+    fn producers_come_before_consumers_else_recorded_order() {
+        // 0 links what 2 compiles; 1 is independent; 2 compiles a header 3 generates.
+        let actions = [d(10), d(11), d(12), d(13)];
+        let outputs = vec![vec![d(1)], vec![d(2)], vec![d(3)], vec![d(4)]];
+        let inputs: Vec<HashSet<Digest>> = vec![
+            [d(3)].into_iter().collect(),
+            HashSet::new(),
+            [d(4)].into_iter().collect(),
+            HashSet::new(),
+        ];
+        assert_eq!(producer_order(&actions, &inputs, &outputs), vec![1, 3, 2, 0]);
+        // A cycle (two actions producing what the other reads) keeps recorded order.
+        let inputs: Vec<HashSet<Digest>> =
+            vec![[d(2)].into_iter().collect(), [d(1)].into_iter().collect()];
+        assert_eq!(producer_order(&actions[..2], &inputs, &outputs[..2]), vec![0, 1]);
+    }
+}

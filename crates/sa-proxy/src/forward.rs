@@ -1,0 +1,620 @@
+//! Forwarding: the listener, the per-request service, and the response body that watches the
+//! recorded calls go by.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use prost::Message;
+use sa_cas::GrpcConfig;
+use sa_proto::google::longrunning::{Operation, operation};
+use sa_proto::reapi::{
+    ExecuteRequest, ExecuteResponse, GetActionResultRequest, RequestMetadata, WaitExecutionRequest,
+};
+use serde_json::{Map, Value};
+use tonic::body::Body;
+use tower::{Service, ServiceExt};
+
+use crate::recording::Recorder;
+
+const EXECUTE: &str = "/build.bazel.remote.execution.v2.Execution/Execute";
+const WAIT_EXECUTION: &str = "/build.bazel.remote.execution.v2.Execution/WaitExecution";
+const GET_ACTION_RESULT: &str = "/build.bazel.remote.execution.v2.ActionCache/GetActionResult";
+const METADATA_HEADER: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
+/// The most bytes of a recorded request read whole (they are a digest and a few fields).
+const MAX_RECORDED_REQUEST: usize = 4 << 20;
+/// The most bytes of partial response messages held while watching an Execute stream.
+const MAX_WATCHED: usize = 16 << 20;
+
+/// Where the proxy listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+impl Listen {
+    /// `HOST:PORT` (an IP address; `localhost` is 127.0.0.1) or `unix:PATH`.
+    pub fn parse(text: &str) -> Result<Listen, ProxyError> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            let path = PathBuf::from(path.trim_start_matches("//"));
+            if !path.is_absolute() {
+                return Err(ProxyError::Listen(format!(
+                    "{text}: the socket path must be absolute"
+                )));
+            }
+            return Ok(Listen::Unix(path));
+        }
+        let text = text.strip_prefix("grpc://").unwrap_or(text);
+        let text = match text.strip_prefix("localhost:") {
+            Some(port) => format!("127.0.0.1:{port}"),
+            None => text.to_owned(),
+        };
+        text.parse().map(Listen::Tcp).map_err(|_| {
+            ProxyError::Listen(format!(
+                "{text}: expected IP:PORT (e.g. 127.0.0.1:8980) or unix:/PATH"
+            ))
+        })
+    }
+}
+
+/// What the proxy forwards to and records into.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// The upstream server: its URL, TLS options and extra headers (as `--remote` takes them).
+    pub upstream: GrpcConfig,
+    /// Where recordings go.
+    pub record_dir: PathBuf,
+}
+
+impl ProxyConfig {
+    /// Forward to `upstream`, record into `record_dir`.
+    pub fn new(upstream: GrpcConfig, record_dir: PathBuf) -> ProxyConfig {
+        ProxyConfig { upstream, record_dir }
+    }
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The listen address is malformed or cannot be bound.
+    #[error("listen address {0}")]
+    Listen(String),
+    /// The upstream URL or its TLS options are invalid.
+    #[error("upstream")]
+    Upstream(#[source] sa_cas::CasError),
+    /// The recording directory cannot be made, or the runtime cannot start.
+    #[error("{what}")]
+    Io {
+        /// What failed.
+        what: String,
+        /// The operating system's complaint.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Shared by every connection.
+struct State {
+    channel: tonic::transport::Channel,
+    upstream: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    recorder: Recorder,
+    /// Operation name → what its Execute was about, for WaitExecution.
+    operations: Mutex<HashMap<String, Call>>,
+}
+
+/// A running proxy; dropping it stops it.
+#[derive(Debug)]
+pub struct Proxy {
+    runtime: Option<tokio::runtime::Runtime>,
+    endpoint: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Proxy {
+    /// Binds `listen` and starts serving on a runtime of its own.
+    pub fn start(listen: &Listen, config: ProxyConfig) -> Result<Proxy, ProxyError> {
+        let io = |what: String| move |source| ProxyError::Io { what, source };
+        let recorder = Recorder::new(&config.record_dir)
+            .map_err(io(format!("recording directory {}", config.record_dir.display())))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sa-proxy")
+            .enable_all()
+            .build()
+            .map_err(io("starting the runtime".into()))?;
+        let mut headers = Vec::new();
+        for (key, value) in &config.upstream.headers {
+            let name = HeaderName::from_bytes(key.to_ascii_lowercase().as_bytes())
+                .map_err(|_| ProxyError::Listen(format!("invalid header name {key:?}")))?;
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                ProxyError::Listen(format!("header {key} has an invalid value (not shown)"))
+            })?;
+            headers.push((name, value));
+        }
+        let channel = {
+            let _guard = runtime.enter();
+            sa_cas::lazy_channel(&config.upstream).map_err(ProxyError::Upstream)?
+        };
+        let state = Arc::new(State {
+            channel,
+            upstream: config.upstream.endpoint.clone(),
+            headers,
+            recorder,
+            operations: Mutex::new(HashMap::new()),
+        });
+        let (shutdown, stopped) = tokio::sync::oneshot::channel();
+        let endpoint = runtime.block_on(async {
+            match listen {
+                Listen::Tcp(addr) => {
+                    let listener = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| ProxyError::Listen(format!("{addr}: {e}")))?;
+                    let local = listener
+                        .local_addr()
+                        .map_err(|e| ProxyError::Listen(format!("{addr}: {e}")))?;
+                    tokio::spawn(accept_tcp(listener, state, stopped));
+                    Ok::<_, ProxyError>(format!("grpc://{local}"))
+                }
+                Listen::Unix(path) => {
+                    let listener = tokio::net::UnixListener::bind(path)
+                        .map_err(|e| ProxyError::Listen(format!("{}: {e}", path.display())))?;
+                    tokio::spawn(accept_unix(listener, state, stopped));
+                    Ok(format!("unix:{}", path.display()))
+                }
+            }
+        })?;
+        Ok(Proxy { runtime: Some(runtime), endpoint, shutdown: Some(shutdown) })
+    }
+
+    /// The URL clients use: `grpc://IP:PORT` or `unix:/PATH`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Serves until the process ends.
+    pub fn wait(mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.block_on(std::future::pending::<()>());
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+async fn accept_tcp(
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    serve(hyper_util::rt::TokioIo::new(stream), state.clone());
+                }
+                Err(err) => tracing::warn!("accepting a connection: {err}"),
+            },
+        }
+    }
+}
+
+async fn accept_unix(
+    listener: tokio::net::UnixListener,
+    state: Arc<State>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => serve(hyper_util::rt::TokioIo::new(stream), state.clone()),
+                Err(err) => tracing::warn!("accepting a connection: {err}"),
+            },
+        }
+    }
+}
+
+fn serve<I>(io: I, state: Arc<State>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let service = hyper::service::service_fn(move |request| handle(request, state.clone()));
+        let connection =
+            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(io, service);
+        if let Err(err) = connection.await {
+            tracing::debug!("connection ended: {err}");
+        }
+    });
+}
+
+/// What a recorded call is about.
+#[derive(Clone, Debug, Default)]
+struct Call {
+    kind: &'static str,
+    action: Option<String>,
+    instance_name: String,
+    metadata: Map<String, Value>,
+}
+
+fn status_response(code: tonic::Code, message: String) -> Response<Body> {
+    tonic::Status::new(code, message).into_http()
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    state: Arc<State>,
+) -> Result<Response<Body>, Infallible> {
+    let path = request.uri().path().to_owned();
+    let (mut parts, incoming) = request.into_parts();
+    for (name, value) in &state.headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    let recorded = matches!(path.as_str(), EXECUTE | WAIT_EXECUTION | GET_ACTION_RESULT);
+    let (body, call) = if recorded {
+        let limited = http_body_util::Limited::new(incoming, MAX_RECORDED_REQUEST);
+        let bytes = match limited.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) => {
+                return Ok(status_response(
+                    tonic::Code::ResourceExhausted,
+                    format!("sa proxy: reading the {path} request: {err}"),
+                ));
+            }
+        };
+        let call = describe(&path, &bytes, &parts.headers, &state);
+        (Body::new(http_body_util::Full::new(bytes)), call)
+    } else {
+        (Body::new(incoming), None)
+    };
+    let upstream_request = Request::from_parts(parts, body);
+    let mut channel = state.channel.clone();
+    let response = match channel.ready().await {
+        Ok(ready) => ready.call(upstream_request).await,
+        Err(err) => Err(err),
+    };
+    let response = match response {
+        Ok(response) => response,
+        Err(err) => {
+            let mut text = err.to_string();
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                text = format!("{text}: {cause}");
+                source = cause.source();
+            }
+            return Ok(finish_early(
+                call,
+                &state,
+                status_response(
+                    tonic::Code::Unavailable,
+                    format!("sa proxy: upstream {}: {text}", state.upstream),
+                ),
+            ));
+        }
+    };
+    match call {
+        None => Ok(response),
+        Some(call) => {
+            let header_status = grpc_status(response.headers());
+            let (parts, body) = response.into_parts();
+            let watched = Watched {
+                inner: body,
+                buffer: BytesMut::new(),
+                call,
+                state,
+                status: header_status,
+                outcome: None,
+                recorded: false,
+            };
+            Ok(Response::from_parts(parts, Body::new(watched)))
+        }
+    }
+}
+
+/// A call that never reached the upstream is recorded with the status it got.
+fn finish_early(
+    call: Option<Call>,
+    state: &Arc<State>,
+    response: Response<Body>,
+) -> Response<Body> {
+    if let Some(call) = call {
+        let status = grpc_status(response.headers()).unwrap_or(tonic::Code::Unknown as i32);
+        write_line(state, &call, status, false, None);
+    }
+    response
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<i32> {
+    headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+}
+
+/// Decodes the one message of a unary gRPC request body.
+fn unary_message(bytes: &[u8]) -> Option<&[u8]> {
+    if bytes.len() < 5 || bytes[0] != 0 {
+        return None;
+    }
+    let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+    bytes.get(5..5 + len)
+}
+
+fn digest_text(digest: &Option<sa_proto::reapi::Digest>) -> Option<String> {
+    digest.as_ref().map(|d| format!("{}/{}", d.hash, d.size_bytes))
+}
+
+fn describe(path: &str, body: &[u8], headers: &HeaderMap, state: &State) -> Option<Call> {
+    let message = unary_message(body)?;
+    let metadata = request_metadata(headers);
+    match path {
+        EXECUTE => {
+            let request = ExecuteRequest::decode(message).ok()?;
+            Some(Call {
+                kind: "execute",
+                action: digest_text(&request.action_digest),
+                instance_name: request.instance_name,
+                metadata,
+            })
+        }
+        GET_ACTION_RESULT => {
+            let request = GetActionResultRequest::decode(message).ok()?;
+            Some(Call {
+                kind: "get_action_result",
+                action: digest_text(&request.action_digest),
+                instance_name: request.instance_name,
+                metadata,
+            })
+        }
+        WAIT_EXECUTION => {
+            let request = WaitExecutionRequest::decode(message).ok()?;
+            let operations = state.operations.lock().unwrap_or_else(|e| e.into_inner());
+            let mut call = operations.get(&request.name)?.clone();
+            if !metadata.is_empty() {
+                call.metadata = metadata;
+            }
+            Some(call)
+        }
+        _ => None,
+    }
+}
+
+/// The client's `RequestMetadata`, as the recording's fields.
+fn request_metadata(headers: &HeaderMap) -> Map<String, Value> {
+    use base64::Engine;
+    let mut fields = Map::new();
+    let Some(value) = headers.get(METADATA_HEADER) else { return fields };
+    let text = value.as_bytes();
+    let trimmed: Vec<u8> = text.iter().copied().filter(|b| *b != b'=').collect();
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD_NO_PAD.decode(&trimmed) else {
+        return fields;
+    };
+    let Ok(metadata) = RequestMetadata::decode(&bytes[..]) else { return fields };
+    let mut put = |key: &str, value: String| {
+        if !value.is_empty() {
+            fields.insert(key.into(), value.into());
+        }
+    };
+    if let Some(tool) = metadata.tool_details {
+        put("tool_name", tool.tool_name);
+        put("tool_version", tool.tool_version);
+    }
+    put("tool_invocation_id", metadata.tool_invocation_id);
+    put("correlated_invocations_id", metadata.correlated_invocations_id);
+    put("action_mnemonic", metadata.action_mnemonic);
+    put("target_id", metadata.target_id);
+    put("action_id", metadata.action_id);
+    fields
+}
+
+/// `2026-12-02T10:57:33.123Z`.
+fn now_rfc3339() -> String {
+    let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since.subsec_millis()
+    )
+}
+
+fn write_line(state: &State, call: &Call, status: i32, cached: bool, exit_code: Option<i32>) {
+    let Some(action) = &call.action else { return };
+    let mut line = Map::new();
+    line.insert("time".into(), now_rfc3339().into());
+    line.insert("kind".into(), call.kind.into());
+    line.insert("action".into(), action.clone().into());
+    line.insert("instance_name".into(), call.instance_name.clone().into());
+    line.insert("cached".into(), cached.into());
+    line.insert("status".into(), status.into());
+    if let Some(exit_code) = exit_code {
+        line.insert("exit_code".into(), exit_code.into());
+    }
+    for (key, value) in &call.metadata {
+        line.insert(key.clone(), value.clone());
+    }
+    let invocation = call.metadata.get("tool_invocation_id").and_then(Value::as_str);
+    if let Err(err) = state.recorder.append(invocation, &Value::Object(line)) {
+        tracing::error!("recording {} {action}: {err}", call.kind);
+    }
+}
+
+/// The outcome an Execute stream's final Operation carried: status code, cached flag, and
+/// the command's exit code when there is a result.
+type Outcome = (i32, bool, Option<i32>);
+
+/// The response body of a recorded call: passes every frame on as it comes, watches the
+/// messages (Execute) and the status (all), and records the call once when it ends.
+struct Watched {
+    inner: Body,
+    buffer: BytesMut,
+    call: Call,
+    state: Arc<State>,
+    status: Option<i32>,
+    outcome: Option<Outcome>,
+    recorded: bool,
+}
+
+impl Watched {
+    fn feed(&mut self, data: &Bytes) {
+        if self.call.kind != "execute" || self.buffer.len() + data.len() > MAX_WATCHED {
+            return;
+        }
+        self.buffer.extend_from_slice(data);
+        while self.buffer.len() >= 5 {
+            let len = u32::from_be_bytes([
+                self.buffer[1],
+                self.buffer[2],
+                self.buffer[3],
+                self.buffer[4],
+            ]) as usize;
+            if self.buffer.len() < 5 + len {
+                break;
+            }
+            let compressed = self.buffer[0] != 0;
+            self.buffer.advance(5);
+            let message = self.buffer.split_to(len);
+            if compressed {
+                continue;
+            }
+            if let Ok(operation) = Operation::decode(&message[..]) {
+                self.observe(operation);
+            }
+        }
+    }
+
+    fn observe(&mut self, operation: Operation) {
+        if !operation.name.is_empty() && self.call.kind == "execute" {
+            let mut operations = self.state.operations.lock().unwrap_or_else(|e| e.into_inner());
+            operations.entry(operation.name.clone()).or_insert_with(|| self.call.clone());
+        }
+        if !operation.done {
+            return;
+        }
+        self.outcome = Some(match operation.result {
+            Some(operation::Result::Error(status)) => (status.code, false, None),
+            Some(operation::Result::Response(any)) => match ExecuteResponse::decode(&any.value[..])
+            {
+                Ok(response) => (
+                    response.status.map_or(0, |s| s.code),
+                    response.cached_result,
+                    response.result.map(|r| r.exit_code),
+                ),
+                Err(_) => (tonic::Code::Unknown as i32, false, None),
+            },
+            None => (tonic::Code::Unknown as i32, false, None),
+        });
+        if !operation.name.is_empty() {
+            let mut operations = self.state.operations.lock().unwrap_or_else(|e| e.into_inner());
+            operations.remove(&operation.name);
+        }
+    }
+
+    /// Records the call: `ended` is false when the client went away first.
+    fn record(&mut self, ended: bool) {
+        if self.recorded {
+            return;
+        }
+        self.recorded = true;
+        let grpc = self.status.unwrap_or(if ended {
+            tonic::Code::Unknown as i32
+        } else {
+            tonic::Code::Cancelled as i32
+        });
+        match self.call.kind {
+            "get_action_result" => write_line(&self.state, &self.call, grpc, grpc == 0, None),
+            // An Execute without a final Operation (a cut stream) is recorded by the
+            // WaitExecution that finishes it, unless the call itself failed.
+            _ => match self.outcome {
+                Some((code, cached, exit)) if grpc == 0 => {
+                    write_line(&self.state, &self.call, code, cached, exit)
+                }
+                _ if grpc != 0 => write_line(&self.state, &self.call, grpc, false, None),
+                _ => {}
+            },
+        }
+    }
+}
+
+impl http_body::Body for Watched {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let data = data.clone();
+                    self.feed(&data);
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    if let Some(status) = grpc_status(trailers) {
+                        self.status = Some(status);
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(status))) => {
+                self.status = Some(status.code() as i32);
+                self.record(true);
+            }
+            Poll::Ready(None) => self.record(true),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        // The client went away (or the connection broke) before the end.
+        let ended = self.status.is_some();
+        self.record(ended);
+    }
+}
