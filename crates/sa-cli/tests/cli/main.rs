@@ -8,6 +8,7 @@ mod errors;
 mod faults;
 mod hostile;
 mod local;
+mod proxy;
 mod record;
 mod remote;
 
