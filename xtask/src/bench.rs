@@ -332,9 +332,91 @@ pub fn report(root: &Path, args: &[String]) -> Result<()> {
         Command::new(&python).args(["-c", "import google.protobuf as p; print(p.__version__)"])
     )?;
     let protobuf = String::from_utf8_lossy(&protobuf.stdout).trim().to_owned();
-    let text = render(&reports, runs, &protobuf)?;
+    eprintln!("bench-report: the proxy in front of buildbox-casd");
+    let sa = bin.join("sa").display().to_string();
+    let proxy = run(Command::new(bin.join("sa-proxy-bench")).args(["--sa", &sa]))?;
+    let proxy: Value = serde_json::from_slice(&proxy.stdout).context("sa-proxy-bench output")?;
+    let mut text = render(&reports, runs, &protobuf)?;
+    render_proxy(&mut text, &proxy)?;
     std::fs::write(root.join("BENCHMARKS.md"), text)?;
     eprintln!("bench-report: wrote BENCHMARKS.md");
+    Ok(())
+}
+
+/// The proxy section, from `sa-proxy-bench`'s JSON.
+fn render_proxy(s: &mut String, p: &Value) -> Result<()> {
+    let f = |key: &str| p[key].as_f64().unwrap_or(f64::NAN);
+    let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
+    writeln!(s)?;
+    writeln!(s, "## Proxy — `sa proxy` in front of buildbox-casd on loopback")?;
+    writeln!(s)?;
+    writeln!(
+        s,
+        "`sa-proxy-bench`: {} FindMissingBlobs calls each way, direct and proxied interleaved; a \
+         {} MiB blob written and read (median of 3 reads) each way over ByteStream; then {} \
+         clients uploading {} MiB each at once through the proxy ({:.1} s), with the proxy \
+         process's peak RSS.",
+        p["unary_calls"],
+        p["stream_mib"],
+        p["concurrent_clients"],
+        p["concurrent_upload_mib"],
+        f("concurrent_seconds")
+    )?;
+    writeln!(s)?;
+    writeln!(s, "| measure | direct | through the proxy | added / ratio |")?;
+    writeln!(s, "|---|---:|---:|---:|")?;
+    writeln!(
+        s,
+        "| unary p50 | {:.0} µs | {:.0} µs | +{:.0} µs |",
+        f("unary_direct_p50_us"),
+        f("unary_proxied_p50_us"),
+        f("unary_added_p50_us")
+    )?;
+    writeln!(
+        s,
+        "| unary p99 | {:.0} µs | {:.0} µs | +{:.0} µs |",
+        f("unary_direct_p99_us"),
+        f("unary_proxied_p99_us"),
+        f("unary_added_p99_us")
+    )?;
+    let read = f("read_proxied_mib_s") / f("read_direct_mib_s");
+    let write = f("write_proxied_mib_s") / f("write_direct_mib_s");
+    writeln!(
+        s,
+        "| ByteStream read | {:.0} MiB/s | {:.0} MiB/s | {:.0}% |",
+        f("read_direct_mib_s"),
+        f("read_proxied_mib_s"),
+        read * 100.0
+    )?;
+    writeln!(
+        s,
+        "| ByteStream write | {:.0} MiB/s | {:.0} MiB/s | {:.0}% |",
+        f("write_direct_mib_s"),
+        f("write_proxied_mib_s"),
+        write * 100.0
+    )?;
+    writeln!(s)?;
+    writeln!(s, "Targets:")?;
+    writeln!(s)?;
+    let added = f("unary_added_p50_us");
+    writeln!(
+        s,
+        "- added latency per unary RPC ≤ 100 µs at p50: {added:.0} µs — {}",
+        verdict(added <= 100.0)
+    )?;
+    let worst = read.min(write);
+    writeln!(
+        s,
+        "- ByteStream throughput ≥ 80% of direct: {:.0}% — {}",
+        worst * 100.0,
+        verdict(worst >= 0.8)
+    )?;
+    let rss = f("proxy_peak_rss_mib");
+    writeln!(
+        s,
+        "- proxy peak RSS ≤ 256 MiB with the concurrent uploads: {rss:.0} MiB — {}",
+        verdict(rss <= 256.0)
+    )?;
     Ok(())
 }
 

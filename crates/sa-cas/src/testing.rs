@@ -380,3 +380,42 @@ impl TlsProxy {
         self.port
     }
 }
+
+/// Makes a CA and a server certificate for `localhost` signed by it, with openssl; returns
+/// (ca.pem, server.pem, server.key).
+pub fn certificates(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output();
+        let out = out.expect("openssl (Debian package openssl) runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let (ca, ca_key) = (format!("{name}-ca.pem"), format!("{name}-ca.key"));
+    run(&[
+        &["req", "-x509", "-days", "2", "-subj", "/CN=sa test CA"][..],
+        &ec,
+        &["-keyout", &ca_key, "-out", &ca],
+    ]
+    .concat());
+    let (key, csr, cert) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"));
+    run(&[&["req", "-subj", "/CN=localhost"][..], &ec, &["-keyout", &key, "-out", &csr]].concat());
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").expect("writing san.ext");
+    run(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-extfile",
+        "san.ext",
+        "-out",
+        &cert,
+    ]);
+    (dir.join(ca), dir.join(cert), dir.join(key))
+}

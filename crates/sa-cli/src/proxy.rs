@@ -25,14 +25,22 @@ pub(crate) struct ProxyArgs {
     /// Directory of the recordings: one DIR/<tool_invocation_id>.jsonl per client invocation.
     #[arg(long, value_name = "DIR")]
     record: PathBuf,
+    /// PEM certificate (chain) to serve TLS with: clients connect with grpcs:// (with
+    /// --listen-tls-key).
+    #[arg(long, value_name = "PEM", requires = "listen_tls_key")]
+    listen_tls_cert: Option<PathBuf>,
+    /// PEM private key of --listen-tls-cert.
+    #[arg(long, value_name = "PEM", requires = "listen_tls_cert")]
+    listen_tls_key: Option<PathBuf>,
 }
 
 pub(crate) fn proxy(args: &StoreArgs, cmd: &ProxyArgs, ui: &mut Ui) -> Result<()> {
     let upstream = store::grpc_config(args, &cmd.upstream)?;
     let listen = sa_proxy::Listen::parse(&cmd.listen)?;
-    let proxy =
-        sa_proxy::Proxy::start(&listen, sa_proxy::ProxyConfig::new(upstream, cmd.record.clone()))
-            .with_context(|| format!("starting the proxy to {}", cmd.upstream))?;
+    let mut config = sa_proxy::ProxyConfig::new(upstream, cmd.record.clone());
+    config.listen_tls = cmd.listen_tls_cert.clone().zip(cmd.listen_tls_key.clone());
+    let proxy = sa_proxy::Proxy::start(&listen, config)
+        .with_context(|| format!("starting the proxy to {}", cmd.upstream))?;
     let line = if ui.json() {
         json!({"listening": proxy.endpoint(), "upstream": cmd.upstream, "record": cmd.record})
             .to_string()

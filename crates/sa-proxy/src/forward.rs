@@ -77,13 +77,44 @@ pub struct ProxyConfig {
     pub upstream: GrpcConfig,
     /// Where recordings go.
     pub record_dir: PathBuf,
+    /// PEM files of a certificate (chain) and its key: clients then connect with TLS
+    /// (`grpcs://`), TCP listeners only.
+    pub listen_tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl ProxyConfig {
-    /// Forward to `upstream`, record into `record_dir`.
+    /// Forward to `upstream`, record into `record_dir`, listen without TLS.
     pub fn new(upstream: GrpcConfig, record_dir: PathBuf) -> ProxyConfig {
-        ProxyConfig { upstream, record_dir }
+        ProxyConfig { upstream, record_dir, listen_tls: None }
     }
+}
+
+/// A TLS acceptor for `cert` and `key` (PEM), offering HTTP/2 by ALPN as gRPC clients expect.
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, ProxyError> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{self, ServerConfig};
+    let tls = |what: String| ProxyError::Tls(what);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| tls(format!("{}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(tls(format!("{}: no certificate", cert.display())));
+    }
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| tls(format!("{}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| tls(format!("{} and {}: {e}", cert.display(), key.display())))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Why the proxy could not start.
@@ -92,6 +123,9 @@ pub enum ProxyError {
     /// The listen address is malformed or cannot be bound.
     #[error("listen address {0}")]
     Listen(String),
+    /// The listener's certificate or key cannot be used.
+    #[error("listener TLS: {0}")]
+    Tls(String),
     /// The upstream URL or its TLS options are invalid.
     #[error("upstream")]
     Upstream(#[source] sa_cas::CasError),
@@ -156,6 +190,13 @@ impl Proxy {
             recorder,
             operations: Mutex::new(HashMap::new()),
         });
+        let acceptor = match &config.listen_tls {
+            Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+            None => None,
+        };
+        if acceptor.is_some() && matches!(listen, Listen::Unix(_)) {
+            return Err(ProxyError::Tls("TLS is for TCP listeners only".into()));
+        }
         let (shutdown, stopped) = tokio::sync::oneshot::channel();
         let endpoint = runtime.block_on(async {
             match listen {
@@ -166,8 +207,9 @@ impl Proxy {
                     let local = listener
                         .local_addr()
                         .map_err(|e| ProxyError::Listen(format!("{addr}: {e}")))?;
-                    tokio::spawn(accept_tcp(listener, state, stopped));
-                    Ok::<_, ProxyError>(format!("grpc://{local}"))
+                    let scheme = if acceptor.is_some() { "grpcs" } else { "grpc" };
+                    tokio::spawn(accept_tcp(listener, acceptor, state, stopped));
+                    Ok::<_, ProxyError>(format!("{scheme}://{local}"))
                 }
                 Listen::Unix(path) => {
                     let listener = tokio::net::UnixListener::bind(path)
@@ -206,6 +248,7 @@ impl Drop for Proxy {
 
 async fn accept_tcp(
     listener: tokio::net::TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<State>,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -213,9 +256,20 @@ async fn accept_tcp(
         tokio::select! {
             _ = &mut stopped => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    serve(hyper_util::rt::TokioIo::new(stream), state.clone());
+                    match &acceptor {
+                        None => serve(hyper_util::rt::TokioIo::new(stream), state.clone()),
+                        Some(acceptor) => {
+                            let (acceptor, state) = (acceptor.clone(), state.clone());
+                            tokio::spawn(async move {
+                                match acceptor.accept(stream).await {
+                                    Ok(tls) => serve(hyper_util::rt::TokioIo::new(tls), state),
+                                    Err(err) => tracing::debug!("TLS handshake with {peer}: {err}"),
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(err) => tracing::warn!("accepting a connection: {err}"),
             },

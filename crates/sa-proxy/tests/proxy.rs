@@ -5,8 +5,6 @@
 // Test helpers unwrap: a failure is a panic naming the line, which is what a test wants.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-
 use prost::Message;
 use sa_cas::testing::Casd;
 use sa_cas::{Digest, DigestFunction, GrpcConfig, merkle};
@@ -322,6 +320,7 @@ fn execute_and_get_action_result_are_recorded_with_the_clients_metadata() {
     let action = shell_action(&grpc, "echo built > out");
     let failing = shell_action(&grpc, "exit 3");
     let proxied = s.channel(s.proxy.endpoint());
+    let direct = s.channel(&s.casd.endpoint());
     s.runtime.block_on(async {
         for (digest, mnemonic) in
             [(action, "CppCompile"), (action, "CppCompile"), (failing, "Genrule")]
@@ -350,6 +349,36 @@ fn execute_and_get_action_result_are_recorded_with_the_clients_metadata() {
             let response = ExecuteResponse::decode(&any.value[..]).unwrap();
             assert_eq!(response.result.unwrap().exit_code, if digest == action { 0 } else { 3 });
         }
+        // An action whose blobs the server lacks: the same error, details included, both ways.
+        let missing = SHA.hash_bytes(b"an action nobody uploaded");
+        let mut outcomes = Vec::new();
+        for channel in [direct.clone(), proxied.clone()] {
+            let request = ExecuteRequest { action_digest: d(&missing), ..Default::default() };
+            let outcome = match ExecutionClient::new(channel).execute(request).await {
+                Err(status) => status_text(&status),
+                Ok(response) => {
+                    let mut stream = response.into_inner();
+                    let mut text = (tonic::Code::Ok, String::new(), Vec::new());
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(operation)) => {
+                                text.1 = format!("{:?}", operation.result);
+                            }
+                            Ok(None) => break,
+                            Err(status) => {
+                                text = status_text(&status);
+                                break;
+                            }
+                        }
+                    }
+                    text
+                }
+            };
+            outcomes.push(outcome);
+        }
+        assert_eq!(outcomes[0], outcomes[1], "the refusal comes back unchanged");
+        // casd answers with an ExecuteResponse whose status is NOT_FOUND.
+        assert!(outcomes[1].1.contains("ExecuteResponse"), "{outcomes:?}");
         let mut request = tonic::Request::new(GetActionResultRequest {
             action_digest: d(&action),
             ..Default::default()
@@ -360,6 +389,12 @@ fn execute_and_get_action_result_are_recorded_with_the_clients_metadata() {
         );
         ActionCacheClient::new(proxied.clone()).get_action_result(request).await.unwrap();
     });
+    // The refused Execute carried no RequestMetadata: it is in unknown.jsonl, with its code.
+    let refused = read_recording(&s.record.join("unknown.jsonl")).unwrap();
+    let missing = SHA.hash_bytes(b"an action nobody uploaded").to_string();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["action"], missing.as_str());
+    assert_eq!(refused[0]["status"], 5, "the refusal is recorded with its code: {}", refused[0]);
     let lines = read_recording(&s.record.join("inv-1.jsonl")).unwrap();
     let summary: Vec<(String, String, bool, i64)> = lines
         .iter()
@@ -488,9 +523,38 @@ fn a_client_gone_mid_stream_leaves_the_proxy_serving() {
 }
 
 #[test]
-fn the_recording_dir_and_listen_addresses_are_checked() {
+fn listen_addresses_are_checked() {
     assert!(Listen::parse("example.com:80").is_err());
     assert!(Listen::parse("unix:relative.sock").is_err());
     assert_eq!(Listen::parse("localhost:8980").unwrap(), Listen::parse("127.0.0.1:8980").unwrap());
-    let _ = Path::new("");
+}
+
+#[test]
+fn the_listener_serves_tls_when_given_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let casd = Casd::start(&dir.path().join("casd"));
+    let (ca, cert, key) = sa_cas::testing::certificates(dir.path(), "proxy");
+    let mut config = ProxyConfig::new(GrpcConfig::new(casd.endpoint()), dir.path().join("rec"));
+    config.listen_tls = Some((cert, key));
+    let proxy = Proxy::start(&Listen::parse("127.0.0.1:0").unwrap(), config).unwrap();
+    assert!(proxy.endpoint().starts_with("grpcs://"), "{}", proxy.endpoint());
+    let port = proxy.endpoint().rsplit(':').next().unwrap().to_owned();
+    // A client that trusts the CA reaches casd through the TLS listener.
+    let mut client = GrpcConfig::new(format!("grpcs://localhost:{port}"));
+    client.tls_ca_cert = Some(ca);
+    let grpc = sa_cas::GrpcCas::connect(client).unwrap();
+    let digest = sa_cas::Cas::write_blob(&grpc, "over TLS".into()).unwrap();
+    let direct = sa_cas::GrpcCas::connect(GrpcConfig::new(casd.endpoint())).unwrap();
+    assert_eq!(sa_cas::Cas::read_blob(&direct, &digest).unwrap(), "over TLS");
+    // One that does not is refused.
+    let err =
+        sa_cas::GrpcCas::connect(GrpcConfig::new(format!("grpcs://localhost:{port}"))).unwrap_err();
+    assert!(err.to_string().contains("cannot connect"), "{err}");
+    // A key that is not a key is an error naming the file.
+    let mut config = ProxyConfig::new(GrpcConfig::new(casd.endpoint()), dir.path().join("rec"));
+    let bogus = dir.path().join("bogus.pem");
+    std::fs::write(&bogus, "not PEM").unwrap();
+    config.listen_tls = Some((bogus.clone(), bogus));
+    let err = Proxy::start(&Listen::parse("127.0.0.1:0").unwrap(), config).unwrap_err();
+    assert!(err.to_string().starts_with("listener TLS: "), "{err}");
 }

@@ -285,51 +285,12 @@ fn local_cas_and_casd_share_one_directory() {
     assert_eq!(grpc.get_action_result(&action2).unwrap().map(|r| r.exit_code), Some(4));
 }
 
-/// Makes a CA and a server certificate for `localhost` signed by it, with openssl; returns
-/// (ca.pem, server.pem, server.key).
-fn certificates(dir: &std::path::Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output();
-        let out = out.expect("openssl (Debian package openssl) runs");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    let (ca, ca_key) = (format!("{name}-ca.pem"), format!("{name}-ca.key"));
-    run(&[
-        &["req", "-x509", "-days", "2", "-subj", "/CN=sa test CA"][..],
-        &ec,
-        &["-keyout", &ca_key, "-out", &ca],
-    ]
-    .concat());
-    let (key, csr, cert) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"));
-    run(&[&["req", "-subj", "/CN=localhost"][..], &ec, &["-keyout", &key, "-out", &csr]].concat());
-    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-days",
-        "2",
-        "-in",
-        &csr,
-        "-CA",
-        &ca,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-extfile",
-        "san.ext",
-        "-out",
-        &cert,
-    ]);
-    (dir.join(ca), dir.join(cert), dir.join(key))
-}
-
 #[test]
 fn grpcs_verifies_the_server_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let casd = Casd::start(&dir.path().join("casd"));
-    let (ca, cert, key) = certificates(dir.path(), "server");
-    let (other_ca, _, _) = certificates(dir.path(), "other");
+    let (ca, cert, key) = sa_cas::testing::certificates(dir.path(), "server");
+    let (other_ca, _, _) = sa_cas::testing::certificates(dir.path(), "other");
     let tls = sa_cas::testing::TlsProxy::start(casd.port(), &cert, &key);
     let config = |host: &str, ca: Option<&PathBuf>| {
         let mut config = GrpcConfig::new(format!("grpcs://{host}:{}", tls.port()));

@@ -1,0 +1,213 @@
+//! `sa-proxy-bench --sa PATH`: what `sa proxy` costs in front of a real buildbox-casd on
+//! loopback. Added latency per unary RPC (FindMissingBlobs of one digest, direct and proxied
+//! calls interleaved), ByteStream read and write throughput through the proxy against direct,
+//! and the proxy process's peak RSS while 64 clients upload 100 MiB each at once. Prints one
+//! JSON object.
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use sa_cas::testing::Casd;
+use sa_proto::google::bytestream::byte_stream_client::ByteStreamClient;
+use sa_proto::google::bytestream::{ReadRequest, WriteRequest};
+use sa_proto::reapi::FindMissingBlobsRequest;
+use sa_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+const SHA: sa_cas::DigestFunction = sa_cas::DigestFunction::Sha256;
+
+fn arg(args: &[String], name: &str, default: Option<&str>) -> Result<String> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args.get(i + 1).cloned().with_context(|| format!("{name} needs a value")),
+        None => default.map(str::to_owned).with_context(|| format!("{name} is required")),
+    }
+}
+
+/// Deterministic content of `len` bytes for stream `seed`, chunk `index` (1 MiB chunks).
+fn chunk(seed: u64, index: usize, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (index as u64).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// The digest of the blob of `size` bytes made of `chunk(seed, ..)`.
+fn blob_digest(seed: u64, size: usize) -> sa_cas::Digest {
+    let mut hasher = SHA.hasher();
+    let mut offset = 0;
+    let mut index = 0;
+    while offset < size {
+        let len = (1 << 20).min(size - offset);
+        hasher.update(&chunk(seed, index, len));
+        offset += len;
+        index += 1;
+    }
+    hasher.finish()
+}
+
+async fn upload(channel: Channel, seed: u64, size: usize) -> Result<()> {
+    let digest = blob_digest(seed, size);
+    let name =
+        format!("uploads/00000000-0000-4000-8000-{seed:012}/blobs/{}/{size}", digest.hash_hex());
+    let chunks = (0..size.div_ceil(1 << 20)).map(move |index| {
+        let offset = index << 20;
+        let len = (1 << 20).min(size - offset);
+        WriteRequest {
+            resource_name: if index == 0 { name.clone() } else { String::new() },
+            write_offset: offset as i64,
+            finish_write: offset + len == size,
+            data: chunk(seed, index, len).into(),
+        }
+    });
+    let written =
+        ByteStreamClient::new(channel).write(tokio_stream::iter(chunks)).await?.into_inner();
+    if written.committed_size != size as i64 {
+        bail!("upload {seed}: committed {} of {size}", written.committed_size);
+    }
+    Ok(())
+}
+
+async fn download(channel: Channel, digest: &sa_cas::Digest) -> Result<usize> {
+    let resource_name = format!("blobs/{}/{}", digest.hash_hex(), digest.size());
+    let mut stream = ByteStreamClient::new(channel)
+        .read(ReadRequest { resource_name, ..Default::default() })
+        .await?
+        .into_inner();
+    let mut total = 0;
+    while let Some(part) = stream.message().await? {
+        total += part.data.len();
+    }
+    Ok(total)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index].as_secs_f64() * 1e6
+}
+
+fn peak_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
+    Ok(line.split_whitespace().nth(1).context("VmHWM value")?.parse()?)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let sa = arg(&args, "--sa", None)?;
+    let calls: usize = arg(&args, "--calls", Some("2000"))?.parse()?;
+    let stream_mib: usize = arg(&args, "--stream-mib", Some("256"))?.parse()?;
+    let clients: usize = arg(&args, "--clients", Some("64"))?.parse()?;
+    let upload_mib: usize = arg(&args, "--upload-mib", Some("100"))?.parse()?;
+    let dir = tempfile::tempdir()?;
+    let casd = Casd::start(&dir.path().join("casd"));
+    let mut proxy = Command::new(&sa)
+        .args(["--json", "proxy", "--listen", "127.0.0.1:0", "--upstream", &casd.endpoint()])
+        .arg("--record")
+        .arg(dir.path().join("rec"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {sa} proxy"))?;
+    let mut line = String::new();
+    std::io::BufReader::new(proxy.stdout.take().context("proxy stdout")?).read_line(&mut line)?;
+    let started: Value = serde_json::from_str(&line).context("the proxy's first line")?;
+    let proxied_url =
+        started["listening"].as_str().context("listening")?.replace("grpc://", "http://");
+    let direct_url = casd.endpoint().replace("grpc://", "http://");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(async {
+        let direct = Channel::from_shared(direct_url)?.connect().await?;
+        let proxied = Channel::from_shared(proxied_url.clone())?.connect().await?;
+        // Unary latency, interleaved.
+        let request = FindMissingBlobsRequest {
+            blob_digests: vec![SHA.hash_bytes(b"absent").to_proto()],
+            ..Default::default()
+        };
+        let mut times = [Vec::with_capacity(calls), Vec::with_capacity(calls)];
+        for i in 0..calls + 100 {
+            for (side, channel) in [&direct, &proxied].into_iter().enumerate() {
+                let start = Instant::now();
+                ContentAddressableStorageClient::new(channel.clone())
+                    .find_missing_blobs(request.clone())
+                    .await?;
+                if i >= 100 {
+                    times[side].push(start.elapsed());
+                }
+            }
+        }
+        for side in &mut times {
+            side.sort();
+        }
+        // ByteStream throughput: write one blob each way, read it back each way (3 runs).
+        let size = stream_mib << 20;
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); 4];
+        for (side, channel) in [&direct, &proxied].into_iter().enumerate() {
+            let seed = 1_000 + side as u64;
+            let start = Instant::now();
+            upload(channel.clone(), seed, size).await?;
+            rates[side].push(stream_mib as f64 / start.elapsed().as_secs_f64());
+        }
+        let digest = blob_digest(1_000, size);
+        for _ in 0..3 {
+            for (side, channel) in [&direct, &proxied].into_iter().enumerate() {
+                let start = Instant::now();
+                let got = download(channel.clone(), &digest).await?;
+                if got != size {
+                    bail!("read {got} of {size} bytes");
+                }
+                rates[2 + side].push(stream_mib as f64 / start.elapsed().as_secs_f64());
+            }
+        }
+        for r in &mut rates {
+            r.sort_by(f64::total_cmp);
+        }
+        let median = |r: &Vec<f64>| r[r.len() / 2];
+        // Many large uploads at once through the proxy, each on its own connection.
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for client in 0..clients {
+            let url = proxied_url.clone();
+            tasks.push(tokio::spawn(async move {
+                let channel = Channel::from_shared(url)?.connect().await?;
+                upload(channel, 10_000 + client as u64, upload_mib << 20).await
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        let concurrent_seconds = start.elapsed().as_secs_f64();
+        let p50 = [percentile(&times[0], 0.5), percentile(&times[1], 0.5)];
+        let p99 = [percentile(&times[0], 0.99), percentile(&times[1], 0.99)];
+        Ok::<Value, anyhow::Error>(json!({
+            "unary_calls": calls,
+            "unary_direct_p50_us": p50[0],
+            "unary_proxied_p50_us": p50[1],
+            "unary_added_p50_us": p50[1] - p50[0],
+            "unary_direct_p99_us": p99[0],
+            "unary_proxied_p99_us": p99[1],
+            "unary_added_p99_us": p99[1] - p99[0],
+            "stream_mib": stream_mib,
+            "write_direct_mib_s": median(&rates[0]),
+            "write_proxied_mib_s": median(&rates[1]),
+            "read_direct_mib_s": median(&rates[2]),
+            "read_proxied_mib_s": median(&rates[3]),
+            "concurrent_clients": clients,
+            "concurrent_upload_mib": upload_mib,
+            "concurrent_seconds": concurrent_seconds,
+        }))
+    });
+    let rss = peak_rss_kib(proxy.id());
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    let mut result = result?;
+    result["proxy_peak_rss_mib"] = json!(rss? as f64 / 1024.0);
+    println!("{result}");
+    Ok(())
+}
