@@ -282,7 +282,7 @@ pub(crate) fn demo(args: &StoreArgs, cmd: &DemoArgs, ui: &mut Ui) -> Result<()> 
         bail!("sa demo runs on a local store of its own: drop --remote");
     }
     if cmd.jobs == 0 {
-        bail!("--jobs must be at least 1");
+        crate::usage!("--jobs must be at least 1");
     }
     let temp;
     let work = match &cmd.workdir {

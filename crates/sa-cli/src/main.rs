@@ -337,7 +337,7 @@ fn install_signal_handlers() -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
             // Help and version go to stdout with 0; usage errors to stderr with 2.
@@ -345,6 +345,9 @@ fn main() -> ExitCode {
             return ExitCode::from(if err.use_stderr() { 2 } else { 0 });
         }
     };
+    // An empty SA_REMOTE= or SA_CAS= (or an empty flag) means unset, as shells expect.
+    cli.store.remote = cli.store.remote.take().filter(|r| !r.is_empty());
+    cli.store.cas = cli.store.cas.take().filter(|c| !c.as_os_str().is_empty());
     let filter = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -387,10 +390,34 @@ fn main() -> ExitCode {
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {}", sa_generator::error_chain(err.as_ref()));
-            ExitCode::FAILURE
+            if err.chain().any(|cause| cause.is::<UsageError>()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
+
+/// A combination of options that cannot work together: exit 2, like clap's own usage errors.
+#[derive(Debug)]
+pub(crate) struct UsageError(pub(crate) String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Fails with a [`UsageError`].
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::UsageError(format!($($arg)*))))
+    };
+}
+pub(crate) use usage;
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {

@@ -62,14 +62,14 @@ enum Executor {
 
 pub(crate) fn prime(args: &StoreArgs, cmd: &PrimeArgs, ui: &mut Ui) -> Result<()> {
     if cmd.jobs == 0 {
-        bail!("--jobs must be at least 1");
+        crate::usage!("--jobs must be at least 1");
     }
     let local = store::open_local(args)?;
     let local_desc = local.root().display().to_string();
     let opened = store::Opened::new(args, local, None, local_desc);
     let executor = match (&args.remote, cmd.local) {
-        (Some(_), true) => bail!("sa prime takes --local or --remote URL, not both"),
-        (None, false) => bail!(
+        (Some(_), true) => crate::usage!("sa prime takes --local or --remote URL, not both"),
+        (None, false) => crate::usage!(
             "sa prime needs --remote URL (an execution service) or --local; blobs are read from --cas"
         ),
         (None, true) => Executor::Local(crate::exec_config(

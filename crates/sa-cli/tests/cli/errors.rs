@@ -88,8 +88,48 @@ fn usage_errors_exit_2_and_failures_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid digest \"nothex/5\""));
     let out = sa(&["--cas", &store, "prime", "--graph", "g", "--previous", "p"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "options that cannot work together are usage errors");
     assert!(String::from_utf8_lossy(&out.stderr).contains("sa prime needs --remote URL"));
+}
+
+#[test]
+fn options_that_cannot_work_together_exit_2_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().display().to_string();
+    let prime = ["--cas", &store, "prime", "--graph", "g", "--previous", "p"];
+    for (extra, expected) in [
+        (&["--local", "--jobs", "0"][..], "--jobs must be at least 1"),
+        (&["--local", "--remote", "grpc://127.0.0.1:1"][..], "--local or --remote URL, not both"),
+        (
+            &["--remote-header", "foo", "--remote", "grpc://127.0.0.1:1"][..],
+            "--remote-header \"foo\": expected KEY=VALUE",
+        ),
+        (
+            &["--tls-client-cert", "c.pem", "--remote", "grpcs://127.0.0.1:1"][..],
+            "--tls-client-cert and --tls-client-key go together",
+        ),
+    ] {
+        let out = sa(&[&prime[..], extra].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+    }
+}
+
+#[test]
+fn empty_store_variables_mean_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), "x").unwrap();
+    let store = dir.path().join("store");
+    let out = Process::new(env!("CARGO_BIN_EXE_sa"))
+        .args(["--cas", store.to_str().unwrap(), "ingest", src.to_str().unwrap()])
+        .env("SA_REMOTE", "")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(store.join("cas/objects").is_dir(), "the local store was used");
 }
 
 #[test]
