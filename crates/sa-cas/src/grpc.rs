@@ -608,6 +608,13 @@ fn target(config: &GrpcConfig) -> Result<Target, CasError> {
     if host_port.is_empty() || host_port.contains('/') {
         return Err(connect_error(config, "expected HOST:PORT after the scheme"));
     }
+    match host_port.rsplit_once(':').map(|(_, port)| port.parse::<u32>()) {
+        Some(Ok(port)) if (1..=65535).contains(&port) => {}
+        Some(Ok(port)) => {
+            return Err(connect_error(config, format!("port {port} is out of range (1-65535)")));
+        }
+        _ => return Err(connect_error(config, "expected HOST:PORT with a numeric port")),
+    }
     let mut endpoint = Endpoint::from_shared(format!("{scheme}://{host_port}"))
         .map_err(|err| connect_error(config, err))?
         .connect_timeout(config.connect_timeout)
@@ -663,12 +670,17 @@ async fn open_channel(config: &GrpcConfig) -> Result<Channel, CasError> {
     }
 }
 
+/// The error and its causes joined with `: `, a cause that only repeats the text before it
+/// left out (transport errors wrap their cause and print it too).
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text

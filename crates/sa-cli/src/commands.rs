@@ -52,6 +52,13 @@ pub(crate) fn generate(args: &StoreArgs, cmd: &GenerateArgs, ui: &mut Ui) -> Res
         skip_broken_subactions: cmd.skip_broken_subactions,
         limits: args.limits.tree(),
     };
+    if selected.is_empty() {
+        eprintln!(
+            "sa generate: no element of {} ({} elements) has subactions or an artifact: nothing to generate",
+            cmd.graph.display(),
+            graph.elements.len()
+        );
+    }
     let bar = ui.progress(selected.len(), "generate");
     let mut lines = Vec::new();
     for element in &selected {
@@ -163,6 +170,19 @@ pub(crate) fn plan(args: &StoreArgs, cmd: &InstantiateArgs) -> Result<Plan> {
             ),
         }
     }
+    if targets.is_empty() {
+        // Nothing to adapt is almost always the wrong graph given: say what was seen.
+        bail!(
+            "nothing to instantiate: {} ({} elements) and {} ({} elements, {} with \
+             speculative_actions) share no element with speculative_actions; --previous takes the \
+             graph `sa generate --output` wrote",
+            cmd.graph.display(),
+            next.elements.len(),
+            cmd.previous.display(),
+            previous.elements.len(),
+            with_spec.len()
+        );
+    }
     Ok(Plan { states, targets })
 }
 
@@ -243,12 +263,19 @@ pub(crate) struct SubactionsArgs {
 }
 
 pub(crate) fn subactions(args: &StoreArgs, cmd: &SubactionsArgs, ui: &mut Ui) -> Result<()> {
-    let opened = store::open(args)?;
+    let opened = store::open_existing(args)?;
     let action = Digest::parse(args.digest_function, &cmd.action)?;
     let result = opened
         .store
         .get_action_result(&action)?
         .ok_or_else(|| anyhow!("no ActionResult for action {action} in {}", opened.description))?;
+    if result.subactions.is_empty() {
+        eprintln!(
+            "sa subactions: the ActionResult of {action} records no subactions (exit code {}, {} output files)",
+            result.exit_code,
+            result.output_files.len()
+        );
+    }
     for (i, proto) in result.subactions.iter().enumerate() {
         let digest = Digest::from_proto(args.digest_function, proto)
             .with_context(|| format!("subaction {i} of the result of {action}"))?;

@@ -331,7 +331,7 @@ fn expanded_json(store: &dyn sa_cas::Store, root: &Digest, limits: &TreeLimits) 
 }
 
 pub(crate) fn inspect(args: &StoreArgs, cmd: &InspectArgs, ui: &mut Ui) -> Result<()> {
-    let opened = store::open(args)?;
+    let opened = store::open_existing(args)?;
     let function = args.digest_function;
     let digest = Digest::parse(function, &cmd.digest)?;
     let store = &opened.store;

@@ -78,7 +78,26 @@ pub(crate) fn grpc_config(args: &StoreArgs, endpoint: &str) -> Result<GrpcConfig
 
 pub(crate) fn connect(args: &StoreArgs, endpoint: &str) -> Result<Arc<GrpcCas>> {
     let config = grpc_config(args, endpoint)?;
-    Ok(Arc::new(GrpcCas::connect(config).with_context(|| format!("connecting to {endpoint}"))?))
+    // The error names the endpoint already.
+    Ok(Arc::new(GrpcCas::connect(config)?))
+}
+
+/// Like [`open`], for commands that only read: a local store that does not exist is an error
+/// (they would create an empty one only to report every blob missing).
+pub(crate) fn open_existing(args: &StoreArgs) -> Result<Opened> {
+    if args.remote.is_none() {
+        let dir = match &args.cas {
+            Some(dir) => dir.clone(),
+            None => default_cas_dir()?,
+        };
+        if !dir.join("cas").is_dir() {
+            bail!(
+                "no store at {} (--cas; commands that only read do not create one)",
+                dir.display()
+            );
+        }
+    }
+    open(args)
 }
 
 /// Opens `--remote` when given, else the local store.

@@ -76,6 +76,7 @@ fn usage_errors_exit_2_and_failures_exit_1() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"md5\" is not sha256 or blake3"));
     let dir = tempfile::tempdir().unwrap();
+    LocalCas::open(dir.path(), LocalCasConfig::default()).unwrap();
     let store = dir.path().display().to_string();
     let missing = format!("{H}0/5").replacen('0', "", 1);
     let out = sa(&["--cas", &store, "inspect", &missing]);
@@ -187,4 +188,50 @@ fn limits_are_errors_naming_what_exceeded_them() {
     }
     // Within the limits, the same commands work.
     sa_ok(&["--cas", &store, "--max-tree-depth", "4", "ingest", &deep]);
+}
+
+#[test]
+fn no_silent_no_ops_and_messages_that_tell_the_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store").display().to_string();
+    let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
+    // A graph with nothing to generate says so.
+    let empty = dir.path().join("empty.json");
+    std::fs::write(&empty, r#"{"elements": []}"#).unwrap();
+    let empty = empty.display().to_string();
+    let out = sa(&["--cas", &store, "generate", "--graph", &empty]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("nothing to generate"), "{}", stderr(&out));
+    // instantiate with a --previous graph that generate did not write is an error saying so.
+    let plain = dir.path().join("plain.json");
+    std::fs::write(&plain, r#"{"elements": [{"name": "a"}]}"#).unwrap();
+    let plain = plain.display().to_string();
+    let out = sa(&["--cas", &store, "instantiate", "--graph", &plain, "--previous", &plain]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("nothing to instantiate"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("0 with speculative_actions"), "{}", stderr(&out));
+    // Read-only commands do not create a store.
+    let absent = dir.path().join("absent");
+    let out = sa(&["--cas", absent.to_str().unwrap(), "inspect", &format!("{H}/0")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("no store at {}", absent.display())),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!absent.exists());
+    // A port out of range is refused as such, at once.
+    let out = sa(&["--remote", "grpc://127.0.0.1:70000", "inspect", &format!("{H}/0")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: cannot connect to grpc://127.0.0.1:70000: port 70000 is out of range (1-65535)"
+    );
+    // An action with a result but no subactions says so.
+    let cas = LocalCas::open(dir.path().join("store"), LocalCasConfig::default()).unwrap();
+    let action = DigestFunction::Sha256.hash_bytes(b"no subactions");
+    cas.update_action_result(&action, &ActionResult::default()).unwrap();
+    let out = sa(&["--cas", &store, "subactions", &action.to_string()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("records no subactions"), "{}", stderr(&out));
 }

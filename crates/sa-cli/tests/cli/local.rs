@@ -158,7 +158,7 @@ fn prime_local_executes_the_adapted_actions_into_the_local_action_cache() {
         "--previous",
         &out1,
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("takes --local or --remote URL, not both")
     );
