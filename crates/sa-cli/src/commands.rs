@@ -88,6 +88,10 @@ pub(crate) fn generate(args: &StoreArgs, cmd: &GenerateArgs, ui: &mut Ui) -> Res
                     "speculative_actions": generated.digest.to_string(),
                     "actions": stats.actions,
                     "overlays": stats.overlays(),
+                    "subactions": stats.subactions,
+                    "skipped": stats.skipped.len(),
+                    "unattributed_inputs": stats.unattributed_inputs,
+                    "unattributed_artifact_files": stats.unattributed_artifact_files,
                 })
                 .to_string(),
             );

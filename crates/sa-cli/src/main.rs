@@ -359,6 +359,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("SA_LOG").unwrap_or_else(|_| filter.into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into logs and pipes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(err) = install_signal_handlers() {
         eprintln!("error: installing signal handlers: {err}");

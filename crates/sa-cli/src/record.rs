@@ -307,8 +307,13 @@ pub(crate) fn record(args: &StoreArgs, cmd: &RecordArgs) -> Result<u8> {
         .output()
         .with_context(|| format!("running {:?} to list dependencies", argv[0]))?;
     if !listed.status.success() {
-        // Let the compiler report the problem the way it does without us.
-        return passthrough(argv);
+        // The compiler has reported the problem on our stderr already: running it again would
+        // print every diagnostic twice. Its exit code is the compile's.
+        use std::os::unix::process::ExitStatusExt;
+        return Ok(match listed.status.code() {
+            Some(code) => exit_code(code),
+            None => exit_code(128 + listed.status.signal().unwrap_or(0)),
+        });
     }
     let deps = parse_make_deps(&String::from_utf8_lossy(&listed.stdout))
         .with_context(|| format!("dependencies of {:?}", argv.join(" ")))?;

@@ -17,6 +17,11 @@ fn generate_then_instantiate_predicts_the_next_builds_actions() {
         (&generated[1]["element"], &generated[1]["actions"]),
         (&"app.bst".into(), &2.into())
     );
+    // The JSON line carries what was left out or unattributed, too.
+    assert_eq!(generated[1]["subactions"], 2);
+    assert_eq!(generated[1]["skipped"], 0);
+    assert!(generated[1]["unattributed_inputs"].is_u64(), "{}", generated[1]);
+    assert!(generated[1]["unattributed_artifact_files"].is_u64(), "{}", generated[1]);
     let filled: Value = serde_json::from_str(&std::fs::read_to_string(&out1).unwrap()).unwrap();
     assert_eq!(filled["elements"][1]["speculative_actions"], generated[1]["speculative_actions"]);
 

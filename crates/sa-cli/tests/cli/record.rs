@@ -29,7 +29,9 @@ fn record_keeps_the_compilers_exit_code_and_logs_only_successful_compiles() {
     // A compile error: the compiler's diagnostics and exit code, nothing logged.
     let out = record_in(&src, &store, &log, &["gcc", "-c", "bad.c"]);
     assert_ne!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("error"), "the compiler's own message");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("error:").count(), 1, "the compiler's own message, once: {stderr}");
+    assert!(!stderr.contains("\x1b["), "no colour codes into a pipe: {stderr}");
     assert!(!log.exists());
     // A good compile: a miss, then a hit that rewrites the output from the store.
     let out = record_in(&src, &store, &log, &["gcc", "-c", "ok.c"]);
