@@ -20,7 +20,10 @@ pub enum CasError {
         actual: Digest,
     },
     /// A blob has another size than its digest says.
-    #[error("blob {digest} is corrupt: it has {actual} bytes")]
+    #[error(
+        "blob {digest} has {actual} bytes, not the {} its digest says (a wrong size in the digest, or a corrupt object)",
+        digest.size()
+    )]
     SizeMismatch {
         /// The digest the blob was read under.
         digest: Digest,

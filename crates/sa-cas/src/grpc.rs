@@ -194,9 +194,19 @@ impl GrpcCas {
             cache.digest_functions.contains(&wanted)
         };
         if !supported {
+            let names: Vec<&str> = cache
+                .digest_functions
+                .iter()
+                .map(|f| {
+                    sa_proto::reapi::digest_function::Value::try_from(*f)
+                        .map_or("an unknown function", |v| v.as_str_name())
+                })
+                .collect();
             return Err(CasError::UnsupportedDigestFunction(format!(
-                "{} (server {} supports {:?})",
-                cas.config.digest_function, cas.config.endpoint, cache.digest_functions
+                "{} (server {} supports {})",
+                cas.config.digest_function,
+                cas.config.endpoint,
+                names.join(", ")
             )));
         }
         let limit = u64::try_from(cache.max_batch_total_size_bytes).unwrap_or(0);
@@ -340,7 +350,13 @@ impl GrpcCas {
                 let message = format!("{}{}", status.message(), backoff.attempts_note());
                 return Err(CasError::Rpc { operation, code: status.code(), message });
             };
-            tracing::debug!(operation, code = ?status.code(), ?delay, "retrying");
+            // Said at the default level: minutes of silence look like a hang.
+            tracing::warn!(
+                "{operation}: {:?}: {}; retrying ({}, next in {delay:.1?})",
+                status.code(),
+                status.message(),
+                backoff.progress()
+            );
             tokio::time::sleep(delay).await;
         }
     }
@@ -665,7 +681,12 @@ async fn open_channel(config: &GrpcConfig) -> Result<Channel, CasError> {
             let reason = format!("{}{}", error_chain(&err), backoff.attempts_note());
             return Err(connect_error(config, reason));
         };
-        tracing::debug!(endpoint = %config.endpoint, ?delay, "retrying the connection");
+        tracing::warn!(
+            "connecting to {}: {}; retrying ({}, next in {delay:.1?})",
+            config.endpoint,
+            error_chain(&err),
+            backoff.progress()
+        );
         tokio::time::sleep(delay).await;
     }
 }
@@ -863,6 +884,11 @@ impl Backoff {
         let delay = self.next;
         self.next = (self.next * 2).min(Duration::from_secs(5));
         Some(delay)
+    }
+
+    /// `attempt N of M` for the attempt about to be made (after [`Backoff::next_delay`]).
+    pub fn progress(&self) -> String {
+        format!("attempt {} of {}", self.attempts, self.attempts + self.retries_left)
     }
 
     /// ` (after N attempts)` once a call was retried, for the final error; empty otherwise.

@@ -263,7 +263,9 @@ impl Ui {
     pub(crate) fn phase<T>(&mut self, name: &'static str, work: impl FnOnce() -> T) -> T {
         let start = Instant::now();
         let result = work();
-        self.phases.push((name, start.elapsed()));
+        let elapsed = start.elapsed();
+        tracing::info!("phase {name}: {:.3}s", elapsed.as_secs_f64());
+        self.phases.push((name, elapsed));
         result
     }
 

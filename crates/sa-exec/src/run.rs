@@ -118,6 +118,9 @@ fn relative(text: &str, allow_empty: bool) -> Result<PathBuf, String> {
     if text.is_empty() {
         return if allow_empty { Ok(PathBuf::new()) } else { Err("empty path".into()) };
     }
+    if text.starts_with('/') {
+        return Err(format!("path {text:?} is absolute; paths of a Command are relative"));
+    }
     let mut path = PathBuf::new();
     for segment in text.split('/') {
         merkle::check_name(segment).map_err(|reason| format!("path {text:?}: {reason}"))?;

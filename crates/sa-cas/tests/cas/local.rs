@@ -86,7 +86,10 @@ fn truncated_object_is_a_size_mismatch_even_unverified() {
     assert!(matches!(err.root_cause(), CasError::SizeMismatch { actual: 40, .. }), "{err}");
     assert_eq!(
         err.root_cause().to_string(),
-        format!("blob {} is corrupt: it has 40 bytes", b.digest())
+        format!(
+            "blob {} has 40 bytes, not the 100 its digest says (a wrong size in the digest, or a corrupt object)",
+            b.digest()
+        )
     );
 }
 

@@ -235,3 +235,14 @@ fn no_silent_no_ops_and_messages_that_tell_the_truth() {
     assert_eq!(out.status.code(), Some(0));
     assert!(stderr(&out).contains("records no subactions"), "{}", stderr(&out));
 }
+
+#[test]
+fn verbose_says_something_per_phase() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), "x").unwrap();
+    let store = dir.path().join("store").display().to_string();
+    let out = sa(&["--cas", &store, "-v", "ingest", &dir.path().join("f").display().to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Ingest of a file (not a directory) fails, but the phase was entered and said.
+    assert!(stderr.contains("phase ingest:"), "{stderr}");
+}

@@ -88,6 +88,11 @@ fn a_server_that_always_fails_is_a_clear_error_within_the_deadline() {
         stderr(&out)
     );
     assert!(stderr(&out).contains("after 6 attempts"), "retried with backoff: {}", stderr(&out));
+    // Each retry is said as it happens, not minutes of silence.
+    for attempt in 2..=6 {
+        let said = format!("retrying (attempt {attempt} of 6, next in");
+        assert!(stderr(&out).contains(&said), "{said}: {}", stderr(&out));
+    }
 }
 
 /// Runs `sa args` while casd is restarted 300 ms in; returns whether it succeeded.

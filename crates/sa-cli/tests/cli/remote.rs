@@ -78,3 +78,16 @@ fn prime_executes_the_adapted_actions_on_casd_with_buildbox_run() {
     let again = lines(&String::from_utf8(again.stdout).unwrap());
     assert!(again.iter().all(|l| l["status"] == "cached"), "{again:?}");
 }
+
+#[test]
+fn a_digest_function_the_server_lacks_is_named_with_what_it_has() {
+    let casd_dir = tempfile::tempdir().unwrap();
+    let casd = Casd::start(&casd_dir.path().join("store"));
+    let out = sa(&["--remote", &casd.endpoint(), "--digest-function", "blake3", "ingest", "."]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("blake3 (server {} supports SHA256)", casd.endpoint())),
+        "{stderr}"
+    );
+}
