@@ -22,9 +22,10 @@ use sa_proto::reapi::{Action, ActionResult, Command, command::EnvironmentVariabl
 
 use crate::{StoreArgs, store};
 
-/// Environment variables every recorded Command carries when they are set.
-const ALLOWED_ENV: &[&str] =
-    &["LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "PATH", "SOURCE_DATE_EPOCH", "TZ"];
+/// The environment every recorded Command carries, whatever the host's: the same compile has
+/// the same Action digest on every machine with the same toolchain, so caches are shared.
+/// `--pass-env NAME` adds a variable with the host's value (its choice, its digests).
+const FIXED_ENV: &[(&str, &str)] = &[("LC_ALL", "C"), ("PATH", "/usr/local/bin:/usr/bin:/bin")];
 
 /// Options that take their value as the next argument.
 const VALUE_OPTIONS: &[&str] = &[
@@ -74,8 +75,10 @@ pub(crate) struct RecordArgs {
     /// root, at their absolute paths (for execution services that run in a chroot).
     #[arg(long)]
     include_system_headers: bool,
-    /// Pass this environment variable to the compiler too (repeatable); PATH, LANG, LC_ALL,
-    /// LC_CTYPE, LC_MESSAGES, SOURCE_DATE_EPOCH and TZ always are.
+    /// Pass this environment variable with its value here to the compiler too (repeatable;
+    /// it becomes part of the Action, so other machines match only with the same value).
+    /// Without it a compile sees exactly PATH=/usr/local/bin:/usr/bin:/bin and LC_ALL=C,
+    /// whatever this machine has, so Action digests are the same across machines.
     #[arg(long = "pass-env", value_name = "NAME")]
     pass_env: Vec<String>,
     /// Where a compile that misses the cache runs: in a bubblewrap sandbox (only its input
@@ -365,17 +368,21 @@ pub(crate) fn record(args: &StoreArgs, cmd: &RecordArgs) -> Result<u8> {
     }
     let input_root = merkle::build_tree(cas, &entries).context("building the input root")?;
 
-    let mut names: Vec<&str> = ALLOWED_ENV.to_vec();
-    names.extend(cmd.pass_env.iter().map(String::as_str));
-    names.sort_unstable();
-    names.dedup();
-    let environment_variables = names
-        .into_iter()
-        .filter_map(|name| {
-            let value = std::env::var(name).ok()?;
-            Some(EnvironmentVariable { name: name.to_owned(), value })
-        })
-        .collect();
+    let mut environment: BTreeMap<String, String> =
+        FIXED_ENV.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    for name in &cmd.pass_env {
+        match std::env::var(name) {
+            Ok(value) => {
+                environment.insert(name.clone(), value);
+            }
+            // Unset here: the compile runs without it, as it would have.
+            Err(_) => {
+                environment.remove(name);
+            }
+        }
+    }
+    let environment_variables =
+        environment.into_iter().map(|(name, value)| EnvironmentVariable { name, value }).collect();
     let command = Command {
         arguments: relativize_args(argv, &root, &cwd),
         environment_variables,

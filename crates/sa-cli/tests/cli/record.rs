@@ -73,3 +73,58 @@ fn record_refuses_a_working_directory_outside_the_root() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not inside --root"));
 }
+
+#[test]
+fn the_same_compile_has_the_same_action_whatever_the_host_environment() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store").display().to_string();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("a.c"), "int a;\n").unwrap();
+    let mut logged = Vec::new();
+    for (i, (path, lang)) in
+        [("/usr/bin:/bin", "C"), ("/opt/x/bin:/usr/bin:/bin:/sbin", "de_DE.UTF-8")]
+            .into_iter()
+            .enumerate()
+    {
+        let log = work.path().join(format!("log{i}"));
+        let out = Process::new(env!("CARGO_BIN_EXE_sa"))
+            .args([
+                "--cas",
+                &store,
+                "record",
+                "--log",
+                log.to_str().unwrap(),
+                "--",
+                "gcc",
+                "-c",
+                "a.c",
+            ])
+            .current_dir(&src)
+            .env("PATH", path)
+            .env("LANG", lang)
+            .env_remove("SA_CAS")
+            .env_remove("SA_REMOTE")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        logged.push(std::fs::read_to_string(&log).unwrap().split(' ').next().unwrap().to_owned());
+    }
+    assert_eq!(logged[0], logged[1], "the host's PATH and LANG are not part of the Action");
+    // The Command holds the fixed environment.
+    let action = Digest::parse(DigestFunction::Sha256, &logged[0]).unwrap();
+    let cas = LocalCas::open(&store, LocalCasConfig::default()).unwrap();
+    let action: Action = sa_cas::read_message(&cas, &action, "Action").unwrap();
+    let command =
+        Digest::from_proto(DigestFunction::Sha256, &action.command_digest.unwrap()).unwrap();
+    let command: Command = sa_cas::read_message(&cas, &command, "Command").unwrap();
+    let env: Vec<(String, String)> =
+        command.environment_variables.into_iter().map(|e| (e.name, e.value)).collect();
+    assert_eq!(
+        env,
+        [
+            ("LC_ALL".to_owned(), "C".to_owned()),
+            ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned())
+        ]
+    );
+}
