@@ -279,7 +279,7 @@ impl Demo {
 
 pub(crate) fn demo(args: &StoreArgs, cmd: &DemoArgs, ui: &mut Ui) -> Result<()> {
     if args.remote.is_some() {
-        bail!("sa demo runs on a local store of its own: drop --remote");
+        crate::usage!("sa demo runs on a local store of its own: drop --remote (or SA_REMOTE)");
     }
     if cmd.jobs == 0 {
         crate::usage!("--jobs must be at least 1");

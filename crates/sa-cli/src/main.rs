@@ -339,8 +339,12 @@ fn install_signal_handlers() -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let mut cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    use clap::{CommandFactory, FromArgMatches};
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (cli, matches)));
+    let (mut cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(err) => {
             // Help and version go to stdout with 0; usage errors to stderr with 2.
             let _ = err.print();
@@ -350,6 +354,10 @@ fn main() -> ExitCode {
     // An empty SA_REMOTE= or SA_CAS= (or an empty flag) means unset, as shells expect.
     cli.store.remote = cli.store.remote.take().filter(|r| !r.is_empty());
     cli.store.cas = cli.store.cas.take().filter(|c| !c.as_os_str().is_empty());
+    if let Err(message) = settle_stores(&mut cli, &matches) {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
     let filter = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -399,6 +407,48 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
+        }
+    }
+}
+
+/// Where a global option's value came from: the command line (at any subcommand level), or
+/// somewhere else (the environment, a default).
+fn on_command_line(matches: &clap::ArgMatches, id: &str) -> bool {
+    let mut level = Some(matches);
+    while let Some(m) = level {
+        if m.try_get_raw(id).ok().flatten().is_some()
+            && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+        {
+            return true;
+        }
+        level = m.subcommand().map(|(_, sub)| sub);
+    }
+    false
+}
+
+/// `--cas` and `--remote` are never silently ignored: `prime` uses both (blobs here, execution
+/// there); `demo` makes its own store; every other command uses one store, so naming both on
+/// the command line is a usage error, and one named on the command line overrides the other
+/// from the environment.
+fn settle_stores(cli: &mut Cli, matches: &clap::ArgMatches) -> Result<(), String> {
+    let cas_flag = cli.store.cas.is_some() && on_command_line(matches, "cas");
+    let remote_flag = cli.store.remote.is_some() && on_command_line(matches, "remote");
+    match &cli.command {
+        Command::Prime(_) => Ok(()),
+        Command::Demo(_) if cas_flag => Err(
+            "sa demo makes its own store in its work directory (--workdir to keep it): drop --cas"
+                .into(),
+        ),
+        _ if cas_flag && remote_flag => {
+            Err("--cas and --remote both name the store, and this command uses one: drop one"
+                .into())
+        }
+        _ => {
+            if cas_flag {
+                // An explicit local store overrides SA_REMOTE.
+                cli.store.remote = None;
+            }
+            Ok(())
         }
     }
 }

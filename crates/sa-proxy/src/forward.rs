@@ -613,14 +613,22 @@ impl Watched {
         });
         match self.call.kind {
             "get_action_result" => write_line(&self.state, &self.call, grpc, grpc == 0, None),
-            // An Execute without a final Operation (a cut stream) is recorded by the
-            // WaitExecution that finishes it, unless the call itself failed.
-            _ => match self.outcome {
-                Some((code, cached, exit)) if grpc == 0 => {
+            // The final Operation is the outcome, whether or not the trailers came after it: a
+            // client may drop the stream once it has the result. A stream that failed is
+            // recorded with its code; one cut before any outcome is cancelled (its
+            // WaitExecution, if the client sends one, is recorded when it finishes).
+            _ => match (self.outcome, self.status) {
+                (Some((code, cached, exit)), None | Some(0)) => {
                     write_line(&self.state, &self.call, code, cached, exit)
                 }
-                _ if grpc != 0 => write_line(&self.state, &self.call, grpc, false, None),
-                _ => {}
+                (_, Some(code)) if code != 0 => {
+                    write_line(&self.state, &self.call, code, false, None)
+                }
+                // No outcome: cut (CANCELLED), or ended without one (UNKNOWN).
+                _ => {
+                    let code = if grpc == 0 { tonic::Code::Unknown as i32 } else { grpc };
+                    write_line(&self.state, &self.call, code, false, None)
+                }
             },
         }
     }

@@ -558,3 +558,32 @@ fn the_listener_serves_tls_when_given_a_certificate() {
     let err = Proxy::start(&Listen::parse("127.0.0.1:0").unwrap(), config).unwrap_err();
     assert!(err.to_string().starts_with("listener TLS: "), "{err}");
 }
+
+#[test]
+fn an_execute_dropped_after_its_final_operation_is_recorded_with_its_outcome() {
+    // Regression: a client that drops the stream as soon as it has the done Operation (before
+    // the trailers) was recorded as CANCELLED.
+    let s = setup(true);
+    let grpc = sa_cas::GrpcCas::connect(GrpcConfig::new(s.casd.endpoint())).unwrap();
+    let action = shell_action(&grpc, "echo once > out");
+    let proxied = s.channel(s.proxy.endpoint());
+    s.runtime.block_on(async {
+        let request = ExecuteRequest { action_digest: d(&action), ..Default::default() };
+        let mut stream = ExecutionClient::new(proxied).execute(request).await.unwrap().into_inner();
+        while let Some(operation) = stream.message().await.unwrap() {
+            if operation.done {
+                break;
+            }
+        }
+        drop(stream);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    });
+    let lines = read_recording(&s.record.join("unknown.jsonl")).unwrap();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(
+        (lines[0]["status"].as_i64(), lines[0]["exit_code"].as_i64()),
+        (Some(0), Some(0)),
+        "{}",
+        lines[0]
+    );
+}

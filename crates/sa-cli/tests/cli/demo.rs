@@ -43,6 +43,9 @@ fn demo_refuses_a_non_empty_workdir_and_a_remote() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not empty"));
     let out = sa(&["--remote", "grpc://127.0.0.1:1", "demo"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("drop --remote"));
+    let out = sa(&["--cas", &work.path().display().to_string(), "demo"]);
+    assert_eq!(out.status.code(), Some(2), "--cas is not silently ignored");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("drop --cas"));
 }

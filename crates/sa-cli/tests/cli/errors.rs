@@ -246,3 +246,25 @@ fn verbose_says_something_per_phase() {
     // Ingest of a file (not a directory) fails, but the phase was entered and said.
     assert!(stderr.contains("phase ingest:"), "{stderr}");
 }
+
+#[test]
+fn cas_and_remote_are_never_silently_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store").display().to_string();
+    std::fs::write(dir.path().join("f"), "x").unwrap();
+    let src = dir.path().display().to_string();
+    // Both named on the command line, for a command that uses one store: a usage error.
+    let out = sa(&["--cas", &store, "--remote", "grpc://127.0.0.1:1", "ingest", &src]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--cas and --remote both name the store")
+    );
+    // An explicit --cas overrides SA_REMOTE from the environment.
+    let out = Process::new(env!("CARGO_BIN_EXE_sa"))
+        .args(["--cas", &store, "ingest", &src])
+        .env("SA_REMOTE", "grpc://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.path().join("store/cas/objects").is_dir());
+}
