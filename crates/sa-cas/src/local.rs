@@ -170,10 +170,10 @@ impl LocalCas {
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(err) => return Err(io_error(path)(err)),
         };
-        let mut hasher = digest.function().hasher();
-        io::copy(&mut io::BufReader::with_capacity(256 << 10, file), &mut HashWriter(&mut hasher))
+        let actual = digest
+            .function()
+            .hash_reader(io::BufReader::with_capacity(256 << 10, file))
             .map_err(io_error(&path))?;
-        let actual = hasher.finish();
         if actual == *digest {
             return Ok(true);
         }
@@ -234,20 +234,6 @@ impl LocalCas {
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(err) => Err(io_error(path)(err)),
         }
-    }
-}
-
-/// Feeds what is written to a hasher.
-struct HashWriter<'a>(&'a mut crate::digest::Hasher);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

@@ -419,3 +419,13 @@ pub fn certificates(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
     ]);
     (dir.join(ca), dir.join(cert), dir.join(key))
 }
+
+/// How many processes have `marker` in their command line (arguments joined with spaces),
+/// for tests that check that what they started is gone.
+pub fn processes_with(marker: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    entries
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|cmdline| String::from_utf8_lossy(cmdline).replace('\0', " ").contains(marker))
+        .count()
+}

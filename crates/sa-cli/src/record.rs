@@ -280,11 +280,16 @@ fn passthrough(argv: &[String]) -> Result<u8> {
         .args(&argv[1..])
         .status()
         .with_context(|| format!("running {:?}", argv[0]))?;
+    Ok(status_code(status))
+}
+
+/// A process's exit code as `sa record` exits with it: a signal is 128 + it, as shells say.
+fn status_code(status: std::process::ExitStatus) -> u8 {
     use std::os::unix::process::ExitStatusExt;
-    Ok(match status.code() {
+    match status.code() {
         Some(code) => exit_code(code),
         None => exit_code(128 + status.signal().unwrap_or(0)),
-    })
+    }
 }
 
 pub(crate) fn record(args: &StoreArgs, cmd: &RecordArgs) -> Result<u8> {
@@ -312,11 +317,7 @@ pub(crate) fn record(args: &StoreArgs, cmd: &RecordArgs) -> Result<u8> {
     if !listed.status.success() {
         // The compiler has reported the problem on our stderr already: running it again would
         // print every diagnostic twice. Its exit code is the compile's.
-        use std::os::unix::process::ExitStatusExt;
-        return Ok(match listed.status.code() {
-            Some(code) => exit_code(code),
-            None => exit_code(128 + listed.status.signal().unwrap_or(0)),
-        });
+        return Ok(status_code(listed.status));
     }
     let deps = parse_make_deps(&String::from_utf8_lossy(&listed.stdout))
         .with_context(|| format!("dependencies of {:?}", argv.join(" ")))?;

@@ -232,15 +232,6 @@ fn a_command_past_its_timeout_is_killed() {
     assert_eq!(f.store.get_action_result(&action).unwrap(), None);
 }
 
-/// Processes whose command line contains `marker`.
-fn processes_with(marker: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .filter(|cmdline| String::from_utf8_lossy(cmdline).replace('\0', " ").contains(marker))
-        .count()
-}
-
 #[test]
 fn working_directory_and_output_parents_through_input_root_symlinks_are_refused() {
     let f = fixture();
@@ -416,13 +407,13 @@ fn a_command_past_its_timeout_is_killed_with_everything_it_started() {
     let err = execute(&f.store, &action, &f.config()).unwrap_err();
     assert!(matches!(err, ExecError::Timeout { .. }), "{err}");
     // SIGKILL is delivered at once, but reaping by init may take a moment.
-    let mut left = processes_with("sleep 31.125");
+    let mut left = sa_cas::testing::processes_with("sleep 31.125");
     for _ in 0..50 {
         if left == 0 {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
-        left = processes_with("sleep 31.125");
+        left = sa_cas::testing::processes_with("sleep 31.125");
     }
     assert_eq!(left, 0, "the background child was killed with its group");
     assert!(f.scratch_is_empty());

@@ -399,15 +399,6 @@ fn inspect_detects_a_kind_only_if_the_blob_validates_as_it() {
     assert_eq!(out["value"]["unknown_fields"][0]["number"], 77, "{out}");
 }
 
-/// Processes whose command line contains `marker`.
-fn processes_with(marker: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .filter(|cmdline| String::from_utf8_lossy(cmdline).replace('\0', " ").contains(marker))
-        .count()
-}
-
 #[test]
 fn a_signal_ends_the_running_action_and_removes_its_scratch_directory() {
     use std::os::unix::fs::PermissionsExt;
@@ -437,7 +428,7 @@ fn a_signal_ends_the_running_action_and_removes_its_scratch_directory() {
             .spawn()
             .unwrap();
         let mut waited = 0;
-        while processes_with(marker) == 0 {
+        while sa_cas::testing::processes_with(marker) == 0 {
             std::thread::sleep(std::time::Duration::from_millis(50));
             waited += 1;
             assert!(waited < 400, "the action never started");
@@ -455,13 +446,13 @@ fn a_signal_ends_the_running_action_and_removes_its_scratch_directory() {
             "{}",
             stderr(&out)
         );
-        let mut left = processes_with(marker);
+        let mut left = sa_cas::testing::processes_with(marker);
         for _ in 0..50 {
             if left == 0 {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
-            left = processes_with(marker);
+            left = sa_cas::testing::processes_with(marker);
         }
         assert_eq!(left, 0, "{signal}: the action's processes are gone");
         assert_eq!(
