@@ -184,7 +184,8 @@ fn producer_order(
 }
 
 fn from_recording(args: &StoreArgs, cmd: &FromRecordingArgs, ui: &mut Ui) -> Result<()> {
-    let lines = sa_proxy::read_recording(&cmd.recording)
+    // A recording is read into memory: bounded like a graph.
+    let lines = sa_proxy::read_recording(&cmd.recording, args.limits.max_graph_bytes)
         .with_context(|| format!("reading the recording {}", cmd.recording.display()))?;
     let actions = recorded_actions(&lines, &cmd.mnemonic, args)
         .with_context(|| format!("recording {}", cmd.recording.display()))?;

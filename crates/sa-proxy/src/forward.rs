@@ -33,6 +33,8 @@ const GET_ACTION_RESULT: &str = "/build.bazel.remote.execution.v2.ActionCache/Ge
 const METADATA_HEADER: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
 /// The most bytes of a recorded request read whole (they are a digest and a few fields).
 const MAX_RECORDED_REQUEST: usize = 4 << 20;
+/// The most unfinished Executes remembered for their WaitExecution.
+const MAX_OPERATIONS: usize = 65_536;
 /// The most bytes of partial response messages held while watching an Execute stream.
 const MAX_WATCHED: usize = 16 << 20;
 
@@ -576,6 +578,10 @@ impl Watched {
     fn observe(&mut self, operation: Operation) {
         if !operation.name.is_empty() && self.call.kind == "execute" {
             let mut operations = self.state.operations.lock().unwrap_or_else(|e| e.into_inner());
+            // Operations whose client never came back are forgotten past a bound.
+            if operations.len() >= MAX_OPERATIONS && !operations.contains_key(&operation.name) {
+                operations.clear();
+            }
             operations.entry(operation.name.clone()).or_insert_with(|| self.call.clone());
         }
         if !operation.done {

@@ -8,6 +8,9 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 
+/// Recording files held open at once; more invocations reopen theirs on their next line.
+const MAX_OPEN_FILES: usize = 64;
+
 /// Appends JSON lines to `DIR/<invocation>.jsonl`, one `write` per line. Crash-safe: a killed
 /// proxy leaves at most one partial last line, which the next open of that file cuts off and
 /// [`read_recording`] ignores, so every file reads back line by line.
@@ -56,6 +59,10 @@ impl Recorder {
         text.push('\n');
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if !files.contains_key(&stem) {
+            // Clients choose invocation ids: never hold more than a few files open.
+            if files.len() >= MAX_OPEN_FILES {
+                files.clear();
+            }
             let path = self.dir.join(format!("{stem}.jsonl"));
             files.insert(stem.clone(), open_repaired(&path)?);
         }
@@ -86,9 +93,21 @@ fn open_repaired(path: &Path) -> io::Result<File> {
 }
 
 /// Reads a recording back: every complete line, parsed; a partial last line (a writer killed
-/// mid-line) is ignored. A complete line that is not JSON is an error naming the line.
-pub fn read_recording(path: &Path) -> io::Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path)?;
+/// mid-line) is ignored. A complete line that is not JSON is an error naming the line, and so is
+/// a file larger than `max_bytes` (it is read into memory).
+pub fn read_recording(path: &Path, max_bytes: u64) -> io::Result<Vec<Value>> {
+    let size = std::fs::metadata(path)?.len();
+    if size > max_bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} has {size} bytes, more than the {max_bytes} a recording may have",
+                path.display()
+            ),
+        ));
+    }
+    let mut text = String::with_capacity(size as usize);
+    File::open(path)?.take(max_bytes).read_to_string(&mut text)?;
     let complete = match text.rfind('\n') {
         Some(end) => &text[..=end],
         None => "",
@@ -122,10 +141,37 @@ mod tests {
         let path = dir.path().join("inv-1.jsonl");
         // A writer killed in the middle of its line.
         OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"n\": 2, \"ha").unwrap();
-        assert_eq!(read_recording(&path).unwrap(), vec![serde_json::json!({"n": 1})]);
+        assert_eq!(read_recording(&path, 1 << 20).unwrap(), vec![serde_json::json!({"n": 1})]);
         let recorder = Recorder::new(dir.path()).unwrap();
         recorder.append(Some("inv-1"), &serde_json::json!({"n": 3})).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":1}\n{\"n\":3}\n");
+    }
+
+    #[test]
+    fn many_invocations_never_hold_many_files_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = Recorder::new(dir.path()).unwrap();
+        for round in 0..2 {
+            for i in 0..200 {
+                recorder
+                    .append(Some(&format!("inv-{i}")), &serde_json::json!({"round": round}))
+                    .unwrap();
+                assert!(recorder.files.lock().unwrap().len() <= MAX_OPEN_FILES);
+            }
+        }
+        let lines = read_recording(&dir.path().join("inv-7.jsonl"), 1 << 20).unwrap();
+        assert_eq!(lines, [serde_json::json!({"round": 0}), serde_json::json!({"round": 1})]);
+    }
+
+    #[test]
+    fn bad_recordings_are_errors_naming_the_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        std::fs::write(&path, "{\"a\": 1}\nnot json\n").unwrap();
+        let err = read_recording(&path, 1 << 20).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{} line 2: ", path.display())), "{err}");
+        let err = read_recording(&path, 10).unwrap_err().to_string();
+        assert!(err.contains("more than the 10 a recording may have"), "{err}");
     }
 
     #[test]

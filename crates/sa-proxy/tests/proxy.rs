@@ -169,7 +169,7 @@ fn every_rpc_kind_answers_as_the_upstream_does() {
         assert_eq!(ActionResult::decode(&answers[1].as_ref().unwrap()[..]).unwrap(), result);
     });
     // The GetActionResult calls were recorded: a miss (5) and a hit.
-    let lines = read_recording(&s.record.join("unknown.jsonl")).unwrap();
+    let lines = read_recording(&s.record.join("unknown.jsonl"), 1 << 20).unwrap();
     let statuses: Vec<(i64, bool)> = lines
         .iter()
         .map(|l| (l["status"].as_i64().unwrap(), l["cached"].as_bool().unwrap()))
@@ -390,12 +390,12 @@ fn execute_and_get_action_result_are_recorded_with_the_clients_metadata() {
         ActionCacheClient::new(proxied.clone()).get_action_result(request).await.unwrap();
     });
     // The refused Execute carried no RequestMetadata: it is in unknown.jsonl, with its code.
-    let refused = read_recording(&s.record.join("unknown.jsonl")).unwrap();
+    let refused = read_recording(&s.record.join("unknown.jsonl"), 1 << 20).unwrap();
     let missing = SHA.hash_bytes(b"an action nobody uploaded").to_string();
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!(refused[0]["action"], missing.as_str());
     assert_eq!(refused[0]["status"], 5, "the refusal is recorded with its code: {}", refused[0]);
-    let lines = read_recording(&s.record.join("inv-1.jsonl")).unwrap();
+    let lines = read_recording(&s.record.join("inv-1.jsonl"), 1 << 20).unwrap();
     let summary: Vec<(String, String, bool, i64)> = lines
         .iter()
         .map(|l| {
@@ -578,7 +578,7 @@ fn an_execute_dropped_after_its_final_operation_is_recorded_with_its_outcome() {
         drop(stream);
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     });
-    let lines = read_recording(&s.record.join("unknown.jsonl")).unwrap();
+    let lines = read_recording(&s.record.join("unknown.jsonl"), 1 << 20).unwrap();
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(
         (lines[0]["status"].as_i64(), lines[0]["exit_code"].as_i64()),

@@ -81,7 +81,7 @@ fn build_2_through_the_proxy_finds_every_changed_compile_primed() {
         }
     }
     let recording1 = record1.join("unknown.jsonl");
-    let lines1 = sa_proxy::read_recording(&recording1).unwrap();
+    let lines1 = sa_proxy::read_recording(&recording1, 1 << 20).unwrap();
     assert_eq!(lines1.len(), 3, "{lines1:?}");
     for line in &lines1 {
         let fresh = line["kind"] == "execute" && line["cached"] == false && line["exit_code"] == 0;
@@ -154,7 +154,7 @@ fn build_2_through_the_proxy_finds_every_changed_compile_primed() {
             compile(&ws, &proxy.endpoint, &log2, source);
         }
     }
-    let lines2 = sa_proxy::read_recording(&record2.join("unknown.jsonl")).unwrap();
+    let lines2 = sa_proxy::read_recording(&record2.join("unknown.jsonl"), 1 << 20).unwrap();
     assert_eq!(lines2.len(), 3);
     for line in &lines2 {
         assert_eq!(line["cached"], true, "build 2 found it cached: {line}");
@@ -168,4 +168,75 @@ fn build_2_through_the_proxy_finds_every_changed_compile_primed() {
     for action in changed {
         assert!(executed.contains(&action), "{action} was primed by sa");
     }
+}
+
+#[test]
+fn a_bad_recording_is_an_error_naming_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    LocalCas::open(&store, LocalCasConfig::default()).unwrap();
+    let store = store.display().to_string();
+    let ws = dir.path().display().to_string();
+    let absent = DigestFunction::Sha256.hash_bytes(b"never recorded");
+    let good = format!(
+        r#"{{"kind":"execute","action":"{absent}","status":0,"exit_code":0,"cached":false}}"#
+    );
+    let cases = [
+        (format!("{good}\nnot json\n"), "line 2: ".to_owned()),
+        (
+            "{\"kind\":\"execute\",\"action\":\"xyz/1\",\"status\":0,\"exit_code\":0}\n".to_owned(),
+            "line 1: \"action\"".to_owned(),
+        ),
+        (
+            "{\"kind\":\"execute\",\"status\":0,\"exit_code\":0}\n".to_owned(),
+            "line 1: no \"action\"".to_owned(),
+        ),
+        (
+            "{\"kind\":\"execute\",\"action\":\"x\",\"status\":9}\n".to_owned(),
+            "has no successful Execute or cache hit".to_owned(),
+        ),
+        (format!("{good}\n"), format!("recorded action {absent}: missing blob {absent}")),
+    ];
+    for (text, expected) in cases {
+        let recording = dir.path().join("r.jsonl");
+        std::fs::write(&recording, &text).unwrap();
+        let r = recording.display().to_string();
+        let out = sa(&[
+            "--cas",
+            &store,
+            "graph",
+            "from-recording",
+            "--recording",
+            &r,
+            "--sources",
+            &ws,
+            "--name",
+            "a",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{text}: {stderr}");
+        assert!(stderr.contains(&expected), "{expected}: {stderr}");
+    }
+    // A recording larger than --max-graph-bytes is refused before it is read.
+    let recording = dir.path().join("r.jsonl");
+    std::fs::write(&recording, format!("{good}\n").repeat(10)).unwrap();
+    let r = recording.display().to_string();
+    let out = sa(&[
+        "--cas",
+        &store,
+        "--max-graph-bytes",
+        "100",
+        "graph",
+        "from-recording",
+        "--recording",
+        &r,
+        "--sources",
+        &ws,
+        "--name",
+        "a",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("more than the 100 a recording may have")
+    );
 }
