@@ -18,6 +18,7 @@ const PROTOS: &[&str] = &[
     "google/rpc/error_details.proto",
     "buildstream/v2/artifact.proto",
     "buildstream/v2/speculative_actions.proto",
+    "google/devtools/remoteworkers/v1test2/bots.proto",
 ];
 
 /// First line of every generated file.

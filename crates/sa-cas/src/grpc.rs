@@ -113,39 +113,31 @@ impl GrpcConfig {
     }
 }
 
-/// A REAPI server as a store. See the module documentation.
-pub struct GrpcCas {
-    runtime: tokio::runtime::Runtime,
+/// A connection to a REAPI server: its channel, the configured headers and deadline, and the
+/// runtime its calls run on. [`GrpcCas`] is built on one; services it does not wrap (the
+/// Execution service of `sa_exec::RemoteExecutor`) use it directly. Cheap to clone; the
+/// runtime lives as long as any clone.
+#[derive(Clone)]
+pub struct GrpcConnection {
+    runtime: Arc<tokio::runtime::Runtime>,
     channel: Channel,
-    config: GrpcConfig,
-    headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
-    semaphore: Arc<Semaphore>,
-    max_batch_bytes: u64,
-    capabilities: ServerCapabilities,
-    rpcs: std::sync::atomic::AtomicU64,
+    config: Arc<GrpcConfig>,
+    headers: Arc<Vec<(AsciiMetadataKey, AsciiMetadataValue)>>,
 }
 
-impl std::fmt::Debug for GrpcCas {
+impl std::fmt::Debug for GrpcConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Header values are secrets: only their names are shown.
-        f.debug_struct("GrpcCas")
+        f.debug_struct("GrpcConnection")
             .field("endpoint", &self.config.endpoint)
             .field("instance_name", &self.config.instance_name)
-            .field("headers", &self.headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
-            .field("digest_function", &self.config.digest_function)
-            .field("max_batch_bytes", &self.max_batch_bytes)
             .finish_non_exhaustive()
     }
 }
 
-fn connect_error(config: &GrpcConfig, reason: impl std::fmt::Display) -> CasError {
-    CasError::Connect { endpoint: config.endpoint.clone(), reason: reason.to_string() }
-}
-
-impl GrpcCas {
-    /// Connects, reads the server's capabilities, and checks that it supports the digest
-    /// function.
-    pub fn connect(config: GrpcConfig) -> Result<GrpcCas, CasError> {
+impl GrpcConnection {
+    /// Checks the headers, starts a runtime and connects (retrying while the server refuses
+    /// connections, as one that is starting does).
+    pub fn open(config: GrpcConfig) -> Result<GrpcConnection, CasError> {
         let mut headers = Vec::new();
         for (key, value) in &config.headers {
             let key = AsciiMetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes())
@@ -162,12 +154,88 @@ impl GrpcCas {
             .build()
             .map_err(|err| connect_error(&config, format!("starting the runtime: {err}")))?;
         let channel = runtime.block_on(open_channel(&config))?;
+        Ok(GrpcConnection {
+            runtime: Arc::new(runtime),
+            channel,
+            config: Arc::new(config),
+            headers: Arc::new(headers),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GrpcConfig {
+        &self.config
+    }
+
+    /// The channel (it reconnects by itself after a failure).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// The runtime the connection's calls run on: spawn on it, or block on it from a thread
+    /// that is not running async code.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        self.runtime.handle()
+    }
+
+    /// Wraps a message in a request with the configured headers and the per-RPC deadline.
+    pub fn request<T>(&self, message: T) -> Request<T> {
+        make_request(&self.headers, self.config.rpc_timeout, message)
+    }
+
+    /// The `digest_function` request field: unset for SHA-256, which every server assumes
+    /// (and some reject when named).
+    pub fn function_field(&self) -> i32 {
+        match self.config.digest_function {
+            DigestFunction::Sha256 => 0,
+            other => other.to_proto() as i32,
+        }
+    }
+}
+
+/// A REAPI server as a store. See the module documentation.
+pub struct GrpcCas {
+    connection: GrpcConnection,
+    runtime: Arc<tokio::runtime::Runtime>,
+    channel: Channel,
+    config: GrpcConfig,
+    semaphore: Arc<Semaphore>,
+    max_batch_bytes: u64,
+    capabilities: ServerCapabilities,
+    rpcs: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for GrpcCas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Header values are secrets: only their names are shown.
+        f.debug_struct("GrpcCas")
+            .field("endpoint", &self.config.endpoint)
+            .field("instance_name", &self.config.instance_name)
+            .field(
+                "headers",
+                &self.connection.headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            )
+            .field("digest_function", &self.config.digest_function)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+fn connect_error(config: &GrpcConfig, reason: impl std::fmt::Display) -> CasError {
+    CasError::Connect { endpoint: config.endpoint.clone(), reason: reason.to_string() }
+}
+
+impl GrpcCas {
+    /// Connects, reads the server's capabilities, and checks that it supports the digest
+    /// function.
+    pub fn connect(config: GrpcConfig) -> Result<GrpcCas, CasError> {
+        let connection = GrpcConnection::open(config.clone())?;
         let semaphore = Arc::new(Semaphore::new(config.max_concurrent_rpcs.max(1)));
         let mut cas = GrpcCas {
-            runtime,
-            channel,
+            runtime: connection.runtime.clone(),
+            channel: connection.channel(),
+            connection,
             config,
-            headers,
             semaphore,
             max_batch_bytes: MAX_MESSAGE - BATCH_HEADROOM,
             capabilities: ServerCapabilities::default(),
@@ -226,9 +294,9 @@ impl GrpcCas {
         &self.capabilities
     }
 
-    /// The gRPC channel, for services this type does not wrap (Execution).
-    pub fn channel(&self) -> Channel {
-        self.channel.clone()
+    /// The connection, for services this type does not wrap (Execution).
+    pub fn connection(&self) -> &GrpcConnection {
+        &self.connection
     }
 
     /// The configuration.
@@ -236,14 +304,8 @@ impl GrpcCas {
         &self.config
     }
 
-    /// Runs a future on the client's runtime (for callers that use [`GrpcCas::channel`]).
-    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
-        self.runtime.block_on(future)
-    }
-
-    /// Wraps a message in a request with the configured headers and deadline.
-    pub fn request<T>(&self, message: T) -> Request<T> {
-        make_request(&self.headers, self.config.rpc_timeout, message)
+    fn request<T>(&self, message: T) -> Request<T> {
+        self.connection.request(message)
     }
 
     /// The whole tree below `root` through `GetTree`, following pages. Directories come without
@@ -287,13 +349,8 @@ impl GrpcCas {
         }
     }
 
-    /// The `digest_function` request field: unset for SHA-256, which every server assumes
-    /// (and some reject when named).
     fn function_field(&self) -> i32 {
-        match self.config.digest_function {
-            DigestFunction::Sha256 => 0,
-            other => other.to_proto() as i32,
-        }
+        self.connection.function_field()
     }
 
     /// `[instance/]blobs/[function/]hash/size`, or with `uploads/<uuid>/` for writes.
@@ -692,8 +749,9 @@ async fn open_channel(config: &GrpcConfig) -> Result<Channel, CasError> {
 }
 
 /// The error and its causes joined with `: `, a cause that only repeats the text before it
-/// left out (transport errors wrap their cause and print it too).
-fn error_chain(err: &dyn std::error::Error) -> String {
+/// left out (transport errors and other wrappers print their cause too). The one formatter of
+/// error chains in the workspace.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

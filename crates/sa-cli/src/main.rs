@@ -269,6 +269,11 @@ impl Ui {
         result
     }
 
+    /// Records a phase timed elsewhere (for `--stats`).
+    pub(crate) fn record_phase(&mut self, name: &'static str, elapsed: std::time::Duration) {
+        self.phases.push((name, elapsed));
+    }
+
     /// A progress bar on stderr (hidden when stderr is not a terminal).
     pub(crate) fn progress(&self, len: usize, what: &str) -> indicatif::ProgressBar {
         let bar = indicatif::ProgressBar::with_draw_target(

@@ -419,13 +419,20 @@ pub(crate) fn record(args: &StoreArgs, cmd: &RecordArgs) -> Result<u8> {
             }
         }
         Some(grpc) => {
-            let (response, cached) =
-                crate::prime::execute(grpc, args, &action, Duration::from_secs(cmd.timeout))?;
-            let status = response.status.unwrap_or_default();
-            if status.code != 0 {
-                bail!("Execute {action}: status {}: {}", status.code, status.message);
+            let options = sa_exec::RemoteOptions {
+                jobs: 1,
+                timeout: Duration::from_secs(cmd.timeout),
+                ..Default::default()
+            };
+            let executor = sa_exec::RemoteExecutor::new(grpc.connection().clone(), options);
+            match crate::prime::execute_one(&executor, &action) {
+                sa_exec::Outcome::Cached(result) => (result, true),
+                sa_exec::Outcome::Executed(result) => (result, false),
+                sa_exec::Outcome::Failed(why) => bail!("{why}"),
+                sa_exec::Outcome::Accepted { operation } => {
+                    bail!("Execute {action}: accepted as {operation} but not waited for")
+                }
             }
-            (response.result.unwrap_or_default(), cached)
         }
     };
     // A local hit has written its outputs already.

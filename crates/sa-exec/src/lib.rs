@@ -1,4 +1,10 @@
-//! Local execution of REAPI Actions, so priming and recording work with no server at all.
+//! Execution of REAPI Actions: here, so priming and recording work with no server at all, or
+//! on a REAPI execution service, behind one [`Executor`] trait.
+//!
+//! [`LocalExecutor`] runs actions on this machine with [`execute_cached`];
+//! [`RemoteExecutor`] submits them to an execution service (`Execute`, `WaitExecution`) with
+//! a bounded number in flight, resuming broken streams and resubmitting what a restarted
+//! service forgot.
 //!
 //! [`execute`] runs one Action from a store: it materializes the input root into a fresh
 //! scratch directory, runs the Command there (its arguments, exactly its environment, its
@@ -41,10 +47,14 @@
 #![deny(missing_docs)]
 
 mod cleanup;
+mod executor;
 mod run;
 mod sandbox;
 
 pub use cleanup::{interrupt, interrupted};
+pub use executor::{
+    Executor, ExecutorCounters, LocalExecutor, Outcome, RemoteExecutor, RemoteOptions,
+};
 pub use run::{
     ExecConfig, ExecError, Execution, execute, execute_cached, result_blobs, write_outputs,
 };

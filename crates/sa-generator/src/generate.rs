@@ -489,21 +489,7 @@ fn skip_or_fail(
     Ok(())
 }
 
-/// An error and its causes, joined with ": ".
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        // A cause that only repeats what is already said (wrappers that print their cause).
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+pub use sa_cas::error_chain;
 
 fn input_root(function: DigestFunction, digest: &Digest, data: &[u8]) -> Result<Digest, CasError> {
     let action = Action::decode(data).map_err(|source| CasError::Decode {

@@ -90,7 +90,7 @@ fn usage_errors_exit_2_and_failures_exit_1() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid digest \"nothex/5\""));
     let out = sa(&["--cas", &store, "prime", "--graph", "g", "--previous", "p"]);
     assert_eq!(out.status.code(), Some(2), "options that cannot work together are usage errors");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("sa prime needs --remote URL"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sa prime needs an execution service (--remote URL, --executor URL) or --local"));
 }
 
 #[test]
@@ -99,8 +99,10 @@ fn options_that_cannot_work_together_exit_2_naming_them() {
     let store = dir.path().display().to_string();
     let prime = ["--cas", &store, "prime", "--graph", "g", "--previous", "p"];
     for (extra, expected) in [
-        (&["--local", "--jobs", "0"][..], "--jobs must be at least 1"),
-        (&["--local", "--remote", "grpc://127.0.0.1:1"][..], "--local or --remote URL, not both"),
+        (&["--local", "--jobs", "0"][..], "invalid value '0' for '--jobs <N>'"),
+        (&["--local", "--no-wait"][..], "--no-wait needs an execution service"),
+        (&["--local", "--executor", "grpc://127.0.0.1:1"][..], "cannot be used with"),
+        (&["--local", "--remote", "grpc://127.0.0.1:1"][..], "--local or an execution service"),
         (
             &["--remote-header", "foo", "--remote", "grpc://127.0.0.1:1"][..],
             "--remote-header \"foo\": expected KEY=VALUE",

@@ -190,7 +190,7 @@ fn commands_survive_casd_restarting_in_the_middle_or_fail_clearly_and_complete_a
         stderr(&again),
         casd.log_text()
     );
-    let again = lines(&String::from_utf8(again.stdout).unwrap());
+    let again = prime_lines(&String::from_utf8(again.stdout).unwrap());
     assert_eq!(again.len(), 2);
     assert!(
         again.iter().all(|l| l["status"] == "cached" || l["status"] == "executed"),

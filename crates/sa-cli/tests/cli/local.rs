@@ -137,7 +137,7 @@ fn prime_local_executes_the_adapted_actions_into_the_local_action_cache() {
     let graph2 = p.graph2.display().to_string();
     let prime = || {
         let args = ["--cas", &store, "--json", "prime", "--local", "--graph", &graph2];
-        lines(&sa_ok(&[&args[..], &["--previous", &out1, "--jobs", "2"]].concat()))
+        prime_lines(&sa_ok(&[&args[..], &["--previous", &out1, "--jobs", "2"]].concat()))
     };
     let primed = prime();
     assert_eq!(primed.len(), 2);
@@ -165,6 +165,6 @@ fn prime_local_executes_the_adapted_actions_into_the_local_action_cache() {
     ]);
     assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("takes --local or --remote URL, not both")
+        String::from_utf8_lossy(&out.stderr).contains("takes --local or an execution service")
     );
 }

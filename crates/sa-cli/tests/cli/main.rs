@@ -43,6 +43,15 @@ pub fn lines(text: &str) -> Vec<Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// `sa prime --json` output: the per-action lines, the closing summary line checked and left
+/// out.
+pub fn prime_lines(text: &str) -> Vec<Value> {
+    let mut all = lines(text);
+    let summary = all.pop().expect("a summary line");
+    assert!(summary["summary"]["actions"].as_u64() == Some(all.len() as u64), "{summary}");
+    all
+}
+
 pub type Files = BTreeMap<String, String>;
 
 /// Writes files under `dir` (plus the symlinks a `/bin/sh` sandbox needs when `runnable`).

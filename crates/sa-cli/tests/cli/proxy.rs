@@ -137,7 +137,7 @@ fn build_2_through_the_proxy_finds_every_changed_compile_primed() {
         "--remote",
         &upstream,
     ]);
-    let primed: Vec<Value> = lines(&primed);
+    let primed: Vec<Value> = prime_lines(&primed);
     let executed: Vec<&str> = primed
         .iter()
         .filter(|l| l["status"] == "executed")

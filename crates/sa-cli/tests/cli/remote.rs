@@ -60,7 +60,7 @@ fn prime_executes_the_adapted_actions_on_casd_with_buildbox_run() {
         String::from_utf8_lossy(&primed.stderr),
         casd.log_text()
     );
-    let primed = lines(&String::from_utf8(primed.stdout).unwrap());
+    let primed = prime_lines(&String::from_utf8(primed.stdout).unwrap());
     assert_eq!(primed.len(), 2);
     let grpc = GrpcCas::connect(GrpcConfig::new(casd.endpoint())).unwrap();
     for line in &primed {
@@ -75,7 +75,7 @@ fn prime_executes_the_adapted_actions_on_casd_with_buildbox_run() {
     // Priming again finds everything cached.
     let again = prime(&["--previous", &out1, "--remote", &remote]);
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
-    let again = lines(&String::from_utf8(again.stdout).unwrap());
+    let again = prime_lines(&String::from_utf8(again.stdout).unwrap());
     assert!(again.iter().all(|l| l["status"] == "cached"), "{again:?}");
 }
 

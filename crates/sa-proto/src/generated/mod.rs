@@ -26,6 +26,13 @@ pub mod google {
     pub mod bytestream {
         include!("google.bytestream.rs");
     }
+    pub mod devtools {
+        pub mod remoteworkers {
+            pub mod v1test2 {
+                include!("google.devtools.remoteworkers.v1test2.rs");
+            }
+        }
+    }
     pub mod longrunning {
         include!("google.longrunning.rs");
     }

@@ -1,0 +1,400 @@
+//! Where actions run: the [`Executor`] trait, with [`LocalExecutor`] (this machine, a local
+//! store) and [`RemoteExecutor`] (a REAPI execution service).
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use sa_cas::{Backoff, Digest, GrpcConnection, Store, is_transient};
+use sa_proto::google::longrunning::{Operation, operation};
+use sa_proto::reapi::execution_client::ExecutionClient;
+use sa_proto::reapi::{ActionResult, ExecuteRequest, ExecuteResponse, WaitExecutionRequest};
+use tonic::{Code, Status};
+
+use crate::run::{ExecConfig, Execution, execute_cached};
+
+/// What became of one action.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// A result was in the ActionCache already (the command did not run).
+    Cached(ActionResult),
+    /// The command ran; its result (a non-zero `exit_code` is a command that failed).
+    Executed(ActionResult),
+    /// Submitted and accepted by the service, not waited for (`wait: false`).
+    Accepted {
+        /// The operation's name on the service.
+        operation: String,
+    },
+    /// The action could not be executed: what went wrong, naming the action and what the
+    /// service or the system said.
+    Failed(String),
+}
+
+/// Something that executes Actions (with a cache lookup first, as REAPI's `Execute` with
+/// `skip_cache_lookup = false`). Every blob an action needs must be where the executor reads
+/// blobs from before it is called.
+pub trait Executor: Send + Sync + fmt::Debug {
+    /// Executes `actions`, several at once as configured, and calls `done` on the calling
+    /// thread with each action's outcome as it finishes (in no particular order). Returns once
+    /// every action has its outcome.
+    fn execute_all(&self, actions: &[Digest], done: &mut dyn FnMut(Digest, Outcome));
+
+    /// Counters of the work done so far (retries, resumed streams).
+    fn counters(&self) -> ExecutorCounters {
+        ExecutorCounters::default()
+    }
+}
+
+/// What an executor had to do beyond one call per action.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecutorCounters {
+    /// Calls made again after a transient failure (UNAVAILABLE, RESOURCE_EXHAUSTED, a broken
+    /// connection).
+    pub retries: u64,
+    /// Broken streams picked up again with `WaitExecution` on the operation's name.
+    pub resumed: u64,
+    /// Operations the service no longer knew (it restarted) and that were submitted again.
+    pub resubmitted: u64,
+}
+
+/// Runs actions on this machine with [`execute_cached`], against one store: its blobs are the
+/// inputs, its ActionCache takes the results. Runs store commands on the host: the store must
+/// be trusted, or `config.sandbox` a real sandbox.
+pub struct LocalExecutor<'s> {
+    store: &'s dyn Store,
+    config: ExecConfig,
+    jobs: usize,
+}
+
+impl fmt::Debug for LocalExecutor<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalExecutor")
+            .field("store", &self.store)
+            .field("config", &self.config)
+            .field("jobs", &self.jobs)
+            .finish()
+    }
+}
+
+impl<'s> LocalExecutor<'s> {
+    /// An executor running at most `jobs` actions at once (at least one).
+    pub fn new(store: &'s dyn Store, config: ExecConfig, jobs: usize) -> LocalExecutor<'s> {
+        LocalExecutor { store, config, jobs: jobs.max(1) }
+    }
+}
+
+impl Executor for LocalExecutor<'_> {
+    fn execute_all(&self, actions: &[Digest], done: &mut dyn FnMut(Digest, Outcome)) {
+        let next = AtomicUsize::new(0);
+        let (sender, receiver) = mpsc::channel();
+        std::thread::scope(|scope| {
+            for _ in 0..self.jobs.min(actions.len()) {
+                let sender = sender.clone();
+                let next = &next;
+                scope.spawn(move || {
+                    while let Some(action) = actions.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let outcome = match execute_cached(self.store, action, &self.config) {
+                            Ok(Execution { result, cached: true }) => Outcome::Cached(result),
+                            Ok(Execution { result, cached: false }) => Outcome::Executed(result),
+                            Err(err) => Outcome::Failed(sa_cas::error_chain(&err)),
+                        };
+                        if sender.send((*action, outcome)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(sender);
+            for (action, outcome) in receiver {
+                done(action, outcome);
+            }
+        });
+    }
+}
+
+/// How [`RemoteExecutor`] drives the service.
+#[derive(Clone, Debug)]
+pub struct RemoteOptions {
+    /// Executions in flight at once.
+    pub jobs: usize,
+    /// The deadline of one action, from submission to result, retries included.
+    pub timeout: Duration,
+    /// Wait for each result (`true`), or stop once the service has accepted the action.
+    pub wait: bool,
+    /// How long transient failures are retried without progress before an action fails.
+    pub retry_window: Duration,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        RemoteOptions {
+            jobs: 64,
+            timeout: Duration::from_secs(600),
+            wait: true,
+            retry_window: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    retries: AtomicU64,
+    resumed: AtomicU64,
+    resubmitted: AtomicU64,
+    warned: AtomicBool,
+}
+
+/// Executes actions on a REAPI execution service: `Execute` streams, at most `jobs` in
+/// flight, each followed to its result. A broken stream is picked up with `WaitExecution` on
+/// the operation's name; an operation the service no longer knows (it restarted) is submitted
+/// again (`Execute` with cache lookup is idempotent); UNAVAILABLE, RESOURCE_EXHAUSTED and
+/// broken connections are retried with backoff until `retry_window` passes without progress.
+/// The blobs each action needs must be in the CAS the service reads.
+pub struct RemoteExecutor {
+    connection: GrpcConnection,
+    options: RemoteOptions,
+    counters: Arc<Counters>,
+}
+
+impl fmt::Debug for RemoteExecutor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteExecutor")
+            .field("connection", &self.connection)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteExecutor {
+    /// An executor on `connection`'s service and instance name.
+    pub fn new(connection: GrpcConnection, options: RemoteOptions) -> RemoteExecutor {
+        RemoteExecutor { connection, options, counters: Arc::default() }
+    }
+}
+
+impl Executor for RemoteExecutor {
+    fn execute_all(&self, actions: &[Digest], done: &mut dyn FnMut(Digest, Outcome)) {
+        let (sender, receiver) = mpsc::channel();
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(self.options.jobs.max(1)));
+        let runtime = self.connection.runtime();
+        for action in actions {
+            let sender = sender.clone();
+            let semaphore = semaphore.clone();
+            let call = Call {
+                connection: self.connection.clone(),
+                options: self.options.clone(),
+                counters: self.counters.clone(),
+                action: *action,
+            };
+            runtime.spawn(async move {
+                let _permit = semaphore.acquire_owned().await.expect("never closed");
+                let outcome = call.run().await;
+                let _ = sender.send((call.action, outcome));
+            });
+        }
+        drop(sender);
+        for (action, outcome) in receiver {
+            done(action, outcome);
+        }
+    }
+
+    fn counters(&self) -> ExecutorCounters {
+        ExecutorCounters {
+            retries: self.counters.retries.load(Ordering::Relaxed),
+            resumed: self.counters.resumed.load(Ordering::Relaxed),
+            resubmitted: self.counters.resubmitted.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One action followed from submission to result.
+struct Call {
+    connection: GrpcConnection,
+    options: RemoteOptions,
+    counters: Arc<Counters>,
+    action: Digest,
+}
+
+/// How one attempt (an Execute or WaitExecution stream) ended without an outcome.
+enum Broken {
+    /// The stream failed with this status.
+    Status(Status),
+    /// The stream ended before the operation was done.
+    Ended,
+}
+
+impl Call {
+    async fn run(&self) -> Outcome {
+        let action = self.action;
+        let started = Instant::now();
+        let deadline = started + self.options.timeout;
+        let mut operation_name: Option<String> = None;
+        let mut backoff = self.backoff();
+        let mut last_progress = Instant::now();
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Outcome::Failed(format!(
+                    "Execute {action}: no result within {}s",
+                    self.options.timeout.as_secs_f64()
+                ));
+            }
+            let before = operation_name.clone();
+            let broken = match self.attempt(&mut operation_name, deadline - now).await {
+                Ok(outcome) => return outcome,
+                Err(broken) => broken,
+            };
+            if operation_name != before {
+                // The service answered (named the operation): that is progress.
+                last_progress = Instant::now();
+                backoff = self.backoff();
+            }
+            let status = match broken {
+                Broken::Ended => Status::unavailable("the stream ended before the result"),
+                Broken::Status(status) => status,
+            };
+            if before.is_some() && status.code() == Code::NotFound {
+                // WaitExecution on an operation the service no longer knows: submit again.
+                tracing::debug!(%action, "operation unknown to the service; submitting again");
+                self.counters.resubmitted.fetch_add(1, Ordering::Relaxed);
+                operation_name = None;
+                continue;
+            }
+            if !is_transient(&status) {
+                let verb = if before.is_some() { "WaitExecution" } else { "Execute" };
+                return Outcome::Failed(format!(
+                    "{verb} {action}: {:?}: {}",
+                    status.code(),
+                    status.message()
+                ));
+            }
+            let waited = last_progress.elapsed();
+            let delay = backoff.next_delay().unwrap_or(Duration::from_secs(5));
+            if waited + delay > self.options.retry_window {
+                return Outcome::Failed(format!(
+                    "Execute {action}: {:?}: {} (retried for {:.0?} without progress)",
+                    status.code(),
+                    status.message(),
+                    waited
+                ));
+            }
+            if operation_name.is_some() {
+                self.counters.resumed.fetch_add(1, Ordering::Relaxed);
+            }
+            self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            if !self.counters.warned.swap(true, Ordering::Relaxed) {
+                // Once per executor: one line says the service is struggling, not thousands.
+                tracing::warn!(
+                    "execution service {}: {:?}: {}; retrying (each action for up to {:.0?} \
+                     without progress)",
+                    self.connection.config().endpoint,
+                    status.code(),
+                    status.message(),
+                    self.options.retry_window
+                );
+            }
+            tracing::debug!(%action, code = ?status.code(), ?delay, "retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn backoff(&self) -> Backoff {
+        let mut config = self.connection.config().clone();
+        config.max_retries = u32::MAX;
+        Backoff::new(&config)
+    }
+
+    /// One Execute (no operation yet) or WaitExecution (resuming `operation`) stream, read
+    /// until the operation is done, or accepted when not waiting.
+    async fn attempt(
+        &self,
+        operation_name: &mut Option<String>,
+        remaining: Duration,
+    ) -> Result<Outcome, Broken> {
+        let mut client = ExecutionClient::new(self.connection.channel())
+            .max_decoding_message_size(64 << 20);
+        let response = match operation_name.clone() {
+            None => {
+                let mut request = self.connection.request(ExecuteRequest {
+                    instance_name: self.connection.config().instance_name.clone(),
+                    action_digest: Some(self.action.to_proto()),
+                    skip_cache_lookup: false,
+                    execution_policy: None,
+                    results_cache_policy: None,
+                    digest_function: self.connection.function_field(),
+                    ..Default::default()
+                });
+                request.set_timeout(remaining);
+                client.execute(request).await
+            }
+            Some(name) => {
+                let mut request = self.connection.request(WaitExecutionRequest { name });
+                request.set_timeout(remaining);
+                client.wait_execution(request).await
+            }
+        };
+        let mut stream = response.map_err(Broken::Status)?.into_inner();
+        loop {
+            let operation = match stream.message().await {
+                Ok(Some(operation)) => operation,
+                Ok(None) => return Err(Broken::Ended),
+                Err(status) => return Err(Broken::Status(status)),
+            };
+            if !operation.name.is_empty() {
+                *operation_name = Some(operation.name.clone());
+            }
+            if operation.done {
+                return Ok(self.finished(operation));
+            }
+            if !self.options.wait {
+                return Ok(Outcome::Accepted { operation: operation.name });
+            }
+        }
+    }
+
+    /// The outcome of a done operation.
+    fn finished(&self, operation: Operation) -> Outcome {
+        let action = self.action;
+        match operation.result {
+            Some(operation::Result::Response(any)) => {
+                let response = match ExecuteResponse::decode(any.value.as_slice()) {
+                    Ok(response) => response,
+                    Err(err) => {
+                        return Outcome::Failed(format!(
+                            "Execute {action}: the response is not an ExecuteResponse ({err})"
+                        ));
+                    }
+                };
+                let status = response.status.unwrap_or_default();
+                if status.code != 0 {
+                    return Outcome::Failed(format!(
+                        "Execute {action}: {:?}: {}",
+                        Code::from(status.code),
+                        status.message
+                    ));
+                }
+                let Some(result) = response.result else {
+                    return Outcome::Failed(format!(
+                        "Execute {action}: the response has no result"
+                    ));
+                };
+                if response.cached_result {
+                    Outcome::Cached(result)
+                } else {
+                    Outcome::Executed(result)
+                }
+            }
+            Some(operation::Result::Error(status)) => Outcome::Failed(format!(
+                "Execute {action}: {:?}: {}",
+                Code::from(status.code),
+                status.message
+            )),
+            None => Outcome::Failed(format!(
+                "Execute {action}: the operation finished without a result"
+            )),
+        }
+    }
+}

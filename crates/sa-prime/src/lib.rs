@@ -1,0 +1,456 @@
+//! Priming an action cache from speculative actions, as a library: the loop `sa prime` runs,
+//! for a build tool that primes from Rust.
+//!
+//! [`prime`] works in waves. Each wave instantiates every target element's speculative
+//! actions against the current build ([`Instantiator`]), takes the complete actions not
+//! executed yet, makes sure the executor can read every blob they need (one
+//! `FindMissingBlobs` for the whole wave, then uploads of what is missing), executes them
+//! ([`Executor`]), and keeps their results where the instantiator looks them up, so ACTION
+//! overlays (inputs made by an earlier action) resolve in the next wave. It ends when a wave
+//! finds nothing new to execute.
+//!
+//! Three arrangements of stores, all the same loop:
+//! - one store that the executor also reads: a local store with [`sa_exec::LocalExecutor`],
+//!   or a remote CAS/ActionCache with a [`sa_exec::RemoteExecutor`] on the same service (or on
+//!   one that shares its storage);
+//! - a local store and an execution service with its own CAS ([`Stores::executor_cas`]):
+//!   blobs the service lacks are uploaded, results and their outputs copied back.
+//!
+//! The library never prints: [`Event`]s report progress to the caller.
+
+#![deny(missing_docs)]
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use sa_cas::merkle::{self, TreeLimits};
+use sa_cas::{Blob, CasError, Digest, Store, read_message};
+use sa_exec::{Executor, ExecutorCounters, Outcome};
+use sa_instantiator::{InstantiateError, InstantiatedAction, Instantiator};
+use sa_proto::reapi::{Action, ActionResult};
+
+/// Where blobs live.
+#[derive(Clone, Copy, Debug)]
+pub struct Stores<'a, S: Store + ?Sized> {
+    /// The store of the build: speculative actions, sources and artifacts are read here,
+    /// adapted actions written here, and ACTION overlays resolved against its ActionCache.
+    pub build: &'a S,
+    /// The CAS and ActionCache the executor reads, when they are not `build`'s: what the
+    /// actions need is uploaded there, and results (with their outputs) copied back.
+    pub executor_cas: Option<&'a dyn Store>,
+}
+
+/// What became of one adapted action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// The executor had a result already.
+    Cached,
+    /// The executor ran it, successfully.
+    Executed,
+    /// Submitted and accepted, not waited for.
+    Accepted,
+    /// It could not be executed, or its command failed: why.
+    Failed(String),
+    /// It could not be completely instantiated (an input's origin is unknown, or its
+    /// producer has no result): why.
+    Incomplete(String),
+}
+
+/// The kinds of [`Status`], for counting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StatusKind {
+    /// [`Status::Cached`].
+    Cached,
+    /// [`Status::Executed`].
+    Executed,
+    /// [`Status::Accepted`].
+    Accepted,
+    /// [`Status::Failed`].
+    Failed,
+    /// [`Status::Incomplete`].
+    Incomplete,
+}
+
+impl StatusKind {
+    /// Every kind, in report order.
+    pub const ALL: [StatusKind; 5] = [
+        StatusKind::Cached,
+        StatusKind::Executed,
+        StatusKind::Accepted,
+        StatusKind::Failed,
+        StatusKind::Incomplete,
+    ];
+
+    /// The kind's name in reports (`cached`, `executed`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            StatusKind::Cached => "cached",
+            StatusKind::Executed => "executed",
+            StatusKind::Accepted => "accepted",
+            StatusKind::Failed => "failed",
+            StatusKind::Incomplete => "incomplete",
+        }
+    }
+}
+
+impl Status {
+    /// The status's kind.
+    pub fn kind(&self) -> StatusKind {
+        match self {
+            Status::Cached => StatusKind::Cached,
+            Status::Executed => StatusKind::Executed,
+            Status::Accepted => StatusKind::Accepted,
+            Status::Failed(_) => StatusKind::Failed,
+            Status::Incomplete(_) => StatusKind::Incomplete,
+        }
+    }
+
+    /// The reason of a failed or incomplete action ("" otherwise).
+    pub fn detail(&self) -> &str {
+        match self {
+            Status::Failed(why) | Status::Incomplete(why) => why,
+            _ => "",
+        }
+    }
+}
+
+/// One speculative action, as the last wave left it.
+#[derive(Clone, Debug)]
+pub struct PrimedAction {
+    /// The element it belongs to.
+    pub element: String,
+    /// The recorded action.
+    pub base: Digest,
+    /// The adapted action.
+    pub action: Digest,
+    /// What became of it.
+    pub status: Status,
+}
+
+/// The phases of a wave, timed in [`PrimeReport::phases`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Instantiating the targets' speculative actions.
+    Instantiate,
+    /// Finding and uploading what the executor lacks.
+    Upload,
+    /// Executing.
+    Execute,
+    /// Copying results and outputs back to the build's store.
+    Download,
+}
+
+impl Phase {
+    /// The phase's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Instantiate => "instantiate",
+            Phase::Upload => "upload",
+            Phase::Execute => "execute",
+            Phase::Download => "download",
+        }
+    }
+}
+
+/// Progress, reported as it happens.
+#[derive(Debug)]
+pub enum Event<'e> {
+    /// A wave of `actions` new complete actions starts executing.
+    Wave {
+        /// 1 for the first wave.
+        number: usize,
+        /// Actions it executes.
+        actions: usize,
+    },
+    /// An action of the current wave has its outcome.
+    Done {
+        /// The adapted action.
+        action: Digest,
+        /// What became of it.
+        status: &'e Status,
+    },
+}
+
+/// What a run of [`prime`] did.
+#[derive(Clone, Debug)]
+pub struct PrimeReport {
+    /// Every speculative action of the targets, in target order then blob order.
+    pub actions: Vec<PrimedAction>,
+    /// Waves that executed something.
+    pub waves: usize,
+    /// Distinct adapted actions handed to the executor.
+    pub submitted: usize,
+    /// Time spent per phase, summed over the waves, in first-use order.
+    pub phases: Vec<(Phase, Duration)>,
+    /// The executor's retries and resumed streams.
+    pub counters: ExecutorCounters,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+}
+
+impl PrimeReport {
+    /// How many actions have each status kind.
+    pub fn count(&self, kind: StatusKind) -> usize {
+        self.actions.iter().filter(|a| a.status.kind() == kind).count()
+    }
+}
+
+/// Why priming stopped (an action that fails is not an error: its status says so).
+#[derive(Debug, thiserror::Error)]
+pub enum PrimeError {
+    /// An element could not be instantiated.
+    #[error("instantiating element {element:?}")]
+    Instantiate {
+        /// The element.
+        element: String,
+        /// The cause.
+        #[source]
+        source: InstantiateError,
+    },
+    /// A store failed while preparing or keeping the wave's actions.
+    #[error("{what}")]
+    Store {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: CasError,
+    },
+}
+
+fn store_error(what: impl fmt::Display) -> impl FnOnce(CasError) -> PrimeError {
+    let what = what.to_string();
+    move |source| PrimeError::Store { what, source }
+}
+
+/// Primes `targets` (element name, digest of its previous `SpeculativeActions`); see the
+/// crate documentation. `limits` bounds the input trees walked for uploads.
+pub fn prime<S: Store + ?Sized>(
+    stores: Stores<'_, S>,
+    executor: &dyn Executor,
+    instantiator: &Instantiator<'_, S>,
+    targets: &[(String, Digest)],
+    limits: &TreeLimits,
+    events: &mut dyn FnMut(Event<'_>),
+) -> Result<PrimeReport, PrimeError> {
+    let started = Instant::now();
+    let mut timer = Timer::default();
+    let mut statuses: HashMap<Digest, Status> = HashMap::new();
+    let mut waves = 0;
+    let outcomes = loop {
+        let outcomes = timer.time(Phase::Instantiate, || instantiate(instantiator, targets))?;
+        let mut seen = HashSet::new();
+        let wave: Vec<Digest> = outcomes
+            .iter()
+            .filter(|(_, o)| o.complete && !statuses.contains_key(&o.action))
+            .map(|(_, o)| o.action)
+            .filter(|d| seen.insert(*d))
+            .collect();
+        if wave.is_empty() {
+            break outcomes;
+        }
+        waves += 1;
+        events(Event::Wave { number: waves, actions: wave.len() });
+        if let Some(remote) = stores.executor_cas {
+            timer.time(Phase::Upload, || upload(stores.build, remote, &wave, limits))?;
+        }
+        let mut results = Vec::new();
+        timer.time(Phase::Execute, || {
+            executor.execute_all(&wave, &mut |action, outcome| {
+                let (status, result) = status_of(&stores, outcome);
+                events(Event::Done { action, status: &status });
+                results.push((action, status, result));
+            });
+        });
+        timer.time(Phase::Download, || -> Result<(), PrimeError> {
+            for (action, status, result) in results {
+                let status = match (stores.executor_cas, result) {
+                    (Some(remote), Some(result)) => {
+                        match keep_result(stores.build, remote, &action, &result) {
+                            Ok(()) => status,
+                            // The action ran but its outputs cannot be brought back: ACTION
+                            // overlays on it cannot resolve, so say so for this action.
+                            Err(err) => Status::Failed(format!(
+                                "copying the result of {action} back: {}",
+                                sa_cas::error_chain(&err)
+                            )),
+                        }
+                    }
+                    _ => status,
+                };
+                statuses.insert(action, status);
+            }
+            Ok(())
+        })?;
+    };
+    let actions = outcomes
+        .into_iter()
+        .map(|(element, o)| {
+            let status = if !o.complete {
+                Status::Incomplete(o.unresolved_reasons.join("; "))
+            } else {
+                statuses
+                    .get(&o.action)
+                    .cloned()
+                    .unwrap_or_else(|| Status::Incomplete("not executed".into()))
+            };
+            PrimedAction { element, base: o.base, action: o.action, status }
+        })
+        .collect();
+    Ok(PrimeReport {
+        actions,
+        waves,
+        submitted: statuses.len(),
+        phases: timer.phases,
+        counters: executor.counters(),
+        elapsed: started.elapsed(),
+    })
+}
+
+#[derive(Default)]
+struct Timer {
+    phases: Vec<(Phase, Duration)>,
+}
+
+impl Timer {
+    fn time<T>(&mut self, phase: Phase, work: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let result = work();
+        let elapsed = start.elapsed();
+        tracing::info!("phase {}: {:.3}s", phase.name(), elapsed.as_secs_f64());
+        match self.phases.iter_mut().find(|(p, _)| *p == phase) {
+            Some((_, total)) => *total += elapsed,
+            None => self.phases.push((phase, elapsed)),
+        }
+        result
+    }
+}
+
+fn instantiate<S: Store + ?Sized>(
+    instantiator: &Instantiator<'_, S>,
+    targets: &[(String, Digest)],
+) -> Result<Vec<(String, InstantiatedAction)>, PrimeError> {
+    let mut outcomes = Vec::new();
+    for (element, digest) in targets {
+        let element_outcomes = instantiator
+            .instantiate_element(element, digest)
+            .map_err(|source| PrimeError::Instantiate { element: element.clone(), source })?;
+        outcomes.extend(element_outcomes.into_iter().map(|o| (element.clone(), o)));
+    }
+    Ok(outcomes)
+}
+
+/// The status of an outcome, and the result to keep when it succeeded.
+fn status_of<S: Store + ?Sized>(
+    stores: &Stores<'_, S>,
+    outcome: Outcome,
+) -> (Status, Option<ActionResult>) {
+    let (result, cached) = match outcome {
+        Outcome::Cached(result) => (result, true),
+        Outcome::Executed(result) => (result, false),
+        Outcome::Accepted { .. } => return (Status::Accepted, None),
+        Outcome::Failed(why) => return (Status::Failed(why), None),
+    };
+    if result.exit_code != 0 {
+        let stderr = match stores.executor_cas {
+            Some(remote) => stderr_excerpt(remote, &result),
+            None => stderr_excerpt(stores.build, &result),
+        };
+        return (Status::Failed(format!("exit code {}{stderr}", result.exit_code)), None);
+    }
+    (if cached { Status::Cached } else { Status::Executed }, Some(result))
+}
+
+/// The start of a failed action's stderr, for the report (empty when unavailable).
+fn stderr_excerpt<S: Store + ?Sized>(store: &S, result: &ActionResult) -> String {
+    let data = match &result.stderr_digest {
+        Some(d) => Digest::from_proto(store.digest_function(), d)
+            .ok()
+            .and_then(|d| store.read_blob(&d).ok())
+            .unwrap_or_default(),
+        None => result.stderr_raw.clone(),
+    };
+    let text = String::from_utf8_lossy(&data);
+    let text = text.trim();
+    if text.is_empty() {
+        return String::new();
+    }
+    let excerpt: String = text.chars().take(300).collect();
+    format!(", stderr: {excerpt}")
+}
+
+/// Uploads every blob the actions need (Action, Command, input tree) that `remote` lacks,
+/// found with one presence check for the whole wave.
+fn upload<S: Store + ?Sized>(
+    local: &S,
+    remote: &dyn Store,
+    actions: &[Digest],
+    limits: &TreeLimits,
+) -> Result<(), PrimeError> {
+    let function = local.digest_function();
+    let mut needed: Vec<Digest> = actions.to_vec();
+    let mut roots = Vec::new();
+    for action in actions {
+        let decoded: Action = read_message(local, action, "Action")
+            .map_err(store_error(format!("reading action {action}")))?;
+        let command = Digest::from_proto_field(
+            function,
+            decoded.command_digest.as_ref(),
+            "Action.command_digest",
+        );
+        needed.push(command.map_err(store_error(format!("action {action}")))?);
+        let root = Digest::from_proto_field(
+            function,
+            decoded.input_root_digest.as_ref(),
+            "Action.input_root_digest",
+        );
+        roots.push(root.map_err(store_error(format!("action {action}")))?);
+    }
+    let forest = merkle::fetch_forest(local, &roots, limits)
+        .map_err(store_error("reading the wave's input trees"))?;
+    needed.extend(forest.directories().keys().copied());
+    for root in &roots {
+        let files = forest.files(root).map_err(store_error(format!("input root {root}")))?;
+        needed.extend(files.into_iter().map(|(_, d, _)| d));
+    }
+    needed.sort_unstable();
+    needed.dedup();
+    let missing = remote
+        .find_missing(&needed)
+        .map_err(store_error("asking the execution service's CAS what it lacks"))?;
+    copy(local, remote, &missing).map_err(store_error("uploading to the execution service"))
+}
+
+/// Copies blobs between stores in batches both accept.
+fn copy<A: Store + ?Sized, B: Store + ?Sized>(
+    from: &A,
+    to: &B,
+    digests: &[Digest],
+) -> Result<(), CasError> {
+    for range in merkle::batch_ranges(
+        digests.iter().map(Digest::size),
+        from.max_batch_bytes().min(to.max_batch_bytes()),
+    ) {
+        let part = &digests[range];
+        let blobs = from.read_blobs(part)?;
+        let blobs: Vec<Blob> =
+            part.iter().zip(blobs).map(|(d, data)| Blob::from_verified(*d, data)).collect();
+        to.write_blobs(&blobs)?;
+    }
+    Ok(())
+}
+
+/// Keeps an executed action's result (and its outputs) in the build's store, where the
+/// instantiator resolves ACTION overlays.
+fn keep_result<S: Store + ?Sized>(
+    build: &S,
+    remote: &dyn Store,
+    action: &Digest,
+    result: &ActionResult,
+) -> Result<(), CasError> {
+    let outputs = sa_exec::result_blobs(build.digest_function(), result)?;
+    let missing = build.find_missing(&outputs)?;
+    copy(remote, build, &missing)?;
+    build.update_action_result(action, result)
+}
