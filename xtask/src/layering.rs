@@ -10,8 +10,16 @@ use serde_json::Value;
 /// Workspace library crates in layering order; a crate may depend only on crates before it.
 /// A new crate takes its place in this line: sa-proxy (the recording proxy) sits right above
 /// sa-cas, sa-exec (execution) above it, sa-prime (the priming loop) above the instantiator.
-pub const LAYERS: &[&str] =
-    &["sa-proto", "sa-cas", "sa-proxy", "sa-exec", "sa-generator", "sa-instantiator", "sa-prime", "sa-cli"];
+pub const LAYERS: &[&str] = &[
+    "sa-proto",
+    "sa-cas",
+    "sa-proxy",
+    "sa-exec",
+    "sa-generator",
+    "sa-instantiator",
+    "sa-prime",
+    "sa-cli",
+];
 
 /// Crates outside the line: they may depend on any layer, and no layer may depend on them.
 pub const TOOLS: &[&str] = &["sa-benches", "xtask"];

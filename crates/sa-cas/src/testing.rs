@@ -188,6 +188,9 @@ pub enum Fault {
     StallAfter(usize, Duration),
     /// Delay every chunk forwarded by this long.
     Delay(Duration),
+    /// Forward faithfully, then cut the connection once it has been open this long (streams
+    /// in flight break mid-way).
+    CutAt(Duration),
 }
 
 /// A TCP proxy on loopback in front of `upstream` that injects one fault per connection, in
@@ -275,6 +278,7 @@ fn proxy_connection(
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let forwarded = Arc::new(AtomicUsize::new(0));
+    let opened = Instant::now();
     let pipes =
         [(client.try_clone(), server.try_clone()), (server.try_clone(), client.try_clone())];
     for (from, to) in pipes {
@@ -285,6 +289,11 @@ fn proxy_connection(
             let mut buffer = [0u8; 16 * 1024];
             loop {
                 if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Fault::CutAt(after) = fault
+                    && opened.elapsed() >= after
+                {
                     break;
                 }
                 let n = match from.read(&mut buffer) {
@@ -428,4 +437,339 @@ pub fn processes_with(marker: &str) -> usize {
         .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
         .filter(|cmdline| String::from_utf8_lossy(cmdline).replace('\0', " ").contains(marker))
         .count()
+}
+
+/// Where BuildGrid's tools are: `bgd` and PostgreSQL's bin directory.
+#[derive(Clone, Debug)]
+pub struct BuildGridTools {
+    /// The `bgd` executable (BuildGrid 0.9.1 in a Python 3.13 venv).
+    pub bgd: PathBuf,
+    /// PostgreSQL 15's bin directory (`initdb`, `pg_ctl`, `psql`).
+    pub pg_bin: PathBuf,
+}
+
+/// BuildGrid and PostgreSQL, provisioned on first use: `SA_BGD` and `SA_PG_BIN` when set,
+/// else `scripts/provision-buildgrid.sh` (which installs them, or fails saying why).
+pub fn buildgrid_tools() -> BuildGridTools {
+    static TOOLS: OnceLock<BuildGridTools> = OnceLock::new();
+    TOOLS
+        .get_or_init(|| {
+            if let (Some(bgd), Some(pg)) =
+                (std::env::var_os("SA_BGD"), std::env::var_os("SA_PG_BIN"))
+            {
+                return BuildGridTools { bgd: bgd.into(), pg_bin: pg.into() };
+            }
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/provision-buildgrid.sh");
+            let output = Command::new("bash")
+                .arg(&script)
+                .stderr(Stdio::inherit())
+                .output()
+                .unwrap_or_else(|err| panic!("cannot run {}: {err}", script.display()));
+            assert!(
+                output.status.success(),
+                "provisioning BuildGrid failed ({}): see the output above",
+                output.status
+            );
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let lines: Vec<&str> = stdout.lines().collect();
+            let [.., bgd, pg] = lines[..] else {
+                panic!("provision-buildgrid.sh printed {stdout:?}, not two paths");
+            };
+            BuildGridTools { bgd: bgd.trim().into(), pg_bin: pg.trim().into() }
+        })
+        .clone()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding a loopback port")
+        .port()
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{what} exited with {status}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "{what} did not listen on port {port} within {limit:?}: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+fn run_checked(command: &mut Command, what: &str) {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {what}: {err}"));
+    assert!(
+        output.status.success(),
+        "{what} failed ({}): {}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// One private PostgreSQL cluster per test process, on loopback, holding a migrated template
+/// database that each [`BuildGrid`] copies. A watcher stops it when the process ends (however
+/// it ends): no server outlives the tests.
+struct Postgres {
+    port: u16,
+    tools: BuildGridTools,
+    next_database: std::sync::atomic::AtomicUsize,
+}
+
+fn postgres() -> &'static Postgres {
+    static PG: OnceLock<Postgres> = OnceLock::new();
+    PG.get_or_init(|| {
+        let tools = buildgrid_tools();
+        let root = std::env::temp_dir().join(format!("sa-postgres-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("creating the PostgreSQL directory");
+        let as_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        // initdb refuses to run as root: the cluster belongs to the postgres user then.
+        let as_postgres = |program: &Path| {
+            let mut command = if as_root {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(program);
+                c
+            } else {
+                Command::new(program)
+            };
+            command.current_dir("/");
+            command
+        };
+        if as_root {
+            run_checked(Command::new("chown").arg("postgres").arg(&root), "chown postgres");
+        }
+        let data = root.join("data");
+        run_checked(
+            as_postgres(&tools.pg_bin.join("initdb"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-U", "postgres", "--auth=trust", "--no-sync"]),
+            "initdb",
+        );
+        let port = free_port();
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c max_connections=300",
+            root.display()
+        );
+        run_checked(
+            as_postgres(&tools.pg_bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-w", "-l"])
+                .arg(root.join("log"))
+                .args(["-o", &options, "start"]),
+            "pg_ctl start",
+        );
+        // Stop the cluster once this process is gone.
+        let stop = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {runuser}{pg_ctl} -D {data} stop -m immediate >/dev/null 2>&1; rm -rf {root}",
+            pid = std::process::id(),
+            runuser = if as_root { "runuser -u postgres -- " } else { "" },
+            pg_ctl = tools.pg_bin.join("pg_ctl").display(),
+            data = data.display(),
+            root = root.display(),
+        );
+        Command::new("sh")
+            .args(["-c", &stop])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the PostgreSQL watcher");
+        let psql = |sql: &str| {
+            run_checked(
+                Command::new(tools.pg_bin.join("psql"))
+                    .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-q", "-c", sql]),
+                &format!("psql {sql:?}"),
+            );
+        };
+        psql("CREATE USER bgd WITH PASSWORD 'bgd' CREATEDB");
+        psql("CREATE DATABASE bgd_template OWNER bgd");
+        run_checked(
+            Command::new(&tools.bgd).args([
+                "migrate",
+                "apply",
+                &format!("postgresql://bgd:bgd@127.0.0.1:{port}/bgd_template"),
+            ]),
+            "bgd migrate apply",
+        );
+        Postgres { port, tools, next_database: std::sync::atomic::AtomicUsize::new(0) }
+    })
+}
+
+impl Postgres {
+    /// A fresh database copied from the migrated template; its connection string.
+    fn database(&self) -> String {
+        let n = self.next_database.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("bgd_{n}");
+        run_checked(
+            Command::new(self.tools.pg_bin.join("psql")).args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-q",
+                "-c",
+                &format!("CREATE DATABASE {name} OWNER bgd TEMPLATE bgd_template"),
+            ]),
+            "psql CREATE DATABASE",
+        );
+        format!("postgresql://bgd:bgd@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+/// A running BuildGrid 0.9.1 (CAS, ByteStream, ActionCache, Execution and Bots on one port,
+/// its scheduler on a private PostgreSQL), killed when dropped. It has no workers of its own:
+/// start `sa worker` processes against it.
+#[derive(Debug)]
+pub struct BuildGrid {
+    child: Child,
+    config: PathBuf,
+    log: PathBuf,
+    port: u16,
+    instance: String,
+}
+
+impl BuildGrid {
+    /// Starts BuildGrid serving `instance` with its CAS under `dir`; a bot session that is not
+    /// updated for `keepalive` seconds expires and its leases go back to the queue; it serves
+    /// at most `threads` calls at once (more get RESOURCE_EXHAUSTED; workers' long polls
+    /// count).
+    pub fn start(dir: &Path, instance: &str, keepalive: u32, threads: u32) -> BuildGrid {
+        let tools = buildgrid_tools();
+        let database = postgres().database();
+        std::fs::create_dir_all(dir.join("cas")).expect("creating BuildGrid's storage");
+        let port = free_port();
+        let config = dir.join("bgd.yml");
+        let text = format!(
+            r#"server:
+  - !channel
+    address: "127.0.0.1:{port}"
+    insecure-mode: true
+authorization:
+  method: none
+thread-pool-size: {threads}
+connections:
+  - !sql-connection &sql
+    connection-string: {database}
+    pool-size: 5
+    max-overflow: 10
+storages:
+  - !disk-storage &storage
+    path: {cas}
+caches:
+  - !lru-action-cache &cache
+    storage: *storage
+    max-cached-refs: 65536
+    allow-updates: true
+schedulers:
+  - !sql-scheduler &scheduler
+    sql: *sql
+    storage: *storage
+    action-cache: *cache
+    bot-session-keepalive-timeout: {keepalive}
+    session-expiry-timer-interval: 2
+    property-set: !dynamic-property-set
+      match-property-keys: [OSFamily]
+      wildcard-property-keys: []
+instances:
+  - name: "{instance}"
+    services:
+      - !cas
+        storage: *storage
+      - !bytestream
+        storage: *storage
+      - !action-cache
+        cache: *cache
+      - !execution
+        scheduler: *scheduler
+"#,
+            cas = dir.join("cas").display(),
+        );
+        std::fs::write(&config, text).expect("writing BuildGrid's config");
+        let log = dir.join("bgd.log");
+        let mut grid = BuildGrid {
+            child: spawn_bgd(&tools, &config, &log),
+            config,
+            log,
+            port,
+            instance: instance.into(),
+        };
+        wait_for_port(port, &mut grid.child, "bgd", &grid.log, Duration::from_secs(90));
+        grid
+    }
+
+    /// Kills BuildGrid and starts it again on the same port, database and storage (a crash
+    /// and a restart by a supervisor, as clients and workers see them).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn_bgd(&buildgrid_tools(), &self.config, &self.log);
+        wait_for_port(self.port, &mut self.child, "bgd", &self.log, Duration::from_secs(90));
+    }
+
+    /// Kills BuildGrid now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The endpoint, `grpc://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("grpc://127.0.0.1:{}", self.port)
+    }
+
+    /// The loopback port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The instance name it serves.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// What BuildGrid logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn spawn_bgd(tools: &BuildGridTools, config: &Path, log: &Path) -> Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("opening BuildGrid's log");
+    Command::new(&tools.bgd)
+        .args(["server", "start"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("cloning the log handle"))
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start {}: {err}", tools.bgd.display()))
+}
+
+impl Drop for BuildGrid {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

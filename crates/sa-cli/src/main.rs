@@ -12,6 +12,7 @@ mod prime;
 mod proxy;
 mod record;
 mod store;
+mod worker;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -231,6 +232,12 @@ enum Command {
         after_help = "Example:\n  sa --remote grpc://127.0.0.1:50051 graph from-recording --recording recordings/ID.jsonl --sources . --name app --output build1.json"
     )]
     Graph(proxy::GraphArgs),
+    /// Serve an execution service's leases (the remote-workers Bots API, as BuildGrid hands
+    /// them out): run each leased action here and answer with its result.
+    #[command(
+        after_help = "Example:\n  sa --remote grpc://127.0.0.1:50051 --instance-name main worker --bot-id w1\n\nRuns until interrupted. One action at a time: start several for parallelism."
+    )]
+    Worker(worker::WorkerArgs),
     /// Print the subactions recorded in an action's ActionResult.
     #[command(after_help = "Example:\n  sa subactions 77be…/142")]
     Subactions(commands::SubactionsArgs),
@@ -399,6 +406,7 @@ fn main() -> ExitCode {
         Command::Subactions(args) => ok(commands::subactions(&cli.store, args, &mut ui)),
         Command::Proxy(args) => ok(proxy::proxy(&cli.store, args, &mut ui)),
         Command::Graph(args) => ok(proxy::graph(&cli.store, args, &mut ui)),
+        Command::Worker(args) => ok(worker::worker(&cli.store, args)),
     };
     let result =
         result.and_then(|code| ui.stdout.flush().map(|()| code).map_err(anyhow::Error::from));

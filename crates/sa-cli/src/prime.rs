@@ -78,11 +78,9 @@ pub(crate) fn prime(args: &StoreArgs, cmd: &PrimeArgs, ui: &mut Ui) -> Result<()
     tracing::info!(executor = %setup.executor_description, "priming");
     let progress = ui.progress(0, "prime");
     progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {pos}/{len} {per_sec} {elapsed}",
-        )
-        .expect("a valid template")
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} {elapsed}")
+            .expect("a valid template")
+            .progress_chars("=> "),
     );
     let local_executor;
     let executor: &dyn Executor = match &setup.executor {

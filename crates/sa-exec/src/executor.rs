@@ -178,19 +178,22 @@ impl RemoteExecutor {
 impl Executor for RemoteExecutor {
     fn execute_all(&self, actions: &[Digest], done: &mut dyn FnMut(Digest, Outcome)) {
         let (sender, receiver) = mpsc::channel();
-        let semaphore = Arc::new(tokio::sync::Semaphore::new(self.options.jobs.max(1)));
+        let jobs = self.options.jobs.max(1);
+        let limit = Arc::new(Limit {
+            semaphore: Arc::new(tokio::sync::Semaphore::new(jobs)),
+            current: AtomicUsize::new(jobs),
+        });
         let runtime = self.connection.runtime();
         for action in actions {
             let sender = sender.clone();
-            let semaphore = semaphore.clone();
             let call = Call {
                 connection: self.connection.clone(),
                 options: self.options.clone(),
                 counters: self.counters.clone(),
+                limit: limit.clone(),
                 action: *action,
             };
             runtime.spawn(async move {
-                let _permit = semaphore.acquire_owned().await.expect("never closed");
                 let outcome = call.run().await;
                 let _ = sender.send((call.action, outcome));
             });
@@ -210,11 +213,37 @@ impl Executor for RemoteExecutor {
     }
 }
 
+/// The executions allowed in flight: `jobs` at first, one fewer each time the service
+/// answers RESOURCE_EXHAUSTED to an Execute (never below one), so a run settles at what the
+/// service can hold instead of retrying against its limit. (An Execute stream holds a server
+/// thread for its whole life in servers such as BuildGrid.)
+struct Limit {
+    semaphore: Arc<tokio::sync::Semaphore>,
+    current: AtomicUsize,
+}
+
+impl Limit {
+    /// Gives up `permit` for good if the limit may shrink; else returns it.
+    fn shrink(&self, permit: tokio::sync::OwnedSemaphorePermit) {
+        let shrunk = self
+            .current
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n > 1).then(|| n - 1));
+        match shrunk {
+            Ok(before) => {
+                permit.forget();
+                tracing::debug!(limit = before - 1, "RESOURCE_EXHAUSTED: fewer executions at once");
+            }
+            Err(_) => drop(permit),
+        }
+    }
+}
+
 /// One action followed from submission to result.
 struct Call {
     connection: GrpcConnection,
     options: RemoteOptions,
     counters: Arc<Counters>,
+    limit: Arc<Limit>,
     action: Digest,
 }
 
@@ -234,6 +263,7 @@ impl Call {
         let mut operation_name: Option<String> = None;
         let mut backoff = self.backoff();
         let mut last_progress = Instant::now();
+        let mut permit = Some(self.acquire().await);
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -297,8 +327,21 @@ impl Call {
                 );
             }
             tracing::debug!(%action, code = ?status.code(), ?delay, "retrying");
-            tokio::time::sleep(delay).await;
+            if status.code() == Code::ResourceExhausted {
+                // Wait outside the limit, which shrinks by this permit if it still can.
+                if let Some(held) = permit.take() {
+                    self.limit.shrink(held);
+                }
+                tokio::time::sleep(delay).await;
+                permit = Some(self.acquire().await);
+            } else {
+                tokio::time::sleep(delay).await;
+            }
         }
+    }
+
+    async fn acquire(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.limit.semaphore.clone().acquire_owned().await.expect("never closed")
     }
 
     fn backoff(&self) -> Backoff {
@@ -314,8 +357,8 @@ impl Call {
         operation_name: &mut Option<String>,
         remaining: Duration,
     ) -> Result<Outcome, Broken> {
-        let mut client = ExecutionClient::new(self.connection.channel())
-            .max_decoding_message_size(64 << 20);
+        let mut client =
+            ExecutionClient::new(self.connection.channel()).max_decoding_message_size(64 << 20);
         let response = match operation_name.clone() {
             None => {
                 let mut request = self.connection.request(ExecuteRequest {

@@ -46,11 +46,13 @@
 
 #![deny(missing_docs)]
 
+mod bots;
 mod cleanup;
 mod executor;
 mod run;
 mod sandbox;
 
+pub use bots::{BotError, BotOptions, BotWorker};
 pub use cleanup::{interrupt, interrupted};
 pub use executor::{
     Executor, ExecutorCounters, LocalExecutor, Outcome, RemoteExecutor, RemoteOptions,

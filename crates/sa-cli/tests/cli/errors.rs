@@ -90,7 +90,11 @@ fn usage_errors_exit_2_and_failures_exit_1() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid digest \"nothex/5\""));
     let out = sa(&["--cas", &store, "prime", "--graph", "g", "--previous", "p"]);
     assert_eq!(out.status.code(), Some(2), "options that cannot work together are usage errors");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("sa prime needs an execution service (--remote URL, --executor URL) or --local"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "sa prime needs an execution service (--remote URL, --executor URL) or --local"
+        )
+    );
 }
 
 #[test]

@@ -164,7 +164,5 @@ fn prime_local_executes_the_adapted_actions_into_the_local_action_cache() {
         &out1,
     ]);
     assert_eq!(out.status.code(), Some(2), "a usage error");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("takes --local or an execution service")
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("takes --local or an execution service"));
 }

@@ -3,6 +3,7 @@
 // Test helpers unwrap: a failure is a panic naming the line, which is what a test wants.
 #![allow(clippy::unwrap_used)]
 
+mod buildgrid;
 mod demo;
 mod errors;
 mod faults;
@@ -84,7 +85,15 @@ pub struct Project {
 }
 
 pub fn app_sources(build: u32) -> Files {
+    app_sources_with(build, 0)
+}
+
+/// The app's sources with `extra` more compile units `src/gen{i}.c`.
+pub fn app_sources_with(build: u32, extra: usize) -> Files {
     let mut f = Files::new();
+    for i in 0..extra {
+        f.insert(format!("src/gen{i}.c"), format!("int gen{i} = {i};\n"));
+    }
     f.insert("src/main.c".into(), "int main(void) { return 0; }\n".into());
     f.insert(
         "src/util.c".into(),
@@ -113,9 +122,16 @@ fn lib_artifact(build: u32) -> Files {
 
 /// The compile step for `source`, as recc would build it: the source, the app headers and the
 /// library's installed headers in the input root.
-fn compile(store: &LocalCas, dir: &Path, build: u32, source: &str) -> Digest {
+fn compile(
+    store: &LocalCas,
+    dir: &Path,
+    build: u32,
+    source: &str,
+    extra: usize,
+    pause: &str,
+) -> Digest {
     let mut inputs = Files::new();
-    let app = app_sources(build);
+    let app = app_sources_with(build, extra);
     inputs.insert(source.into(), app[source].clone());
     for (p, c) in &app {
         if p.starts_with("include/") {
@@ -131,7 +147,7 @@ fn compile(store: &LocalCas, dir: &Path, build: u32, source: &str) -> Digest {
         arguments: vec![
             "/bin/sh".into(),
             "-c".into(),
-            format!("cat {source} include/*.h sysroot/include/lib.h > {object}"),
+            format!("{pause}cat {source} include/*.h sysroot/include/lib.h > {object}"),
         ],
         environment_variables: vec![EnvironmentVariable {
             name: "PATH".into(),
@@ -157,14 +173,29 @@ fn ingest(store: &LocalCas, dir: &Path, files: &Files) -> Digest {
 impl Project {
     #[allow(clippy::new_without_default)] // a fixture with side effects, not a value
     pub fn new() -> Project {
+        Project::with_extra_sources(0)
+    }
+
+    /// The project with `extra` more compile steps in the app (every one reads the edited
+    /// headers, so each is adapted in build 2).
+    pub fn with_extra_sources(extra: usize) -> Project {
+        Project::build(extra, 0.0)
+    }
+
+    /// [`Project::with_extra_sources`] whose every compile step first sleeps `seconds`.
+    pub fn build(extra: usize, seconds: f64) -> Project {
+        let pause = if seconds > 0.0 { format!("sleep {seconds}; ") } else { String::new() };
         let dir = tempfile::tempdir().unwrap();
         let store_dir = dir.path().join("store");
         let store = LocalCas::open(&store_dir, LocalCasConfig::default()).unwrap();
         let mut actions1 = BTreeMap::new();
         let mut actions2 = BTreeMap::new();
-        for source in ["src/main.c", "src/util.c"] {
-            actions1.insert(source.to_string(), compile(&store, dir.path(), 1, source));
-            actions2.insert(source.to_string(), compile(&store, dir.path(), 2, source));
+        let sources = ["src/main.c".to_owned(), "src/util.c".to_owned()]
+            .into_iter()
+            .chain((0..extra).map(|i| format!("src/gen{i}.c")));
+        for source in sources {
+            actions1.insert(source.clone(), compile(&store, dir.path(), 1, &source, extra, &pause));
+            actions2.insert(source.clone(), compile(&store, dir.path(), 2, &source, extra, &pause));
         }
         // Build 1 recorded its subactions under a parent action.
         let parent = DigestFunction::Sha256.hash_bytes(b"app build action");
@@ -178,8 +209,8 @@ impl Project {
             ..Default::default()
         };
         store.update_action_result(&parent, &record).unwrap();
-        let app1 = ingest(&store, &dir.path().join("app1"), &app_sources(1));
-        let app2 = ingest(&store, &dir.path().join("app2"), &app_sources(2));
+        let app1 = ingest(&store, &dir.path().join("app1"), &app_sources_with(1, extra));
+        let app2 = ingest(&store, &dir.path().join("app2"), &app_sources_with(2, extra));
         let lib1 = ingest(&store, &dir.path().join("lib1"), &lib_sources(1));
         let lib2 = ingest(&store, &dir.path().join("lib2"), &lib_sources(2));
         let libart1 = ingest(&store, &dir.path().join("libart1"), &lib_artifact(1));
