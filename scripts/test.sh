@@ -4,6 +4,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export SA_BUILDBOX_DIR="${SA_BUILDBOX_DIR:-$(bash scripts/provision.sh | tail -n 1)}"
 echo "== buildbox: $SA_BUILDBOX_DIR"
+if [ -z "${SA_BGD:-}" ] || [ -z "${SA_PG_BIN:-}" ]; then
+    grid=$(bash scripts/provision-buildgrid.sh | tail -n 2)
+    export SA_BGD=$(echo "$grid" | sed -n 1p) SA_PG_BIN=$(echo "$grid" | sed -n 2p)
+fi
+echo "== BuildGrid: $SA_BGD, PostgreSQL: $SA_PG_BIN"
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo xtask codegen --check"

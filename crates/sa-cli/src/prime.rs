@@ -254,6 +254,11 @@ fn print_report(ui: &mut Ui, report: &PrimeReport, executor: &str) -> Result<()>
                 "phases_seconds": phases,
                 "seconds": seconds,
                 "actions_per_second": per_second,
+                "latency_ms": {
+                    "p50": report.latency.p50.as_secs_f64() * 1e3,
+                    "p99": report.latency.p99.as_secs_f64() * 1e3,
+                    "max": report.latency.max.as_secs_f64() * 1e3,
+                },
                 "retries": report.counters.retries,
                 "resumed_streams": report.counters.resumed,
                 "resubmitted": report.counters.resubmitted,
@@ -287,6 +292,6 @@ fn print_report(ui: &mut Ui, report: &PrimeReport, executor: &str) -> Result<()>
 /// Executes one action and returns its outcome (for `record`).
 pub(crate) fn execute_one(executor: &dyn Executor, action: &sa_cas::Digest) -> Outcome {
     let mut outcome = None;
-    executor.execute_all(std::slice::from_ref(action), &mut |_, o| outcome = Some(o));
+    executor.execute_all(std::slice::from_ref(action), &mut |f| outcome = Some(f.outcome));
     outcome.unwrap_or_else(|| Outcome::Failed(format!("Execute {action}: no outcome")))
 }

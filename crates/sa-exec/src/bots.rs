@@ -207,8 +207,11 @@ impl BotWorker {
         }
     }
 
-    /// Runs a pending lease and marks it COMPLETED with its result or why it failed.
-    fn run_lease(&self, lease: &mut Lease) {
+    /// Runs a lease and marks it COMPLETED: status OK with the `ActionResult` in `result`, or
+    /// the reason it could not run (INVALID_ARGUMENT for a payload that is not an Action or its
+    /// digest, FAILED_PRECONDITION for missing blobs, UNAVAILABLE for an overloaded CAS, …),
+    /// naming the lease. A command that fails is OK with its exit code in the result.
+    pub fn run_lease(&self, lease: &mut Lease) {
         let (status, result) = match self.execute_lease(lease) {
             Ok(result) => (rpc::Status { code: 0, ..Default::default() }, Some(result)),
             Err((code, message)) => {

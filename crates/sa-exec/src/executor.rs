@@ -33,6 +33,18 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// One action's outcome, and how long it took from submission to outcome.
+#[derive(Clone, Debug)]
+pub struct Finished {
+    /// The action.
+    pub action: Digest,
+    /// What became of it.
+    pub outcome: Outcome,
+    /// From submission (a slot among the executions in flight was free) to the outcome,
+    /// retries included.
+    pub latency: Duration,
+}
+
 /// Something that executes Actions (with a cache lookup first, as REAPI's `Execute` with
 /// `skip_cache_lookup = false`). Every blob an action needs must be where the executor reads
 /// blobs from before it is called.
@@ -40,7 +52,7 @@ pub trait Executor: Send + Sync + fmt::Debug {
     /// Executes `actions`, several at once as configured, and calls `done` on the calling
     /// thread with each action's outcome as it finishes (in no particular order). Returns once
     /// every action has its outcome.
-    fn execute_all(&self, actions: &[Digest], done: &mut dyn FnMut(Digest, Outcome));
+    fn execute_all(&self, actions: &[Digest], done: &mut dyn FnMut(Finished));
 
     /// Counters of the work done so far (retries, resumed streams).
     fn counters(&self) -> ExecutorCounters {
@@ -87,7 +99,7 @@ impl<'s> LocalExecutor<'s> {
 }
 
 impl Executor for LocalExecutor<'_> {
-    fn execute_all(&self, actions: &[Digest], done: &mut dyn FnMut(Digest, Outcome)) {
+    fn execute_all(&self, actions: &[Digest], done: &mut dyn FnMut(Finished)) {
         let next = AtomicUsize::new(0);
         let (sender, receiver) = mpsc::channel();
         std::thread::scope(|scope| {
@@ -96,20 +108,23 @@ impl Executor for LocalExecutor<'_> {
                 let next = &next;
                 scope.spawn(move || {
                     while let Some(action) = actions.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let started = Instant::now();
                         let outcome = match execute_cached(self.store, action, &self.config) {
                             Ok(Execution { result, cached: true }) => Outcome::Cached(result),
                             Ok(Execution { result, cached: false }) => Outcome::Executed(result),
                             Err(err) => Outcome::Failed(sa_cas::error_chain(&err)),
                         };
-                        if sender.send((*action, outcome)).is_err() {
+                        let finished =
+                            Finished { action: *action, outcome, latency: started.elapsed() };
+                        if sender.send(finished).is_err() {
                             break;
                         }
                     }
                 });
             }
             drop(sender);
-            for (action, outcome) in receiver {
-                done(action, outcome);
+            for finished in receiver {
+                done(finished);
             }
         });
     }
@@ -176,7 +191,7 @@ impl RemoteExecutor {
 }
 
 impl Executor for RemoteExecutor {
-    fn execute_all(&self, actions: &[Digest], done: &mut dyn FnMut(Digest, Outcome)) {
+    fn execute_all(&self, actions: &[Digest], done: &mut dyn FnMut(Finished)) {
         let (sender, receiver) = mpsc::channel();
         let jobs = self.options.jobs.max(1);
         let limit = Arc::new(Limit {
@@ -194,13 +209,13 @@ impl Executor for RemoteExecutor {
                 action: *action,
             };
             runtime.spawn(async move {
-                let outcome = call.run().await;
-                let _ = sender.send((call.action, outcome));
+                let finished = call.run().await;
+                let _ = sender.send(finished);
             });
         }
         drop(sender);
-        for (action, outcome) in receiver {
-            done(action, outcome);
+        for finished in receiver {
+            done(finished);
         }
     }
 
@@ -256,14 +271,20 @@ enum Broken {
 }
 
 impl Call {
-    async fn run(&self) -> Outcome {
-        let action = self.action;
+    async fn run(&self) -> Finished {
+        let permit = self.acquire().await;
         let started = Instant::now();
+        let outcome = self.follow(permit, started).await;
+        Finished { action: self.action, outcome, latency: started.elapsed() }
+    }
+
+    async fn follow(&self, permit: tokio::sync::OwnedSemaphorePermit, started: Instant) -> Outcome {
+        let action = self.action;
         let deadline = started + self.options.timeout;
         let mut operation_name: Option<String> = None;
         let mut backoff = self.backoff();
         let mut last_progress = Instant::now();
-        let mut permit = Some(self.acquire().await);
+        let mut permit = Some(permit);
         loop {
             let now = Instant::now();
             if now >= deadline {

@@ -55,7 +55,7 @@ mod sandbox;
 pub use bots::{BotError, BotOptions, BotWorker};
 pub use cleanup::{interrupt, interrupted};
 pub use executor::{
-    Executor, ExecutorCounters, LocalExecutor, Outcome, RemoteExecutor, RemoteOptions,
+    Executor, ExecutorCounters, Finished, LocalExecutor, Outcome, RemoteExecutor, RemoteOptions,
 };
 pub use run::{
     ExecConfig, ExecError, Execution, execute, execute_cached, result_blobs, write_outputs,

@@ -440,3 +440,94 @@ fn the_bwrap_sandbox_hides_the_host_and_keeps_the_input_root_writable() {
     let result = execute(&f.store, &action, &config).unwrap();
     assert_eq!(f.blob_text(&result.output_files[0].digest), "lo\n");
 }
+
+/// `BotWorker::run_lease` against a real casd as the service's CAS: a good lease completes
+/// with its ActionResult, bad ones with a status naming the lease and what is wrong.
+#[test]
+fn a_bot_completes_leases_with_results_or_a_status_naming_what_is_wrong() {
+    use prost::Message;
+    use sa_cas::{GrpcCas, GrpcConfig};
+    use sa_exec::{BotOptions, BotWorker};
+    use sa_proto::google::devtools::remoteworkers::v1test2::{Lease, LeaseState};
+    let dir = tempfile::tempdir().unwrap();
+    let casd = sa_cas::testing::Casd::start(&dir.path().join("casd"));
+    let cas = GrpcCas::connect(GrpcConfig::new(casd.endpoint())).unwrap();
+    // The action's blobs in casd: a command over one input file.
+    let input = cas.write_blob("hello\n".into()).unwrap();
+    let root = merkle::build_tree(&cas, &[("in.txt".into(), input, false)]).unwrap();
+    let command = Command {
+        arguments: vec!["/bin/cp".into(), "in.txt".into(), "out.txt".into()],
+        output_paths: vec!["out.txt".into()],
+        ..Default::default()
+    };
+    let command = write_message(&cas, &command).unwrap();
+    let action = Action {
+        command_digest: Some(command.to_proto()),
+        input_root_digest: Some(root.to_proto()),
+        ..Default::default()
+    };
+    let action_bytes = action.encode_to_vec();
+    write_message(&cas, &action).unwrap();
+    let worker = BotWorker::new(
+        cas,
+        BotOptions {
+            bot_id: "test".into(),
+            properties: Vec::new(),
+            exec: ExecConfig { scratch_dir: Some(dir.path().to_owned()), ..Default::default() },
+            poll_timeout: Duration::from_secs(5),
+        },
+    );
+    let lease = |type_url: &str, value: Vec<u8>| Lease {
+        id: "L1".into(),
+        state: LeaseState::Active as i32,
+        payload: Some(prost_types::Any { type_url: type_url.into(), value }),
+        ..Default::default()
+    };
+    let any = "type.googleapis.com/build.bazel.remote.execution.v2.";
+
+    // BuildGrid inlines the Action: the result comes back in the lease.
+    let mut good = lease(&format!("{any}Action"), action_bytes.clone());
+    worker.run_lease(&mut good);
+    assert_eq!(good.state, LeaseState::Completed as i32);
+    assert_eq!(good.status.as_ref().unwrap().code, 0, "{:?}", good.status);
+    let result = good.result.unwrap();
+    assert_eq!(result.type_url, format!("{any}ActionResult"));
+    let result = sa_proto::reapi::ActionResult::decode(result.value.as_slice()).unwrap();
+    assert_eq!(result.exit_code, 0);
+    assert_eq!(result.output_files[0].digest, Some(input.to_proto()));
+
+    // Other servers send the Action's digest.
+    let digest = DigestFunction::Sha256.hash_bytes(&action_bytes);
+    let mut by_digest = lease(&format!("{any}Digest"), digest.to_proto().encode_to_vec());
+    worker.run_lease(&mut by_digest);
+    assert_eq!(by_digest.status.as_ref().unwrap().code, 0, "{:?}", by_digest.status);
+
+    let code_of = |mut lease: Lease| {
+        worker.run_lease(&mut lease);
+        assert_eq!(lease.state, LeaseState::Completed as i32);
+        assert!(lease.result.is_none());
+        let status = lease.status.unwrap();
+        assert!(
+            status.message.contains("lease L1") || status.message.contains("action"),
+            "{status:?}"
+        );
+        (tonic::Code::from(status.code), status.message)
+    };
+    let (code, message) = code_of(Lease { id: "L1".into(), ..Default::default() });
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(message.contains("no payload"), "{message}");
+    let (code, message) = code_of(lease(&format!("{any}Command"), Vec::new()));
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(message.contains("neither an Action nor its digest"), "{message}");
+    let (code, message) = code_of(lease(&format!("{any}Action"), b"\xff\xff".to_vec()));
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(message.contains("not an Action"), "{message}");
+    // An Action whose input root is not in the CAS: FAILED_PRECONDITION naming the action.
+    let missing = Action {
+        command_digest: Some(command.to_proto()),
+        input_root_digest: Some(DigestFunction::Sha256.hash_bytes(b"nowhere").to_proto()),
+        ..Default::default()
+    };
+    let (code, message) = code_of(lease(&format!("{any}Action"), missing.encode_to_vec()));
+    assert_eq!(code, tonic::Code::FailedPrecondition, "{message}");
+}

@@ -185,8 +185,33 @@ pub struct PrimeReport {
     pub phases: Vec<(Phase, Duration)>,
     /// The executor's retries and resumed streams.
     pub counters: ExecutorCounters,
+    /// Time from submission to outcome of the actions executed.
+    pub latency: Latency,
     /// Wall time of the whole run.
     pub elapsed: Duration,
+}
+
+/// Percentiles of the time from submission to outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Latency {
+    /// The median.
+    pub p50: Duration,
+    /// The 99th percentile.
+    pub p99: Duration,
+    /// The slowest.
+    pub max: Duration,
+}
+
+impl Latency {
+    /// The percentiles of `samples` (all zero when there are none).
+    pub fn of(mut samples: Vec<Duration>) -> Latency {
+        if samples.is_empty() {
+            return Latency::default();
+        }
+        samples.sort_unstable();
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        Latency { p50: at(0.5), p99: at(0.99), max: samples[samples.len() - 1] }
+    }
 }
 
 impl PrimeReport {
@@ -238,6 +263,7 @@ pub fn prime<S: Store + ?Sized>(
     let mut timer = Timer::default();
     let mut statuses: HashMap<Digest, Status> = HashMap::new();
     let mut waves = 0;
+    let mut latencies = Vec::new();
     let outcomes = loop {
         let outcomes = timer.time(Phase::Instantiate, || instantiate(instantiator, targets))?;
         let mut seen = HashSet::new();
@@ -257,10 +283,11 @@ pub fn prime<S: Store + ?Sized>(
         }
         let mut results = Vec::new();
         timer.time(Phase::Execute, || {
-            executor.execute_all(&wave, &mut |action, outcome| {
-                let (status, result) = status_of(&stores, outcome);
-                events(Event::Done { action, status: &status });
-                results.push((action, status, result));
+            executor.execute_all(&wave, &mut |finished| {
+                let (status, result) = status_of(&stores, finished.outcome);
+                events(Event::Done { action: finished.action, status: &status });
+                latencies.push(finished.latency);
+                results.push((finished.action, status, result));
             });
         });
         timer.time(Phase::Download, || -> Result<(), PrimeError> {
@@ -304,6 +331,7 @@ pub fn prime<S: Store + ?Sized>(
         submitted: statuses.len(),
         phases: timer.phases,
         counters: executor.counters(),
+        latency: Latency::of(latencies),
         elapsed: started.elapsed(),
     })
 }

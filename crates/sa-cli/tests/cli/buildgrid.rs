@@ -240,21 +240,16 @@ fn buildgrid_restarted_mid_prime_and_a_cut_stream_are_picked_up() {
 fn resource_exhausted_under_load_is_retried_and_no_wait_returns_once_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let p = Project::build(18, 0.2);
-    // 24 threads: the workers' calls and some Execute streams; 64 streams at once are
+    // 8 threads: the workers' calls and some Execute streams; 64 streams at once are
     // answered RESOURCE_EXHAUSTED, and the executor settles at fewer.
-    let grid = BuildGrid::start(&dir.path().join("grid"), INSTANCE, 30, 24);
+    let grid = BuildGrid::start(&dir.path().join("grid"), INSTANCE, 30, 8);
     let workers = Workers::start(&grid, dir.path(), 2);
     let out1 = generate_into(&p, &grid);
     let home = dir.path().join("home");
     std::fs::create_dir(&home).unwrap();
     let out = prime_remote(&p, &grid.endpoint(), &out1, &home, &["--jobs", "64"]);
     let summary = assert_primed(&p, &grid, &out, &workers);
-    assert!(summary["retries"].as_u64().unwrap() > 0, "{summary}");
-    assert!(
-        grid.log_text().contains("RESOURCE_EXHAUSTED")
-            || grid.log_text().to_lowercase().contains("exhausted")
-            || summary["retries"].as_u64().unwrap() > 0
-    );
+    assert!(summary["retries"].as_u64().unwrap() > 0, "RESOURCE_EXHAUSTED was retried: {summary}");
 
     // --no-wait: returns once every operation is accepted; the workers finish later.
     let p2 = Project::build(4, 1.0);
