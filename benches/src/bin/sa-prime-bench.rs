@@ -79,7 +79,9 @@ fn drive(executor: &dyn Executor, actions: &[Digest], want_cached: bool) -> Resu
     if !failures.is_empty() {
         bail!("{} actions did not come out as expected, e.g. {}", failures.len(), failures[0]);
     }
-    Ok(summary(actions.len(), seconds, latencies))
+    let mut value = summary(actions.len(), seconds, latencies);
+    value["retries"] = executor.counters().retries.into();
+    Ok(value)
 }
 
 fn summary(count: usize, seconds: f64, mut latencies: Vec<Duration>) -> Value {
@@ -152,6 +154,13 @@ fn remote(endpoint: &str, instance: &str) -> Result<(GrpcCas, RemoteExecutor)> {
 }
 
 fn main() -> Result<()> {
+    // `SA_LOG=debug` shows the executor's retries.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SA_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cached = arg(&args, "--cached", 6000)?;
     let executed = arg(&args, "--executed", 1000)?;

@@ -576,7 +576,8 @@ fn postgres() -> &'static Postgres {
                 .args(["-o", &options, "start"]),
             "pg_ctl start",
         );
-        // Stop the cluster once this process is gone.
+        // Stop the cluster once this process is gone: a watcher that outlives it on purpose
+        // (never waited for).
         let stop = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {runuser}{pg_ctl} -D {data} stop -m immediate >/dev/null 2>&1; rm -rf {root}",
             pid = std::process::id(),
@@ -585,6 +586,7 @@ fn postgres() -> &'static Postgres {
             data = data.display(),
             root = root.display(),
         );
+        #[allow(clippy::zombie_processes)]
         Command::new("sh")
             .args(["-c", &stop])
             .stdin(Stdio::null())

@@ -411,6 +411,12 @@ impl Call {
                 *operation_name = Some(operation.name.clone());
             }
             if operation.done {
+                // Read the stream to its end (the trailers) rather than drop it: a dropped
+                // stream is a RST_STREAM, and servers guarding against rapid resets (gRPC C++,
+                // as in buildbox-casd) answer a run of them with ENHANCE_YOUR_CALM for every
+                // stream on the connection. A server that keeps it open gets a second.
+                let drain = async { while let Ok(Some(_)) = stream.message().await {} };
+                let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
                 return Ok(self.finished(operation));
             }
             if !self.options.wait {

@@ -231,7 +231,7 @@ pub enum PrimeError {
         element: String,
         /// The cause.
         #[source]
-        source: InstantiateError,
+        source: Box<InstantiateError>,
     },
     /// A store failed while preparing or keeping the wave's actions.
     #[error("{what}")]
@@ -240,13 +240,13 @@ pub enum PrimeError {
         what: String,
         /// The cause.
         #[source]
-        source: CasError,
+        source: Box<CasError>,
     },
 }
 
 fn store_error(what: impl fmt::Display) -> impl FnOnce(CasError) -> PrimeError {
     let what = what.to_string();
-    move |source| PrimeError::Store { what, source }
+    move |source| PrimeError::Store { what, source: Box::new(source) }
 }
 
 /// Primes `targets` (element name, digest of its previous `SpeculativeActions`); see the
@@ -361,9 +361,10 @@ fn instantiate<S: Store + ?Sized>(
 ) -> Result<Vec<(String, InstantiatedAction)>, PrimeError> {
     let mut outcomes = Vec::new();
     for (element, digest) in targets {
-        let element_outcomes = instantiator
-            .instantiate_element(element, digest)
-            .map_err(|source| PrimeError::Instantiate { element: element.clone(), source })?;
+        let element_outcomes =
+            instantiator.instantiate_element(element, digest).map_err(|source| {
+                PrimeError::Instantiate { element: element.clone(), source: Box::new(source) }
+            })?;
         outcomes.extend(element_outcomes.into_iter().map(|o| (element.clone(), o)));
     }
     Ok(outcomes)
