@@ -9,6 +9,7 @@ if [ -z "${SA_BGD:-}" ] || [ -z "${SA_PG_BIN:-}" ]; then
     export SA_BGD=$(echo "$grid" | sed -n 1p) SA_PG_BIN=$(echo "$grid" | sed -n 2p)
 fi
 echo "== BuildGrid: $SA_BGD, PostgreSQL: $SA_PG_BIN"
+echo "== Bazel: $(bash scripts/provision-bazel.sh | tail -n 1)"
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo xtask codegen --check"

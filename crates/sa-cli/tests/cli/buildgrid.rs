@@ -10,16 +10,16 @@ use sa_cas::{ActionCache, GrpcCas, GrpcConfig};
 
 use super::*;
 
-const INSTANCE: &str = "main";
+pub(crate) const INSTANCE: &str = "main";
 
 /// `sa worker` processes serving a BuildGrid; killed when dropped.
-struct Workers {
+pub(crate) struct Workers {
     children: Vec<Child>,
     logs: Vec<PathBuf>,
 }
 
 impl Workers {
-    fn start(grid: &BuildGrid, dir: &Path, count: usize) -> Workers {
+    pub(crate) fn start(grid: &BuildGrid, dir: &Path, count: usize) -> Workers {
         let mut workers = Workers { children: Vec::new(), logs: Vec::new() };
         for _ in 0..count {
             workers.add(grid, dir);
@@ -56,7 +56,7 @@ impl Workers {
             .collect()
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.logs
             .iter()
             .map(|log| std::fs::read_to_string(log).unwrap_or_default())
@@ -80,7 +80,7 @@ impl Drop for Workers {
 }
 
 /// The remote store of a BuildGrid, instance `main`.
-fn grid_store(endpoint: &str) -> GrpcCas {
+pub(crate) fn grid_store(endpoint: &str) -> GrpcCas {
     let mut config = GrpcConfig::new(endpoint);
     config.instance_name = INSTANCE.into();
     GrpcCas::connect(config).unwrap()

@@ -8,13 +8,13 @@ use sa_cas::testing::Casd;
 use super::*;
 
 /// `sa proxy` in the background, killed on drop.
-struct ProxyProcess {
+pub(crate) struct ProxyProcess {
     child: std::process::Child,
-    endpoint: String,
+    pub(crate) endpoint: String,
 }
 
 impl ProxyProcess {
-    fn start(upstream: &str, record: &Path) -> ProxyProcess {
+    pub(crate) fn start(upstream: &str, record: &Path) -> ProxyProcess {
         let mut child = Process::new(env!("CARGO_BIN_EXE_sa"))
             .args([
                 "--json",

@@ -1,0 +1,2 @@
+/* shared limits */
+#define GREET_MAX 128

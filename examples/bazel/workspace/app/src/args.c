@@ -1,0 +1,2 @@
+#include "app/src/app.h"
+int app_args(int argc) { return argc; }
