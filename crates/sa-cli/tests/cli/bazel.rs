@@ -66,9 +66,15 @@ fn recording(dir: &Path) -> PathBuf {
     files[0].clone()
 }
 
+/// One recorded request: the action, whether it was a cache hit, Bazel's mnemonic.
+type Asked = (String, bool, String);
+
+/// What one loop saw: build 2's requests, the actions `sa` executed, build 1's actions.
+type LoopRun = (Vec<Asked>, BTreeSet<String>, BTreeSet<String>);
+
 /// What a build asked for: every recorded action (Execute or GetActionResult) and whether it
 /// was a cache hit.
-fn asked(recording: &Path) -> Vec<(String, bool, String)> {
+fn asked(recording: &Path) -> Vec<Asked> {
     sa_proxy::read_recording(recording, 1 << 24)
         .unwrap()
         .iter()
@@ -96,10 +102,7 @@ fn copy_dir(from: &Path, to: &Path) {
 /// Build 1 and build 2 of the example on a fresh BuildGrid; with `prime`, `sa` learns from
 /// build 1 and primes between them. Returns build 2's requests and, with `prime`, the actions
 /// `sa` executed, with build 1's actions.
-fn run_loop(
-    dir: &Path,
-    prime: bool,
-) -> (Vec<(String, bool, String)>, BTreeSet<String>, BTreeSet<String>) {
+fn run_loop(dir: &Path, prime: bool) -> LoopRun {
     let grid = BuildGrid::start(&dir.join("grid"), INSTANCE, 30, 128);
     let _workers = Workers::start(&grid, dir, 2);
     let upstream = grid.endpoint();
