@@ -149,7 +149,12 @@ fn remote(endpoint: &str, instance: &str) -> Result<(GrpcCas, RemoteExecutor)> {
     let mut config = GrpcConfig::new(endpoint);
     config.instance_name = instance.into();
     let cas = GrpcCas::connect(config)?;
-    let executor = RemoteExecutor::new(cas.connection().clone(), RemoteOptions::default());
+    // SA_BENCH_JOBS: executions in flight (default: RemoteOptions's, what `sa prime` uses).
+    let mut options = RemoteOptions::default();
+    if let Some(jobs) = std::env::var("SA_BENCH_JOBS").ok().and_then(|j| j.parse().ok()) {
+        options.jobs = jobs;
+    }
+    let executor = RemoteExecutor::new(cas.connection().clone(), options);
     Ok((cas, executor))
 }
 
@@ -183,7 +188,15 @@ fn main() -> Result<()> {
     if std::env::var_os("SA_BENCH_DEBUG").is_some() {
         eprintln!("{:?}", store.get_action_result(&hits[0])?);
     }
-    report.insert("cached".into(), drive(&executor, &hits, true)?);
+    // The median of three runs: the rate is casd's on cores it shares with this client.
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(drive(&executor, &hits, true)?);
+    }
+    runs.sort_by(|a, b| {
+        a["per_second"].as_f64().partial_cmp(&b["per_second"].as_f64()).expect("rates are numbers")
+    });
+    report.insert("cached".into(), runs.swap_remove(1));
 
     eprintln!("sa-prime-bench: {executed} trivial actions executed by casd's runner (--jobs=2)");
     let runs = actions(&store, "executed", executed)?;
