@@ -21,7 +21,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "== fuzz (a bounded run of every target; scripts/fuzz.sh SECONDS for a campaign)"
-bash scripts/fuzz.sh "${SA_FUZZ_SECONDS:-30}"
+bash scripts/fuzz.sh "${SA_FUZZ_SECONDS:-20}"
 echo "== cargo test"
 mkdir -p target
 cargo test --workspace --locked 2>&1 | tee target/test.log

@@ -25,7 +25,7 @@ use sa_proto::reapi::content_addressable_storage_client::ContentAddressableStora
 use sa_proto::reapi::{
     ActionResult, BatchReadBlobsRequest, BatchUpdateBlobsRequest, Directory,
     FindMissingBlobsRequest, GetActionResultRequest, GetCapabilitiesRequest, GetTreeRequest,
-    ServerCapabilities, UpdateActionResultRequest,
+    UpdateActionResultRequest,
 };
 use tokio::sync::Semaphore;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
@@ -201,7 +201,6 @@ pub struct GrpcCas {
     config: GrpcConfig,
     semaphore: Arc<Semaphore>,
     max_batch_bytes: u64,
-    capabilities: ServerCapabilities,
     rpcs: std::sync::atomic::AtomicU64,
 }
 
@@ -238,7 +237,6 @@ impl GrpcCas {
             config,
             semaphore,
             max_batch_bytes: MAX_MESSAGE - BATCH_HEADROOM,
-            capabilities: ServerCapabilities::default(),
             rpcs: std::sync::atomic::AtomicU64::new(0),
         };
         let capabilities = cas.call("GetCapabilities", |channel| {
@@ -280,18 +278,12 @@ impl GrpcCas {
         let limit = u64::try_from(cache.max_batch_total_size_bytes).unwrap_or(0);
         let limit = if limit == 0 { MAX_MESSAGE } else { limit.min(MAX_MESSAGE) };
         cas.max_batch_bytes = limit.saturating_sub(BATCH_HEADROOM).max(limit / 2);
-        cas.capabilities = capabilities;
         Ok(cas)
     }
 
     /// RPC attempts made so far (retries included).
     pub fn rpc_count(&self) -> u64 {
         self.rpcs.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// The capabilities the server announced.
-    pub fn capabilities(&self) -> &ServerCapabilities {
-        &self.capabilities
     }
 
     /// The connection, for services this type does not wrap (Execution).
@@ -921,7 +913,9 @@ impl ActionCache for GrpcCas {
 }
 
 /// Exponential backoff between attempts of a call: `retry_delay`, doubling, capped at 5 s, at
-/// most `max_retries` retries. The one schedule for store calls, connections and executions.
+/// most `max_retries` retries, each pause drawn between half of that and all of it ("equal
+/// jitter"), so the clients of a server that restarted do not all come back at the same moment.
+/// The one schedule for store calls, connections, executions and Bots calls.
 #[derive(Clone, Debug)]
 pub struct Backoff {
     next: Duration,
@@ -941,7 +935,7 @@ impl Backoff {
         self.attempts += 1;
         let delay = self.next;
         self.next = (self.next * 2).min(Duration::from_secs(5));
-        Some(delay)
+        Some(delay.mul_f64(0.5 + 0.5 * unit_random()))
     }
 
     /// `attempt N of M` for the attempt about to be made (after [`Backoff::next_delay`]).
@@ -957,6 +951,14 @@ impl Backoff {
             String::new()
         }
     }
+}
+
+/// A number in [0, 1) that differs from call to call (std's hasher keys are random per
+/// process and per `RandomState`): enough for jitter, no dependency.
+fn unit_random() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let bits = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Whether a failed call may succeed if made again as it was: UNAVAILABLE,

@@ -267,16 +267,6 @@ pub fn directory_blob(function: DigestFunction, directory: &Directory) -> Blob {
     Blob::new(function, directory.encode_to_vec())
 }
 
-/// The digest of a file entry (validated when its Directory was decoded).
-pub fn file_digest(function: DigestFunction, file: &FileNode) -> Result<Digest, CasError> {
-    Digest::from_proto_field(function, file.digest.as_ref(), "FileNode.digest")
-}
-
-/// The digest of a subdirectory entry (validated when its Directory was decoded).
-pub fn dir_digest(function: DigestFunction, dir: &DirectoryNode) -> Result<Digest, CasError> {
-    Digest::from_proto_field(function, dir.digest.as_ref(), "DirectoryNode.digest")
-}
-
 /// Builds canonical `Directory` values: entries in any order, sorted and checked on `build`.
 #[derive(Debug, Default)]
 pub struct DirectoryBuilder {
@@ -339,23 +329,17 @@ pub struct Expansion {
     pub bytes: u64,
 }
 
-/// Directories fetched from a store, by digest, with the roots they were fetched for.
+/// Directories fetched from a store, by digest.
 #[derive(Debug, Default, Clone)]
 pub struct Forest {
     directories: HashMap<Digest, Dir>,
     expansions: HashMap<Digest, Expansion>,
-    roots: Vec<Digest>,
 }
 
 impl Forest {
     /// The Directory with this digest, if it was fetched.
     pub fn get(&self, digest: &Digest) -> Option<&Dir> {
         self.directories.get(digest)
-    }
-
-    /// The roots, as given.
-    pub fn roots(&self) -> &[Digest] {
-        &self.roots
     }
 
     /// How many distinct directories were fetched.
@@ -408,8 +392,7 @@ pub fn fetch_forest(
     roots: &[Digest],
     limits: &TreeLimits,
 ) -> Result<Forest, CasError> {
-    let mut forest =
-        Forest { directories: HashMap::new(), expansions: HashMap::new(), roots: roots.to_vec() };
+    let mut forest = Forest { directories: HashMap::new(), expansions: HashMap::new() };
     // Where each directory was first seen, to name its path in errors.
     let mut parent: HashMap<Digest, (Digest, String)> = HashMap::new();
     let mut frontier: Vec<Digest> = {

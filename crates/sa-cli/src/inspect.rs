@@ -228,15 +228,15 @@ fn detect(
     if data.is_empty() {
         return Some((Kind::Directory, directory_json(&Directory::default())));
     }
-    if let Some(dir) = exact::<Directory>(data) {
-        if merkle::validate_directory(function, digest, &dir, limits).is_ok() {
-            return Some((Kind::Directory, directory_json(&dir)));
-        }
+    if let Some(dir) = exact::<Directory>(data)
+        && merkle::validate_directory(function, digest, &dir, limits).is_ok()
+    {
+        return Some((Kind::Directory, directory_json(&dir)));
     }
-    if let Some(a) = exact::<Action>(data) {
-        if digests_valid(function, &[&a.command_digest, &a.input_root_digest]) {
-            return Some((Kind::Action, action_json(&a)));
-        }
+    if let Some(a) = exact::<Action>(data)
+        && digests_valid(function, &[&a.command_digest, &a.input_root_digest])
+    {
+        return Some((Kind::Action, action_json(&a)));
     }
     if let Some(s) = exact::<SpeculativeActions>(data) {
         let ok = !(s.actions.is_empty() && s.artifact_overlays.is_empty())
@@ -245,20 +245,21 @@ fn detect(
             return Some((Kind::SpeculativeActions, speculative_json(&s)));
         }
     }
-    if let Some(c) = exact::<Command>(data) {
-        if !c.arguments.is_empty() && command_is_text(&c) {
-            return Some((Kind::Command, command_json(&c)));
-        }
+    if let Some(c) = exact::<Command>(data)
+        && !c.arguments.is_empty()
+        && command_is_text(&c)
+    {
+        return Some((Kind::Command, command_json(&c)));
     }
-    if let Some(tree) = exact::<Tree>(data) {
-        if tree_valid(function, &tree, limits) {
-            return Some((Kind::Tree, tree_json(function, &tree)));
-        }
+    if let Some(tree) = exact::<Tree>(data)
+        && tree_valid(function, &tree, limits)
+    {
+        return Some((Kind::Tree, tree_json(function, &tree)));
     }
-    if let Some(a) = exact::<Artifact>(data) {
-        if a.version > 0 {
-            return Some((Kind::Artifact, artifact_json(&a)));
-        }
+    if let Some(a) = exact::<Artifact>(data)
+        && a.version > 0
+    {
+        return Some((Kind::Artifact, artifact_json(&a)));
     }
     None
 }

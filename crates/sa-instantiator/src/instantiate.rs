@@ -247,11 +247,6 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         self.instantiated.get(base).map(|d| *d)
     }
 
-    /// Records that `base` was instantiated as `adapted` (for ACTION overlays of later actions).
-    pub fn record_instantiated(&self, base: Digest, adapted: Digest) {
-        self.instantiated.insert(base, adapted);
-    }
-
     /// Instantiates every action of `element`'s previous `SpeculativeActions`; stores new
     /// Directories and Actions; returns one outcome per action, in the blob's order.
     pub fn instantiate_element(
@@ -568,10 +563,10 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             return Ok(*digest);
         }
         let key = (*digest, path, signature);
-        if self.config.memoize {
-            if let Some(done) = work.memo.get(&key) {
-                return Ok(*done);
-            }
+        if self.config.memoize
+            && let Some(done) = work.memo.get(&key)
+        {
+            return Ok(*done);
         }
         let (digest, path, signature) = key;
         let function = digest.function();
@@ -591,10 +586,10 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
                         )
                     })
                     .expect("targets have overlays");
-                if let Some(Resolution::Replace(new)) = work.resolutions[*chosen as usize].get() {
-                    if *new != old {
-                        files.insert(&*file.name, *new);
-                    }
+                if let Some(Resolution::Replace(new)) = work.resolutions[*chosen as usize].get()
+                    && *new != old
+                {
+                    files.insert(&*file.name, *new);
                 }
             }
         }
@@ -827,10 +822,10 @@ impl<'f> ElementWork<'f> {
         let mut seen: HashSet<Digest> = HashSet::new();
         let mut stack: Vec<Digest> = self.holders.get(target).cloned().unwrap_or_default();
         while let Some(dir) = stack.pop() {
-            if seen.insert(dir) {
-                if let Some(parents) = self.parents.get(&dir) {
-                    stack.extend(parents.iter().copied());
-                }
+            if seen.insert(dir)
+                && let Some(parents) = self.parents.get(&dir)
+            {
+                stack.extend(parents.iter().copied());
             }
         }
         let seen = Arc::new(seen);

@@ -654,10 +654,10 @@ impl http_body::Body for Watched {
                 if let Some(data) = frame.data_ref() {
                     let data = data.clone();
                     self.feed(&data);
-                } else if let Some(trailers) = frame.trailers_ref() {
-                    if let Some(status) = grpc_status(trailers) {
-                        self.status = Some(status);
-                    }
+                } else if let Some(trailers) = frame.trailers_ref()
+                    && let Some(status) = grpc_status(trailers)
+                {
+                    self.status = Some(status);
                 }
             }
             Poll::Ready(Some(Err(status))) => {

@@ -319,7 +319,7 @@ fn grpcs_verifies_the_server_certificate() {
 }
 
 #[test]
-fn backoff_doubles_caps_at_five_seconds_and_counts_attempts() {
+fn backoff_doubles_caps_at_five_seconds_jitters_and_counts_attempts() {
     let mut config = GrpcConfig::new("grpc://unused:1");
     config.retry_delay = std::time::Duration::from_millis(1500);
     config.max_retries = 4;
@@ -327,7 +327,15 @@ fn backoff_doubles_caps_at_five_seconds_and_counts_attempts() {
     assert_eq!(backoff.attempts_note(), "");
     let delays: Vec<u128> =
         std::iter::from_fn(|| backoff.next_delay()).map(|d| d.as_millis()).collect();
-    assert_eq!(delays, [1500, 3000, 5000, 5000]);
+    // Each pause lies between half of the schedule's and all of it.
+    assert_eq!(delays.len(), 4);
+    for (delay, full) in delays.iter().zip([1500, 3000, 5000, 5000]) {
+        assert!((full / 2..=full).contains(delay), "{delays:?}");
+    }
+    // And they differ between clients: 20 schedules never all alike.
+    let firsts: std::collections::BTreeSet<u128> =
+        (0..20).map(|_| sa_cas::Backoff::new(&config).next_delay().unwrap().as_millis()).collect();
+    assert!(firsts.len() > 1, "{firsts:?}");
     assert_eq!(backoff.next_delay(), None);
     assert_eq!(backoff.attempts_note(), " (after 5 attempts)");
 }
