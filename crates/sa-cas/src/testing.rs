@@ -9,6 +9,19 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// Runs `scripts/NAME` (a provisioning script: it installs what is missing, or fails saying
+/// why) and returns the lines it printed on stdout; panics when it fails.
+pub fn provision(name: &str) -> Vec<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts").join(name);
+    let output = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {}: {err}", script.display()));
+    assert!(output.status.success(), "{name} failed ({}): see the output above", output.status);
+    String::from_utf8_lossy(&output.stdout).lines().map(|l| l.trim().to_owned()).collect()
+}
+
 /// The directory holding `buildbox-casd` and `buildbox-run`, provisioned on first use.
 pub fn buildbox_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -16,19 +29,8 @@ pub fn buildbox_dir() -> PathBuf {
         if let Some(dir) = std::env::var_os("SA_BUILDBOX_DIR") {
             return PathBuf::from(dir);
         }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/provision.sh");
-        let output = Command::new("bash")
-            .arg(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap_or_else(|err| panic!("cannot run {}: {err}", script.display()));
-        assert!(
-            output.status.success(),
-            "provisioning buildbox-casd failed ({}): see the output above",
-            output.status
-        );
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        PathBuf::from(stdout.lines().last().expect("provision.sh prints the directory").trim())
+        let lines = provision("provision.sh");
+        PathBuf::from(lines.last().expect("provision.sh prints the directory"))
     })
     .clone()
 }
@@ -459,24 +461,11 @@ pub fn buildgrid_tools() -> BuildGridTools {
             {
                 return BuildGridTools { bgd: bgd.into(), pg_bin: pg.into() };
             }
-            let script =
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/provision-buildgrid.sh");
-            let output = Command::new("bash")
-                .arg(&script)
-                .stderr(Stdio::inherit())
-                .output()
-                .unwrap_or_else(|err| panic!("cannot run {}: {err}", script.display()));
-            assert!(
-                output.status.success(),
-                "provisioning BuildGrid failed ({}): see the output above",
-                output.status
-            );
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            let lines: Vec<&str> = stdout.lines().collect();
-            let [.., bgd, pg] = lines[..] else {
-                panic!("provision-buildgrid.sh printed {stdout:?}, not two paths");
+            let lines = provision("provision-buildgrid.sh");
+            let [.., bgd, pg] = &lines[..] else {
+                panic!("provision-buildgrid.sh printed {lines:?}, not two paths");
             };
-            BuildGridTools { bgd: bgd.trim().into(), pg_bin: pg.trim().into() }
+            BuildGridTools { bgd: bgd.into(), pg_bin: pg.into() }
         })
         .clone()
 }

@@ -22,16 +22,8 @@ fn bazel() -> PathBuf {
     static BAZEL: OnceLock<PathBuf> = OnceLock::new();
     BAZEL
         .get_or_init(|| {
-            let script =
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/provision-bazel.sh");
-            let output = Process::new("bash")
-                .arg(&script)
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .unwrap_or_else(|err| panic!("cannot run {}: {err}", script.display()));
-            assert!(output.status.success(), "provisioning Bazel failed: see the output above");
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            PathBuf::from(stdout.lines().last().expect("the script prints bazel's path").trim())
+            let lines = sa_cas::testing::provision("provision-bazel.sh");
+            PathBuf::from(lines.last().expect("the script prints bazel's path"))
         })
         .clone()
 }
