@@ -30,6 +30,15 @@ use crate::error::{CasError, io_error};
 use crate::store::{ActionCache, Blob, Cas, check_content, check_function};
 
 /// Prefix of the temp files this crate writes; only these are cleaned as stale.
+/// What an object of the store holds: where it goes and with which mode.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// A CAS blob: `cas/objects`, read-only (0444), as casd leaves them.
+    Blob,
+    /// An ActionCache entry: `actioncache/objects`, 0600.
+    ActionResult,
+}
+
 const TMP_PREFIX: &str = "sa-tmp-";
 /// Temp files of ours older than this are from dead writers and are removed on open.
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
@@ -190,15 +199,15 @@ impl LocalCas {
         if self.holds(digest)? {
             return Ok(());
         }
-        self.persist(digest, &self.cas_tmp(), true, |file| file.write_all(blob.data()))
+        self.persist(digest, &self.cas_tmp(), Kind::Blob, |file| file.write_all(blob.data()))
     }
 
-    /// Writes through a temp file in `tmp_dir`, then renames it to the object path.
+    /// Writes through a temp file in `tmp_dir`, then renames it to the object path of `kind`.
     fn persist(
         &self,
         digest: &Digest,
         tmp_dir: &Path,
-        is_blob: bool,
+        kind: Kind,
         fill: impl FnOnce(&mut fs::File) -> io::Result<()>,
     ) -> Result<(), CasError> {
         let mut tmp = tempfile::Builder::new()
@@ -206,8 +215,10 @@ impl LocalCas {
             .tempfile_in(tmp_dir)
             .map_err(io_error(tmp_dir))?;
         fill(tmp.as_file_mut()).map_err(io_error(tmp.path()))?;
-        let (objects, mode) =
-            if is_blob { (self.cas_objects(), 0o444) } else { (self.ac_objects(), 0o600) };
+        let (objects, mode) = match kind {
+            Kind::Blob => (self.cas_objects(), 0o444),
+            Kind::ActionResult => (self.ac_objects(), 0o600),
+        };
         let target = object_path(&objects, digest);
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode))
             .map_err(io_error(tmp.path()))?;
@@ -323,7 +334,7 @@ impl Cas for LocalCas {
         }
         let mut source = fs::File::open(path).map_err(io_error(path))?;
         let mut actual = None;
-        self.persist(digest, &self.cas_tmp(), true, |file| {
+        self.persist(digest, &self.cas_tmp(), Kind::Blob, |file| {
             let mut hasher = digest.function().hasher();
             let mut buf = vec![0u8; 256 << 10];
             loop {
@@ -378,6 +389,6 @@ impl ActionCache for LocalCas {
     fn update_action_result(&self, action: &Digest, result: &ActionResult) -> Result<(), CasError> {
         check_function(self.config.digest_function, action)?;
         let data = result.encode_to_vec();
-        self.persist(action, &self.ac_tmp(), false, |file| file.write_all(&data))
+        self.persist(action, &self.ac_tmp(), Kind::ActionResult, |file| file.write_all(&data))
     }
 }

@@ -36,7 +36,24 @@ pub struct StoreStats {
 #[derive(Debug)]
 pub struct Metered<S> {
     inner: S,
-    counters: [AtomicU64; 8],
+    counters: Counters,
+}
+
+/// The live counts behind [`StoreStats`], one named counter each.
+#[derive(Debug, Default)]
+struct Counters {
+    blobs_read: AtomicU64,
+    bytes_read: AtomicU64,
+    blobs_written: AtomicU64,
+    bytes_written: AtomicU64,
+    calls: AtomicU64,
+    presence_checks: AtomicU64,
+    action_cache_reads: AtomicU64,
+    action_cache_writes: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, amount: u64) {
+    counter.fetch_add(amount, Relaxed);
 }
 
 impl<S> Metered<S> {
@@ -52,21 +69,17 @@ impl<S> Metered<S> {
 
     /// The counts so far.
     pub fn stats(&self) -> StoreStats {
-        let c = |i: usize| self.counters[i].load(Relaxed);
+        let c = &self.counters;
         StoreStats {
-            blobs_read: c(0),
-            bytes_read: c(1),
-            blobs_written: c(2),
-            bytes_written: c(3),
-            calls: c(4),
-            presence_checks: c(5),
-            action_cache_reads: c(6),
-            action_cache_writes: c(7),
+            blobs_read: c.blobs_read.load(Relaxed),
+            bytes_read: c.bytes_read.load(Relaxed),
+            blobs_written: c.blobs_written.load(Relaxed),
+            bytes_written: c.bytes_written.load(Relaxed),
+            calls: c.calls.load(Relaxed),
+            presence_checks: c.presence_checks.load(Relaxed),
+            action_cache_reads: c.action_cache_reads.load(Relaxed),
+            action_cache_writes: c.action_cache_writes.load(Relaxed),
         }
-    }
-
-    fn add(&self, index: usize, amount: u64) {
-        self.counters[index].fetch_add(amount, Relaxed);
     }
 }
 
@@ -76,23 +89,23 @@ impl<S: Cas> Cas for Metered<S> {
     }
 
     fn read_blobs(&self, digests: &[Digest]) -> Result<Vec<Bytes>, CasError> {
-        self.add(4, 1);
+        add(&self.counters.calls, 1);
         let blobs = self.inner.read_blobs(digests)?;
-        self.add(0, blobs.len() as u64);
-        self.add(1, blobs.iter().map(|b| b.len() as u64).sum());
+        add(&self.counters.blobs_read, blobs.len() as u64);
+        add(&self.counters.bytes_read, blobs.iter().map(|b| b.len() as u64).sum());
         Ok(blobs)
     }
 
     fn write_blobs(&self, blobs: &[Blob]) -> Result<(), CasError> {
-        self.add(4, 1);
-        self.add(2, blobs.len() as u64);
-        self.add(3, blobs.iter().map(|b| b.data().len() as u64).sum());
+        add(&self.counters.calls, 1);
+        add(&self.counters.blobs_written, blobs.len() as u64);
+        add(&self.counters.bytes_written, blobs.iter().map(|b| b.data().len() as u64).sum());
         self.inner.write_blobs(blobs)
     }
 
     fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, CasError> {
-        self.add(4, 1);
-        self.add(5, digests.len() as u64);
+        add(&self.counters.calls, 1);
+        add(&self.counters.presence_checks, digests.len() as u64);
         self.inner.find_missing(digests)
     }
 
@@ -101,31 +114,31 @@ impl<S: Cas> Cas for Metered<S> {
     }
 
     fn read_blob_to(&self, digest: &Digest, out: &mut dyn Write) -> Result<(), CasError> {
-        self.add(4, 1);
+        add(&self.counters.calls, 1);
         self.inner.read_blob_to(digest, out)?;
-        self.add(0, 1);
-        self.add(1, digest.size());
+        add(&self.counters.blobs_read, 1);
+        add(&self.counters.bytes_read, digest.size());
         Ok(())
     }
 
     fn write_file(&self, digest: &Digest, path: &Path) -> Result<(), CasError> {
-        self.add(4, 1);
-        self.add(2, 1);
-        self.add(3, digest.size());
+        add(&self.counters.calls, 1);
+        add(&self.counters.blobs_written, 1);
+        add(&self.counters.bytes_written, digest.size());
         self.inner.write_file(digest, path)
     }
 }
 
 impl<S: ActionCache> ActionCache for Metered<S> {
     fn get_action_result(&self, action: &Digest) -> Result<Option<ActionResult>, CasError> {
-        self.add(4, 1);
-        self.add(6, 1);
+        add(&self.counters.calls, 1);
+        add(&self.counters.action_cache_reads, 1);
         self.inner.get_action_result(action)
     }
 
     fn update_action_result(&self, action: &Digest, result: &ActionResult) -> Result<(), CasError> {
-        self.add(4, 1);
-        self.add(7, 1);
+        add(&self.counters.calls, 1);
+        add(&self.counters.action_cache_writes, 1);
         self.inner.update_action_result(action, result)
     }
 }
