@@ -575,9 +575,11 @@ fn postgres() -> &'static Postgres {
             data = data.display(),
             root = root.display(),
         );
+        // In a session of its own (setsid), so the signal that ends the test process's group
+        // (Ctrl-C, a timeout) does not end the watcher with it.
         #[allow(clippy::zombie_processes)]
-        Command::new("sh")
-            .args(["-c", &stop])
+        Command::new("setsid")
+            .args(["sh", "-c", &stop])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
