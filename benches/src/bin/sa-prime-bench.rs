@@ -84,19 +84,14 @@ fn drive(executor: &dyn Executor, actions: &[Digest], want_cached: bool) -> Resu
     Ok(value)
 }
 
-fn summary(count: usize, seconds: f64, mut latencies: Vec<Duration>) -> Value {
-    latencies.sort_unstable();
-    let at = |q: f64| {
-        latencies
-            .get(((latencies.len().max(1) - 1) as f64 * q).round() as usize)
-            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
-    };
+fn summary(count: usize, seconds: f64, latencies: Vec<Duration>) -> Value {
+    let latency = sa_prime::Latency::of(latencies);
     json!({
         "actions": count,
         "seconds": seconds,
         "per_second": count as f64 / seconds,
-        "p50_ms": at(0.5),
-        "p99_ms": at(0.99),
+        "p50_ms": latency.p50.as_secs_f64() * 1e3,
+        "p99_ms": latency.p99.as_secs_f64() * 1e3,
     })
 }
 

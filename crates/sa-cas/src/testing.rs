@@ -99,12 +99,7 @@ impl Casd {
         let mut last_error = String::new();
         // A port picked by binding to 0 can be taken before casd binds it: try a few.
         for _ in 0..5 {
-            let port = fixed_port.unwrap_or_else(|| {
-                TcpListener::bind("127.0.0.1:0")
-                    .and_then(|l| l.local_addr())
-                    .expect("binding a loopback port")
-                    .port()
-            });
+            let port = fixed_port.unwrap_or_else(free_port);
             let log = store.with_extension(format!("casd-{port}.log"));
             let log_file = std::fs::File::create(&log).expect("creating the casd log");
             let path = format!("{}:{}", bb.display(), std::env::var("PATH").unwrap_or_default());

@@ -1,11 +1,10 @@
 //! `prime`: the arguments and the report of [`sa_prime::prime`]; the loop is the library's.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use sa_cas::{GrpcCas, Store};
+use sa_cas::Store;
 use sa_exec::{Executor, LocalExecutor, Outcome, RemoteExecutor, RemoteOptions};
 use sa_instantiator::{InstantiateConfig, Instantiator};
 use sa_prime::{Event, PrimeReport, Status, StatusKind, Stores};
@@ -136,7 +135,9 @@ fn setup(args: &StoreArgs, cmd: &PrimeArgs, timeout: Duration) -> Result<Setup> 
         wait: !cmd.no_wait,
         ..Default::default()
     };
-    let remote_executor = |grpc: &GrpcCas| -> Choice {
+    // The executor on the same connection as an opened remote store.
+    let remote_executor = |opened: &store::Opened| -> Choice {
+        let grpc = opened.grpc.as_ref().expect("a remote store has its client");
         Choice::Remote(Box::new(RemoteExecutor::new(
             grpc.connection().clone(),
             remote_options(cmd.jobs),
@@ -146,16 +147,6 @@ fn setup(args: &StoreArgs, cmd: &PrimeArgs, timeout: Duration) -> Result<Setup> 
         let connection = sa_cas::GrpcConnection::open(store::grpc_config(args, url)?)?;
         Ok(Choice::Remote(Box::new(RemoteExecutor::new(connection, remote_options(cmd.jobs)))))
     };
-    let connect = |endpoint: &String| -> Result<(Arc<GrpcCas>, store::Opened)> {
-        let grpc = store::connect(args, endpoint)?;
-        let as_store: Arc<dyn Store> = grpc.clone();
-        Ok((grpc.clone(), store::Opened::new(args, as_store, Some(grpc), endpoint.clone())))
-    };
-    let local = || -> Result<store::Opened> {
-        let local = store::open_local(args)?;
-        let description = local.root().display().to_string();
-        Ok(store::Opened::new(args, local, None, description))
-    };
     if cmd.local {
         if args.remote.is_some() {
             crate::usage!("sa prime takes --local or an execution service (--remote, --executor)");
@@ -163,7 +154,7 @@ fn setup(args: &StoreArgs, cmd: &PrimeArgs, timeout: Duration) -> Result<Setup> 
         if cmd.no_wait {
             crate::usage!("--no-wait needs an execution service: --local runs every action here");
         }
-        let build = local()?;
+        let build = store::open_local_store(args)?;
         let config = crate::exec_config(args, cmd.sandbox, timeout)?;
         let jobs = cmd.jobs.map_or_else(
             || std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -182,21 +173,21 @@ fn setup(args: &StoreArgs, cmd: &PrimeArgs, timeout: Duration) -> Result<Setup> 
         ),
         // A remote store only: read and write it, execute on it or on --executor.
         (None, Some(remote), executor) => {
-            let (grpc, build) = connect(remote)?;
+            let build = store::open_remote(args, remote)?;
             let (executor, description) = match executor {
-                None => (remote_executor(&grpc), remote.clone()),
+                None => (remote_executor(&build), remote.clone()),
                 Some(url) => (separate_executor(url)?, url.clone()),
             };
             Ok(Setup { build, executor_cas: None, executor, executor_description: description })
         }
         // A local store: upload to the service's CAS (--remote, else the executor's own).
         (_, remote, executor) => {
-            let build = local()?;
+            let build = store::open_local_store(args)?;
             let cas_url = remote.as_ref().or(executor.as_ref()).expect("one is given");
-            let (grpc, executor_cas) = connect(cas_url)?;
+            let executor_cas = store::open_remote(args, cas_url)?;
             let (executor, description) = match executor {
                 Some(url) if url != cas_url => (separate_executor(url)?, url.clone()),
-                _ => (remote_executor(&grpc), cas_url.clone()),
+                _ => (remote_executor(&executor_cas), cas_url.clone()),
             };
             Ok(Setup {
                 build,

@@ -102,11 +102,21 @@ pub(crate) fn open_existing(args: &StoreArgs) -> Result<Opened> {
 
 /// Opens `--remote` when given, else the local store.
 pub(crate) fn open(args: &StoreArgs) -> Result<Opened> {
-    if let Some(endpoint) = &args.remote {
-        let grpc = connect(args, endpoint)?;
-        let store: Arc<dyn Store> = grpc.clone();
-        return Ok(Opened::new(args, store, Some(grpc), endpoint.clone()));
+    match &args.remote {
+        Some(endpoint) => open_remote(args, endpoint),
+        None => open_local_store(args),
     }
+}
+
+/// The REAPI server at `endpoint` as a store.
+pub(crate) fn open_remote(args: &StoreArgs, endpoint: &str) -> Result<Opened> {
+    let grpc = connect(args, endpoint)?;
+    let store: Arc<dyn Store> = grpc.clone();
+    Ok(Opened::new(args, store, Some(grpc), endpoint.to_owned()))
+}
+
+/// The local store (`--cas`, or the default directory), whatever `--remote` says.
+pub(crate) fn open_local_store(args: &StoreArgs) -> Result<Opened> {
     let local = open_local(args)?;
     let description = local.root().display().to_string();
     Ok(Opened::new(args, local, None, description))

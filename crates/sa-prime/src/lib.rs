@@ -290,7 +290,7 @@ pub fn prime<S: Store + ?Sized>(
                 results.push((finished.action, status, result));
             });
         });
-        timer.time(Phase::Download, || -> Result<(), PrimeError> {
+        timer.time(Phase::Download, || {
             for (action, status, result) in results {
                 let status = match (stores.executor_cas, result) {
                     (Some(remote), Some(result)) => {
@@ -308,8 +308,7 @@ pub fn prime<S: Store + ?Sized>(
                 };
                 statuses.insert(action, status);
             }
-            Ok(())
-        })?;
+        });
     };
     let actions = outcomes
         .into_iter()
