@@ -44,9 +44,9 @@ fn bench_index(c: &mut Criterion) {
         let root = digest(&element(g, name)["artifact"]).filter(|_| key == "artifact");
         let root = root.or_else(|| digest(&element(g, name)[key])).expect("a tree");
         let forest = merkle::fetch_tree(&fx.cas, &root, &TreeLimits::default()).expect("fetch");
-        for (path, d, _) in forest.files(&root).expect("files") {
-            let origin = Origin { kind, element: name.into(), path, producer: None };
-            entries.push((d, origin));
+        for file in forest.files(&root).expect("files") {
+            let origin = Origin { kind, element: name.into(), path: file.path, producer: None };
+            entries.push((file.digest, origin));
         }
     }
     c.bench_function(&format!("index_build/origins={}", entries.len()), |b| {

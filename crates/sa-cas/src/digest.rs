@@ -77,15 +77,28 @@ impl DigestFunction {
     }
 
     /// The digest of everything `reader` yields.
-    pub fn hash_reader(self, mut reader: impl Read) -> std::io::Result<Digest> {
+    pub fn hash_reader(self, reader: impl Read) -> std::io::Result<Digest> {
+        self.copy_hashing(reader, std::io::sink()).map_err(CopyError::into_inner)
+    }
+
+    /// Copies everything `reader` yields to `writer` and returns its digest: one pass, each
+    /// buffer hashed as it is written.
+    pub fn copy_hashing(
+        self,
+        mut reader: impl Read,
+        mut writer: impl std::io::Write,
+    ) -> Result<Digest, CopyError> {
         let mut hasher = self.hasher();
         let mut buf = vec![0u8; 256 << 10];
         loop {
             match reader.read(&mut buf) {
                 Ok(0) => return Ok(hasher.finish()),
-                Ok(n) => hasher.update(&buf[..n]),
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    writer.write_all(&buf[..n]).map_err(CopyError::Write)?;
+                }
                 Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(err),
+                Err(err) => return Err(CopyError::Read(err)),
             }
         }
     }
@@ -124,6 +137,24 @@ impl FromStr for DigestFunction {
             "sha256" | "sha-256" => Ok(DigestFunction::Sha256),
             "blake3" => Ok(DigestFunction::Blake3),
             _ => Err(CasError::UnsupportedDigestFunction(s.to_owned())),
+        }
+    }
+}
+
+/// Which side of a [`DigestFunction::copy_hashing`] failed.
+#[derive(Debug)]
+pub enum CopyError {
+    /// Reading the source.
+    Read(std::io::Error),
+    /// Writing the destination.
+    Write(std::io::Error),
+}
+
+impl CopyError {
+    /// The error, whichever side it came from.
+    pub fn into_inner(self) -> std::io::Error {
+        match self {
+            CopyError::Read(err) | CopyError::Write(err) => err,
         }
     }
 }

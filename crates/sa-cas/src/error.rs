@@ -78,6 +78,18 @@ pub enum CasError {
         /// Why it is refused.
         reason: String,
     },
+    /// A local store holds blobs of another digest function than the one asked for.
+    #[error("the store at {} holds {holds} blobs ({why}), not {wanted} (see --digest-function)", path.display())]
+    StoreDigestFunction {
+        /// The store's directory.
+        path: PathBuf,
+        /// The function of its blobs.
+        holds: DigestFunction,
+        /// The function asked for.
+        wanted: DigestFunction,
+        /// How that is known.
+        why: &'static str,
+    },
     /// A configured limit was exceeded.
     #[error("limit exceeded: {0}")]
     LimitExceeded(String),

@@ -35,7 +35,7 @@ use tonic::{Code, Request, Status};
 use crate::digest::{Digest, DigestFunction};
 use crate::error::{CasError, io_error};
 use crate::merkle::batch_ranges;
-use crate::store::{ActionCache, Blob, Cas, check_content, check_function};
+use crate::store::{ActionCache, Blob, Cas, check_content, check_function, to_look_up};
 
 /// The largest gRPC message we send: servers commonly receive at most 4 MiB.
 const MAX_MESSAGE: u64 = 4 << 20;
@@ -493,45 +493,51 @@ impl GrpcCas {
         Ok(())
     }
 
-    /// Streams a blob through ByteStream Read into `out`, verifying it.
+    /// Streams a blob through ByteStream Read into `out` as it arrives, hashing it on the way
+    /// and verifying it at the end: memory holds one message, whatever the blob's size. A
+    /// retry resumes at the offset reached (`read_offset`), so `out` gets each byte once; a
+    /// server that sends more than the digest's size is stopped there. On an error, what was
+    /// written to `out` is not the blob.
     fn stream_read(&self, digest: &Digest, out: &mut dyn Write) -> Result<(), CasError> {
         let resource_name = self.resource_name(digest, false);
-        // Retries restart the stream; `out` must then be written from the start, so the blob
-        // is collected per attempt and written only once it is complete and verified.
-        let chunks: Vec<Bytes> = self
-            .call("ByteStream.Read", |channel| {
-                let request = self.request(ReadRequest {
-                    resource_name: resource_name.clone(),
-                    read_offset: 0,
-                    read_limit: 0,
-                });
-                async move {
-                    let mut stream =
-                        ByteStreamClient::new(channel).read(request).await?.into_inner();
-                    let mut chunks = Vec::new();
-                    while let Some(response) = stream.message().await? {
-                        chunks.push(response.data);
+        let state = std::cell::RefCell::new(StreamRead {
+            hasher: digest.function().hasher(),
+            written: 0,
+            out,
+            failed: None,
+        });
+        self.call("ByteStream.Read", |channel| {
+            let offset = state.borrow().written;
+            let request = self.request(ReadRequest {
+                resource_name: resource_name.clone(),
+                read_offset: i64::try_from(offset).unwrap_or(i64::MAX),
+                read_limit: 0,
+            });
+            let state = &state;
+            async move {
+                let mut stream = ByteStreamClient::new(channel).read(request).await?.into_inner();
+                while let Some(response) = stream.message().await? {
+                    let mut state = state.borrow_mut();
+                    if let Err(err) = state.take(digest, &response.data) {
+                        state.failed = Some(err);
+                        return Err(Status::aborted("the blob is not what its digest says"));
                     }
-                    Ok(tonic::Response::new(chunks))
                 }
-            })
-            .map_err(|err| match err {
-                CasError::Rpc { code: Code::NotFound, .. } => CasError::NotFound(*digest),
-                other => other,
-            })?;
-        let mut hasher = digest.function().hasher();
-        for chunk in &chunks {
-            hasher.update(chunk);
-        }
-        let actual = hasher.finish();
+                Ok(tonic::Response::new(()))
+            }
+        })
+        .map_err(|err| match (state.borrow_mut().failed.take(), err) {
+            (Some(failed), _) => failed,
+            (None, CasError::Rpc { code: Code::NotFound, .. }) => CasError::NotFound(*digest),
+            (None, other) => other,
+        })?;
+        let state = state.into_inner();
+        let actual = state.hasher.finish();
         if actual.size() != digest.size() {
             return Err(CasError::SizeMismatch { digest: *digest, actual: actual.size() });
         }
         if actual != *digest {
             return Err(CasError::DigestMismatch { expected: *digest, actual });
-        }
-        for chunk in chunks {
-            out.write_all(&chunk).map_err(io_error("<output>"))?;
         }
         Ok(())
     }
@@ -757,6 +763,29 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// A ByteStream Read in progress: what has been hashed and written so far.
+struct StreamRead<'o> {
+    hasher: crate::digest::Hasher,
+    written: u64,
+    out: &'o mut dyn Write,
+    /// Why the stream was stopped here (not a transport error: not retried).
+    failed: Option<CasError>,
+}
+
+impl StreamRead<'_> {
+    /// Hashes and writes one message's data.
+    fn take(&mut self, digest: &Digest, data: &[u8]) -> Result<(), CasError> {
+        let written = self.written + data.len() as u64;
+        if written > digest.size() {
+            return Err(CasError::SizeMismatch { digest: *digest, actual: written });
+        }
+        self.hasher.update(data);
+        self.out.write_all(data).map_err(io_error("<output>"))?;
+        self.written = written;
+        Ok(())
+    }
+}
+
 impl Cas for GrpcCas {
     fn digest_function(&self) -> DigestFunction {
         self.config.digest_function
@@ -811,18 +840,9 @@ impl Cas for GrpcCas {
     }
 
     fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, CasError> {
-        let mut seen = std::collections::HashSet::new();
-        let unique: Vec<Digest> = digests
-            .iter()
-            .filter(|d| seen.insert(**d))
-            .filter(|d| !d.is_empty_blob())
-            .copied()
-            .collect();
+        let unique = to_look_up(self.config.digest_function, digests)?;
         let mut missing = Vec::new();
         for chunk in unique.chunks(FIND_MISSING_CHUNK) {
-            for digest in chunk {
-                check_function(self.config.digest_function, digest)?;
-            }
             let response = self.call("FindMissingBlobs", |channel| {
                 let request = self.request(FindMissingBlobsRequest {
                     instance_name: self.config.instance_name.clone(),

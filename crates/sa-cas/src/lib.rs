@@ -21,7 +21,8 @@
 //! let dir = merkle::DirectoryBuilder::new().file("hello.txt", &hello, false).build(cas.digest_function()).unwrap();
 //! let root = cas.write_blob(merkle::directory_blob(cas.digest_function(), &dir).into_data()).unwrap();
 //! let tree = merkle::fetch_tree(&cas, &root, &Default::default()).unwrap();
-//! assert_eq!(tree.files(&root).unwrap(), vec![("hello.txt".to_string(), hello, false)]);
+//! let files = tree.files(&root).unwrap();
+//! assert_eq!((files[0].path.as_str(), files[0].digest), ("hello.txt", hello));
 //! ```
 
 #![deny(missing_docs)]
@@ -40,7 +41,7 @@ mod store;
 pub mod testing;
 
 pub use confined::{ConfinedDir, EntryKind, segments};
-pub use digest::{Digest, DigestFunction, HASH_LEN, Hasher};
+pub use digest::{CopyError, Digest, DigestFunction, HASH_LEN, Hasher};
 pub use error::{CasError, ResultExt};
 pub use grpc::{
     Backoff, GrpcCas, GrpcConfig, GrpcConnection, error_chain, is_transient, lazy_channel,

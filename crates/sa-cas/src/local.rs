@@ -15,7 +15,7 @@
 //! which content addressing turns into misses, never into corrupt reads of the right size.
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -25,9 +25,9 @@ use prost::Message;
 use rayon::prelude::*;
 use sa_proto::reapi::ActionResult;
 
-use crate::digest::{Digest, DigestFunction};
+use crate::digest::{CopyError, Digest, DigestFunction};
 use crate::error::{CasError, io_error};
-use crate::store::{ActionCache, Blob, Cas, check_content, check_function};
+use crate::store::{ActionCache, Blob, Cas, check_content, check_function, to_look_up};
 
 /// Prefix of the temp files this crate writes; only these are cleaned as stale.
 /// What an object of the store holds: where it goes and with which mode.
@@ -67,13 +67,66 @@ pub struct LocalCas {
     config: LocalCasConfig,
 }
 
+/// The file at a store's root naming the digest function of its blobs.
+const DIGEST_FUNCTION_FILE: &str = "digest-function";
+
 impl LocalCas {
+    /// Refuses a store whose blobs are of another digest function: its `digest-function` file
+    /// (written by `sa` when it makes a store) says which; a store without one that holds
+    /// objects was made by buildbox-casd or BuildStream, which use SHA-256 only.
+    fn check_digest_function(&self) -> Result<(), CasError> {
+        let marker = self.root.join(DIGEST_FUNCTION_FILE);
+        let wanted = self.config.digest_function;
+        let (holds, why) = match fs::read_to_string(&marker) {
+            Ok(text) => {
+                let holds = text.trim().parse::<DigestFunction>().map_err(|_| CasError::Io {
+                    path: marker.clone(),
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{:?} is not a digest function", text.trim()),
+                    ),
+                })?;
+                (holds, "its digest-function file says so")
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                let objects = self.cas_objects();
+                let holds_objects = fs::read_dir(&objects)
+                    .map(|mut entries| entries.next().is_some())
+                    .unwrap_or(false);
+                if !holds_objects {
+                    return Ok(());
+                }
+                (DigestFunction::Sha256, "a buildbox-casd or BuildStream store, which use sha256")
+            }
+            Err(err) => return Err(io_error(&marker)(err)),
+        };
+        if holds == wanted {
+            Ok(())
+        } else {
+            Err(CasError::StoreDigestFunction { path: self.root.clone(), holds, wanted, why })
+        }
+    }
+
+    /// Writes the `digest-function` file of a store made here.
+    fn mark_digest_function(&self) -> Result<(), CasError> {
+        let marker = self.root.join(DIGEST_FUNCTION_FILE);
+        let tmp = self.root.join(format!("{DIGEST_FUNCTION_FILE}.tmp"));
+        fs::write(&tmp, format!("{}\n", self.config.digest_function))
+            .and_then(|()| fs::rename(&tmp, &marker))
+            .map_err(io_error(&marker))
+    }
+
     /// Opens (creating as needed) the store at `root`, removing stale temp files of ours.
     pub fn open(root: impl AsRef<Path>, config: LocalCasConfig) -> Result<LocalCas, CasError> {
         let root = root.as_ref().to_path_buf();
         let store = LocalCas { root, config };
+        let new = !store.cas_objects().exists();
+        store.check_digest_function()?;
         for dir in [store.cas_objects(), store.cas_tmp(), store.ac_objects(), store.ac_tmp()] {
             fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        }
+        if new {
+            store.mark_digest_function()?;
         }
         store.clean_stale_temp_files(STALE_TMP_AGE)?;
         Ok(store)
@@ -275,12 +328,10 @@ impl Cas for LocalCas {
     }
 
     fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, CasError> {
-        let mut seen = std::collections::HashSet::new();
         let mut missing = Vec::new();
-        for digest in digests {
-            check_function(self.config.digest_function, digest)?;
-            if seen.insert(*digest) && !digest.is_empty_blob() && !self.present(digest)? {
-                missing.push(*digest);
+        for digest in to_look_up(self.config.digest_function, digests)? {
+            if !self.present(&digest)? {
+                missing.push(digest);
             }
         }
         Ok(missing)
@@ -304,18 +355,10 @@ impl Cas for LocalCas {
             }
             Err(err) => return Err(io_error(path)(err)),
         };
-        let mut hasher = digest.function().hasher();
-        let mut reader = io::BufReader::with_capacity(256 << 10, file);
-        let mut buf = vec![0u8; 256 << 10];
-        loop {
-            let n = reader.read(&mut buf).map_err(io_error(&path))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(io_error("<output>"))?;
-        }
-        let actual = hasher.finish();
+        let actual = digest.function().copy_hashing(file, out).map_err(|err| match err {
+            CopyError::Read(err) => io_error(&path)(err),
+            CopyError::Write(err) => io_error("<output>")(err),
+        })?;
         if actual.size() != digest.size() {
             let err = CasError::SizeMismatch { digest: *digest, actual: actual.size() };
             return Err(self.corrupt(err, &path));
@@ -335,17 +378,8 @@ impl Cas for LocalCas {
         let mut source = fs::File::open(path).map_err(io_error(path))?;
         let mut actual = None;
         self.persist(digest, &self.cas_tmp(), Kind::Blob, |file| {
-            let mut hasher = digest.function().hasher();
-            let mut buf = vec![0u8; 256 << 10];
-            loop {
-                let n = source.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                file.write_all(&buf[..n])?;
-            }
-            let found = hasher.finish();
+            let found =
+                digest.function().copy_hashing(&mut source, file).map_err(CopyError::into_inner)?;
             actual = Some(found);
             if found == *digest {
                 Ok(())

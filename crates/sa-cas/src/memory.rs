@@ -6,7 +6,7 @@ use sa_proto::reapi::ActionResult;
 
 use crate::digest::{Digest, DigestFunction};
 use crate::error::CasError;
-use crate::store::{ActionCache, Blob, Cas, check_function};
+use crate::store::{ActionCache, Blob, Cas, check_function, to_look_up};
 
 /// A store in memory; concurrent, and as strict as the others about digest functions.
 #[derive(Debug, Default)]
@@ -69,15 +69,9 @@ impl Cas for MemoryCas {
     }
 
     fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, CasError> {
-        let mut seen = std::collections::HashSet::new();
-        let mut missing = Vec::new();
-        for digest in digests {
-            check_function(self.function, digest)?;
-            if seen.insert(*digest) && !digest.is_empty_blob() && !self.blobs.contains_key(digest) {
-                missing.push(*digest);
-            }
-        }
-        Ok(missing)
+        let mut unique = to_look_up(self.function, digests)?;
+        unique.retain(|digest| !self.blobs.contains_key(digest));
+        Ok(unique)
     }
 }
 

@@ -149,6 +149,23 @@ pub trait Store: Cas + ActionCache {}
 impl<T: Cas + ActionCache> Store for T {}
 
 /// Checks that `digest` uses the store's function.
+/// What a `find_missing` must ask about: the distinct digests, in the order first given,
+/// without the empty blob (present in every store); each checked to be of `function`.
+pub(crate) fn to_look_up(
+    function: DigestFunction,
+    digests: &[Digest],
+) -> Result<Vec<Digest>, CasError> {
+    let mut seen = std::collections::HashSet::with_capacity(digests.len());
+    let mut out = Vec::with_capacity(digests.len());
+    for digest in digests {
+        check_function(function, digest)?;
+        if !digest.is_empty_blob() && seen.insert(*digest) {
+            out.push(*digest);
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) fn check_function(function: DigestFunction, digest: &Digest) -> Result<(), CasError> {
     if digest.function() == function {
         Ok(())

@@ -100,6 +100,11 @@ struct Demo {
     jobs: usize,
 }
 
+/// `path` as one shell word.
+fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
+}
+
 /// Copies a directory tree of regular files.
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
@@ -207,12 +212,14 @@ impl Demo {
                 copy_tree(&self.install_dir(number, dep), &root)?;
             }
             let log = dir.join("subactions.log");
+            // make hands CC to the shell: each path quoted, so a work directory with a space
+            // in its name works.
             let compiler = format!(
                 "{} --cas {} record --log {} --root {} -- gcc",
-                self.sa.display(),
-                self.store_dir.display(),
-                log.display(),
-                root.display()
+                shell_quote(&self.sa),
+                shell_quote(&self.store_dir),
+                shell_quote(&log),
+                shell_quote(&root)
             );
             let build_dir = root.join("build");
             let make_log = dir.join("make.log");
@@ -222,7 +229,8 @@ impl Demo {
                 &make_log,
             )?;
             let install = self.install_dir(number, element.name);
-            let destdir = format!("DESTDIR={}", install.display());
+            // Relative to the build directory: the Makefiles do not quote $(DESTDIR).
+            let destdir = "DESTDIR=../../install".to_owned();
             self.make(&build_dir, &["install".into(), destdir], &dir.join("install.log"))?;
             let text = std::fs::read_to_string(&log).with_context(|| {
                 format!("{} recorded no compile step ({})", element.name, log.display())
@@ -284,130 +292,231 @@ pub(crate) fn demo(args: &StoreArgs, cmd: &DemoArgs, ui: &mut Ui) -> Result<()> 
     if cmd.jobs == 0 {
         crate::usage!("--jobs must be at least 1");
     }
-    let temp;
-    let work = match &cmd.workdir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            if std::fs::read_dir(dir)?.next().is_some() {
-                bail!("--workdir {} is not empty", dir.display());
-            }
-            dir.canonicalize()?
-        }
-        None => {
-            temp = tempfile::Builder::new().prefix("sa-demo-").tempdir()?;
-            temp.path().to_path_buf()
-        }
-    };
-    let store_dir = work.join("store");
+    let work = WorkDir::new(cmd.workdir.as_deref())?;
+    let store_dir = work.path.join("store");
     let demo = Demo {
         cas: LocalCas::open(&store_dir, LocalCasConfig::default())?,
         store_dir,
         sa: std::env::current_exe().context("locating the sa binary")?,
         jobs: cmd.jobs,
-        work,
+        work: work.path.clone(),
     };
-    for (path, content) in FILES {
-        let target = demo.work.join("sources").join(path);
-        std::fs::create_dir_all(target.parent().expect("a file under sources/"))?;
-        std::fs::write(&target, content)
-            .with_context(|| format!("writing {}", target.display()))?;
-    }
+    let run = demo.run(ui)?;
+    let summary = Summary::of(&run);
+    summary.report(ui, &run, cmd.workdir.as_deref())?;
+    ui.report_phases();
+    summary.check()?;
+    work.keep();
+    Ok(())
+}
 
-    // Build 1, recorded; then generate.
-    let planned1 = ui.phase("plan", || demo.plan())?;
-    let built1 = ui.phase("build 1", || demo.build(1))?;
-    let graph1 = demo.write_graph("build1.json", &planned1, Some(&built1))?;
-    let out1 = demo.work.join("build1.out.json").display().to_string();
-    let generated = ui
-        .phase("generate", || demo.sa_json(&["generate", "--graph", &graph1, "--output", &out1]))?;
+/// The demo's work directory: `--workdir` (absent or empty) or a temporary one. Unless kept,
+/// it is removed when dropped: a failed demo leaves no half-built directory behind.
+struct WorkDir {
+    path: PathBuf,
+    /// Whether the directory was made here (and so is removed, not just emptied).
+    made: bool,
+    kept: bool,
+    _temp: Option<tempfile::TempDir>,
+}
 
-    // The edit, then instantiate and prime before build 2 starts.
-    for (path, from, to) in EDITS {
-        let file = demo.work.join("sources").join(path);
-        let text = std::fs::read_to_string(&file)?;
-        if !text.contains(from) {
-            bail!("the scripted edit of {path} does not apply: {from:?} is not there");
+impl WorkDir {
+    fn new(workdir: Option<&Path>) -> Result<WorkDir> {
+        let Some(dir) = workdir else {
+            let temp = tempfile::Builder::new().prefix("sa-demo-").tempdir()?;
+            return Ok(WorkDir {
+                path: temp.path().into(),
+                made: false,
+                kept: true,
+                _temp: Some(temp),
+            });
+        };
+        let made = !dir.exists();
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        if std::fs::read_dir(dir)?.next().is_some() {
+            bail!("--workdir {} is not empty", dir.display());
         }
-        std::fs::write(&file, text.replacen(from, to, 1))?;
+        Ok(WorkDir { path: dir.canonicalize()?, made, kept: false, _temp: None })
     }
-    let planned2 = ui.phase("plan", || demo.plan())?;
-    let graph2 = demo.write_graph("build2.json", &planned2, None)?;
-    let instantiated = ui.phase("instantiate", || {
-        demo.sa_json(&["instantiate", "--graph", &graph2, "--previous", &out1])
-    })?;
-    let jobs = cmd.jobs.to_string();
-    let primed = ui.phase("prime", || {
-        demo.sa_json(&[
-            "prime",
-            "--local",
-            "--jobs",
-            &jobs,
-            "--graph",
-            &graph2,
-            "--previous",
-            &out1,
-        ])
-    })?;
 
-    // Build 2, and what it tells.
-    let built2 = ui.phase("build 2", || demo.build(2))?;
-    let steps = |b: &BTreeMap<&str, Built>| b.values().map(|e| e.subactions.len()).sum::<usize>();
-    let actions1: BTreeSet<String> =
-        built1.values().flat_map(|e| e.subactions.iter().map(|d| d.to_string())).collect();
-    let actions2: BTreeSet<String> =
-        built2.values().flat_map(|e| e.subactions.iter().map(|d| d.to_string())).collect();
-    let hits2: usize = built2.values().map(|e| e.hits).sum();
-    let without = actions2.intersection(&actions1).count();
-    let count =
-        |lines: &[Value], key: &str, value: Value| lines.iter().filter(|l| l[key] == value).count();
-    let complete = count(&instantiated, "complete", true.into());
-    let changed = instantiated.iter().filter(|l| l["action"] != l["base_action"]).count();
-    let predicted: BTreeSet<String> = instantiated
-        .iter()
-        .filter(|l| l["complete"] == true)
-        .filter_map(|l| l["action"].as_str().map(str::to_owned))
-        .collect();
-    let mispredicted: Vec<&String> = predicted.difference(&actions2).collect();
-    let unprimed: Vec<&String> = actions2.difference(&predicted).collect();
-    let (executed, cached, failed) = (
-        count(&primed, "status", "executed".into()),
-        count(&primed, "status", "cached".into()),
-        count(&primed, "status", "failed".into()),
-    );
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
 
-    let per_element = |b: &BTreeMap<&str, Built>| {
-        ELEMENTS
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let removed = if self.made {
+            std::fs::remove_dir_all(&self.path)
+        } else {
+            std::fs::read_dir(&self.path).and_then(|entries| {
+                entries.into_iter().try_for_each(|entry| {
+                    let path = entry?.path();
+                    if path.is_dir() && !path.is_symlink() {
+                        std::fs::remove_dir_all(path)
+                    } else {
+                        std::fs::remove_file(path)
+                    }
+                })
+            })
+        };
+        if let Err(err) = removed {
+            tracing::warn!("removing the failed demo's {}: {err}", self.path.display());
+        }
+    }
+}
+
+/// What the demo's loop produced, step by step.
+struct Run {
+    built1: BTreeMap<&'static str, Built>,
+    generated: Vec<Value>,
+    instantiated: Vec<Value>,
+    primed: Vec<Value>,
+    built2: BTreeMap<&'static str, Built>,
+}
+
+impl Demo {
+    /// The loop: build 1 recorded, generate, the edit, instantiate and prime, build 2.
+    fn run(&self, ui: &mut Ui) -> Result<Run> {
+        self.write_sources()?;
+        let planned1 = ui.phase("plan", || self.plan())?;
+        let built1 = ui.phase("build 1", || self.build(1))?;
+        let graph1 = self.write_graph("build1.json", &planned1, Some(&built1))?;
+        let out1 = self.work.join("build1.out.json").display().to_string();
+        let generated = ui.phase("generate", || {
+            self.sa_json(&["generate", "--graph", &graph1, "--output", &out1])
+        })?;
+        self.edit()?;
+        let planned2 = ui.phase("plan", || self.plan())?;
+        let graph2 = self.write_graph("build2.json", &planned2, None)?;
+        let instantiated = ui.phase("instantiate", || {
+            self.sa_json(&["instantiate", "--graph", &graph2, "--previous", &out1])
+        })?;
+        let jobs = self.jobs.to_string();
+        let primed = ui.phase("prime", || {
+            let args = ["prime", "--local", "--jobs", &jobs, "--graph", &graph2, "--previous"];
+            self.sa_json(&[&args[..], &[&out1]].concat())
+        })?;
+        let built2 = ui.phase("build 2", || self.build(2))?;
+        Ok(Run { built1, generated, instantiated, primed, built2 })
+    }
+
+    fn write_sources(&self) -> Result<()> {
+        for (path, content) in FILES {
+            let target = self.work.join("sources").join(path);
+            std::fs::create_dir_all(target.parent().expect("a file under sources/"))?;
+            std::fs::write(&target, content)
+                .with_context(|| format!("writing {}", target.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The scripted edit between the builds.
+    fn edit(&self) -> Result<()> {
+        for (path, from, to) in EDITS {
+            let file = self.work.join("sources").join(path);
+            let text = std::fs::read_to_string(&file)?;
+            if !text.contains(from) {
+                bail!("the scripted edit of {path} does not apply: {from:?} is not there");
+            }
+            std::fs::write(&file, text.replacen(from, to, 1))?;
+        }
+        Ok(())
+    }
+}
+
+/// What the run tells: how build 2 fared, and whether every prediction was right.
+struct Summary {
+    steps1: usize,
+    hits1: usize,
+    steps2: usize,
+    hits2: usize,
+    /// Build 2's hits had nothing been primed: the actions build 1 already ran.
+    without: usize,
+    complete: usize,
+    changed: usize,
+    predicted: usize,
+    mispredicted: Vec<String>,
+    unprimed: Vec<String>,
+    executed: usize,
+    cached: usize,
+    failed: usize,
+}
+
+fn actions(built: &BTreeMap<&str, Built>) -> BTreeSet<String> {
+    built.values().flat_map(|e| e.subactions.iter().map(|d| d.to_string())).collect()
+}
+
+fn steps(built: &BTreeMap<&str, Built>) -> usize {
+    built.values().map(|e| e.subactions.len()).sum()
+}
+
+fn per_element(built: &BTreeMap<&str, Built>) -> String {
+    let counts: Vec<String> =
+        ELEMENTS.iter().map(|e| format!("{} {}", e.name, built[e.name].subactions.len())).collect();
+    counts.join(", ")
+}
+
+impl Summary {
+    fn of(run: &Run) -> Summary {
+        let (actions1, actions2) = (actions(&run.built1), actions(&run.built2));
+        let count = |lines: &[Value], key: &str, value: Value| {
+            lines.iter().filter(|l| l[key] == value).count()
+        };
+        let predicted: BTreeSet<String> = run
+            .instantiated
             .iter()
-            .map(|e| format!("{} {}", e.name, b[e.name].subactions.len()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if ui.json() {
-        ui.line(json!({
-            "workdir": cmd.workdir.as_ref().map(|d| d.display().to_string()),
-            "build1_steps": steps(&built1),
-            "generated": generated,
-            "edited": EDITS.iter().map(|(p, _, _)| *p).collect::<Vec<_>>(),
-            "instantiated": instantiated.len(),
-            "complete": complete,
-            "changed": changed,
-            "primed_executed": executed,
-            "primed_cached": cached,
-            "primed_failed": failed,
-            "build2_steps": steps(&built2),
-            "build2_hits": hits2,
-            "build2_hits_without_priming": without,
-            "mispredicted": mispredicted,
-            "unprimed": unprimed,
-        }))?;
-    } else {
+            .filter(|l| l["complete"] == true)
+            .filter_map(|l| l["action"].as_str().map(str::to_owned))
+            .collect();
+        Summary {
+            steps1: steps(&run.built1),
+            hits1: run.built1.values().map(|e| e.hits).sum(),
+            steps2: steps(&run.built2),
+            hits2: run.built2.values().map(|e| e.hits).sum(),
+            without: actions2.intersection(&actions1).count(),
+            complete: count(&run.instantiated, "complete", true.into()),
+            changed: run.instantiated.iter().filter(|l| l["action"] != l["base_action"]).count(),
+            predicted: predicted.len(),
+            mispredicted: predicted.difference(&actions2).cloned().collect(),
+            unprimed: actions2.difference(&predicted).cloned().collect(),
+            executed: count(&run.primed, "status", "executed".into()),
+            cached: count(&run.primed, "status", "cached".into()),
+            failed: count(&run.primed, "status", "failed".into()),
+        }
+    }
+
+    fn report(&self, ui: &mut Ui, run: &Run, workdir: Option<&Path>) -> Result<()> {
+        let edited: Vec<&str> = EDITS.iter().map(|(p, _, _)| *p).collect();
+        if ui.json() {
+            return ui.line(json!({
+                "workdir": workdir.map(|d| d.display().to_string()),
+                "build1_steps": self.steps1,
+                "generated": run.generated,
+                "edited": edited,
+                "instantiated": run.instantiated.len(),
+                "complete": self.complete,
+                "changed": self.changed,
+                "primed_executed": self.executed,
+                "primed_cached": self.cached,
+                "primed_failed": self.failed,
+                "build2_steps": self.steps2,
+                "build2_hits": self.hits2,
+                "build2_hits_without_priming": self.without,
+                "mispredicted": self.mispredicted,
+                "unprimed": self.unprimed,
+            }));
+        }
         ui.line(format!(
             "build 1: {} compile steps recorded ({}), {} executed",
-            steps(&built1),
-            per_element(&built1),
-            steps(&built1) - built1.values().map(|e| e.hits).sum::<usize>()
+            self.steps1,
+            per_element(&run.built1),
+            self.steps1 - self.hits1
         ))?;
-        for line in &generated {
+        for line in &run.generated {
             ui.line(format!(
                 "generate: {} {} actions, {} overlays -> {}",
                 line["element"].as_str().unwrap_or_default(),
@@ -416,45 +525,57 @@ pub(crate) fn demo(args: &StoreArgs, cmd: &DemoArgs, ui: &mut Ui) -> Result<()> 
                 line["speculative_actions"].as_str().unwrap_or_default()
             ))?;
         }
-        let edited: Vec<&str> = EDITS.iter().map(|(p, _, _)| *p).collect();
         ui.line(format!("edit: {}", edited.join(", ")))?;
         ui.line(format!(
-            "instantiate: {} actions, {complete} complete, {changed} changed",
-            instantiated.len()
+            "instantiate: {} actions, {} complete, {} changed",
+            run.instantiated.len(),
+            self.complete,
+            self.changed
         ))?;
         ui.line(format!(
-            "prime --local: {executed} executed, {cached} already cached, {failed} failed"
+            "prime --local: {} executed, {} already cached, {} failed",
+            self.executed, self.cached, self.failed
         ))?;
         ui.line(format!(
-            "build 2: {} compile steps ({}), {hits2} cache hits with priming, {without} without it",
-            steps(&built2),
-            per_element(&built2)
+            "build 2: {} compile steps ({}), {} cache hits with priming, {} without it",
+            self.steps2,
+            per_element(&run.built2),
+            self.hits2,
+            self.without
         ))?;
-        if mispredicted.is_empty() {
+        if self.mispredicted.is_empty() {
             ui.line(format!(
                 "check: every primed action ({}) is an action build 2 ran, byte for byte",
-                predicted.len()
+                self.predicted
             ))?;
         }
-        if let Some(dir) = &cmd.workdir {
+        if let Some(dir) = workdir {
             ui.line(format!("work directory kept: {}", dir.display()))?;
         }
+        Ok(())
     }
-    ui.report_phases();
-    if failed > 0 {
-        bail!("{failed} primed actions failed");
+
+    fn check(&self) -> Result<()> {
+        if self.failed > 0 {
+            bail!("{} primed actions failed", self.failed);
+        }
+        if !self.mispredicted.is_empty() {
+            bail!(
+                "{} primed actions were not run by build 2: {:?}",
+                self.mispredicted.len(),
+                self.mispredicted
+            );
+        }
+        if self.hits2 != self.steps2 {
+            bail!(
+                "build 2 missed the cache on {} of {} compile steps (not primed: {:?})",
+                self.steps2 - self.hits2,
+                self.steps2,
+                self.unprimed
+            );
+        }
+        Ok(())
     }
-    if !mispredicted.is_empty() {
-        bail!("{} primed actions were not run by build 2: {mispredicted:?}", mispredicted.len());
-    }
-    if hits2 != steps(&built2) {
-        bail!(
-            "build 2 missed the cache on {} of {} compile steps (not primed: {unprimed:?})",
-            steps(&built2) - hits2,
-            steps(&built2)
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

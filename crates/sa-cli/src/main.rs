@@ -44,20 +44,21 @@ pub(crate) struct Cli {
     #[command(flatten)]
     store: StoreArgs,
     /// Print one JSON object per line (for scripts) instead of a human summary.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Output")]
     json: bool,
     /// Print store traffic (blobs, bytes, calls, RPCs) and time per phase to stderr.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Output")]
     stats: bool,
     /// More logging on stderr (-v info, -vv debug, -vvv trace).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Output")]
     verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
 
-/// Where blobs and action results live.
+/// Where blobs and action results live. Listed after each subcommand's own options.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Store")]
 pub(crate) struct StoreArgs {
     /// Local store directory, laid out like buildbox-casd's
     /// [default: ${XDG_CACHE_HOME:-~/.cache}/speculative-actions]

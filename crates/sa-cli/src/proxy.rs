@@ -236,7 +236,7 @@ fn from_recording(args: &StoreArgs, cmd: &FromRecordingArgs, ui: &mut Ui) -> Res
     })?;
     let inputs = roots
         .iter()
-        .map(|root| Ok(forest.files(root)?.into_iter().map(|(_, digest, _)| digest).collect()))
+        .map(|root| Ok(forest.files(root)?.into_iter().map(|file| file.digest).collect()))
         .collect::<Result<Vec<HashSet<Digest>>, sa_cas::CasError>>()?;
     let order = producer_order(&actions, &inputs, &outputs);
     let sources = merkle::ingest(store, &cmd.sources, &limits)

@@ -307,86 +307,22 @@ pub(crate) fn record(args: &StoreArgs, cmd: &RecordArgs) -> Result<u8> {
     let Some(working_directory) = under(&cwd, &root) else {
         bail!("the working directory {} is not inside --root {}", cwd.display(), root.display());
     };
-
-    // The compiler's own account of what it reads.
-    let listed = Process::new(&argv[0])
-        .args(&compile.deps_args[1..])
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {:?} to list dependencies", argv[0]))?;
-    if !listed.status.success() {
-        // The compiler has reported the problem on our stderr already: running it again would
-        // print every diagnostic twice. Its exit code is the compile's.
-        return Ok(status_code(listed.status));
-    }
-    let deps = parse_make_deps(&String::from_utf8_lossy(&listed.stdout))
-        .with_context(|| format!("dependencies of {:?}", argv.join(" ")))?;
-
-    let output_paths = {
-        let mut outputs = Vec::new();
-        for output in std::iter::once(&compile.output).chain(&compile.dep_file) {
-            let full = normalize(&cwd.join(output));
-            match under(&full, &cwd) {
-                Some(relative) if !relative.is_empty() => outputs.push(relative),
-                _ => {
-                    eprintln!(
-                        "sa record: not recorded: output {output:?} is outside the working directory"
-                    );
-                    return passthrough(argv);
-                }
-            }
-        }
-        outputs.sort();
-        outputs
+    let deps = match list_dependencies(argv, &compile)? {
+        Ok(deps) => deps,
+        // The compiler has reported the problem on our stderr already: running it again
+        // would print every diagnostic twice. Its exit code is the compile's.
+        Err(code) => return Ok(code),
     };
-
+    let Some(output_paths) = output_paths(&compile, &cwd) else {
+        return passthrough(argv);
+    };
     let opened = store::open(args)?;
     let cas = &opened.store;
-    let function = cas.digest_function();
-    let mut inputs: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for dep in &deps {
-        let full = normalize(&cwd.join(dep));
-        let relative = match under(&full, &root) {
-            Some(relative) => relative,
-            None if cmd.include_system_headers => under(&full, Path::new("/"))
-                .with_context(|| format!("dependency {dep:?} is not a UTF-8 path"))?,
-            None => continue,
-        };
-        inputs.insert(relative, full);
-    }
-    let mut entries = Vec::with_capacity(inputs.len());
-    for (relative, full) in &inputs {
-        let digest = function.hash_file(full)?;
-        let meta =
-            std::fs::metadata(full).with_context(|| format!("reading {}", full.display()))?;
-        use std::os::unix::fs::PermissionsExt;
-        entries.push((relative.clone(), digest, meta.permissions().mode() & 0o111 != 0));
-    }
-    let digests: Vec<Digest> = entries.iter().map(|(_, d, _)| *d).collect();
-    for missing in cas.find_missing(&digests)? {
-        let (relative, _, _) = entries.iter().find(|(_, d, _)| *d == missing).expect("asked");
-        cas.write_file(&missing, &inputs[relative])?;
-    }
-    let input_root = merkle::build_tree(cas, &entries).context("building the input root")?;
-
-    let mut environment: BTreeMap<String, String> =
-        FIXED_ENV.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    for name in &cmd.pass_env {
-        match std::env::var(name) {
-            Ok(value) => {
-                environment.insert(name.clone(), value);
-            }
-            // Unset here: the compile runs without it, as it would have.
-            Err(_) => {
-                environment.remove(name);
-            }
-        }
-    }
-    let environment_variables =
-        environment.into_iter().map(|(name, value)| EnvironmentVariable { name, value }).collect();
+    let recorded = Recorded { cmd, cwd: &cwd, root: &root };
+    let input_root = recorded.store_input_root(cas, &deps)?;
     let command = Command {
         arguments: relativize_args(argv, &root, &cwd),
-        environment_variables,
+        environment_variables: recorded.environment(),
         output_paths,
         working_directory,
         ..Default::default()
@@ -398,43 +334,7 @@ pub(crate) fn record(args: &StoreArgs, cmd: &RecordArgs) -> Result<u8> {
         ..Default::default()
     };
     let action = write_message(cas, &action)?;
-
-    let (result, cached): (ActionResult, bool) = match &opened.grpc {
-        None => {
-            let config = crate::exec_config(args, cmd.sandbox, Duration::from_secs(cmd.timeout))?;
-            let executed = sa_exec::execute_cached(cas, &action, &config)?;
-            if executed.cached
-                && let Err(err) = sa_exec::write_outputs(cas, &command, &executed.result, &cwd)
-            {
-                // A cache entry whose outputs cannot be written safely (corrupt blobs, or a
-                // result naming paths it may not) is a miss: run the compile, which replaces
-                // the entry and any corrupt object.
-                tracing::warn!(
-                    "action {action}: the cached result is unusable, compiling instead: {}",
-                    sa_generator::error_chain(&err)
-                );
-                (sa_exec::execute(cas, &action, &config)?, false)
-            } else {
-                (executed.result, executed.cached)
-            }
-        }
-        Some(grpc) => {
-            let options = sa_exec::RemoteOptions {
-                jobs: 1,
-                timeout: Duration::from_secs(cmd.timeout),
-                ..Default::default()
-            };
-            let executor = sa_exec::RemoteExecutor::new(grpc.connection().clone(), options);
-            match crate::prime::execute_one(&executor, &action) {
-                sa_exec::Outcome::Cached(result) => (result, true),
-                sa_exec::Outcome::Executed(result) => (result, false),
-                sa_exec::Outcome::Failed(why) => bail!("{why}"),
-                sa_exec::Outcome::Accepted { operation } => {
-                    bail!("Execute {action}: accepted as {operation} but not waited for")
-                }
-            }
-        }
-    };
+    let (result, cached) = recorded.run(args, &opened, &action, &command)?;
     // A local hit has written its outputs already.
     if !(cached && opened.grpc.is_none()) {
         sa_exec::write_outputs(cas, &command, &result, &cwd)
@@ -445,7 +345,7 @@ pub(crate) fn record(args: &StoreArgs, cmd: &RecordArgs) -> Result<u8> {
         (&result.stderr_digest, Box::new(std::io::stderr())),
     ] {
         if let Some(digest) = digest {
-            let digest = Digest::from_proto(function, digest)?;
+            let digest = Digest::from_proto(cas.digest_function(), digest)?;
             cas.read_blob_to(&digest, &mut out)?;
         }
     }
@@ -462,6 +362,140 @@ pub(crate) fn record(args: &StoreArgs, cmd: &RecordArgs) -> Result<u8> {
             .with_context(|| format!("appending to {}", log.display()))?;
     }
     Ok(exit_code(result.exit_code))
+}
+
+/// The compiler's own account of what the compile reads (`-M` and friends), or, where the
+/// compiler fails, its exit code (its diagnostics already on our stderr).
+fn list_dependencies(argv: &[String], compile: &Compile) -> Result<Result<Vec<String>, u8>> {
+    let listed = Process::new(&argv[0])
+        .args(&compile.deps_args[1..])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {:?} to list dependencies", argv[0]))?;
+    if !listed.status.success() {
+        return Ok(Err(status_code(listed.status)));
+    }
+    let deps = parse_make_deps(&String::from_utf8_lossy(&listed.stdout))
+        .with_context(|| format!("dependencies of {:?}", argv.join(" ")))?;
+    Ok(Ok(deps))
+}
+
+/// The compile's outputs (object and dependency file) relative to the working directory,
+/// sorted; `None` (and a message) where one is outside it, which is not recorded.
+fn output_paths(compile: &Compile, cwd: &Path) -> Option<Vec<String>> {
+    let mut outputs = Vec::new();
+    for output in std::iter::once(&compile.output).chain(&compile.dep_file) {
+        let full = normalize(&cwd.join(output));
+        match under(&full, cwd) {
+            Some(relative) if !relative.is_empty() => outputs.push(relative),
+            _ => {
+                eprintln!(
+                    "sa record: not recorded: output {output:?} is outside the working directory"
+                );
+                return None;
+            }
+        }
+    }
+    outputs.sort();
+    Some(outputs)
+}
+
+/// One compile being recorded: the options, and where it runs.
+struct Recorded<'a> {
+    cmd: &'a RecordArgs,
+    cwd: &'a Path,
+    root: &'a Path,
+}
+
+impl Recorded<'_> {
+    /// Stores the input root: every dependency under `--root` (and the system headers with
+    /// `--include-system-headers`), at its path relative to the root.
+    fn store_input_root(&self, cas: &dyn sa_cas::Store, deps: &[String]) -> Result<Digest> {
+        use std::os::unix::fs::PermissionsExt;
+        let function = cas.digest_function();
+        let mut inputs: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for dep in deps {
+            let full = normalize(&self.cwd.join(dep));
+            let relative = match under(&full, self.root) {
+                Some(relative) => relative,
+                None if self.cmd.include_system_headers => under(&full, Path::new("/"))
+                    .with_context(|| format!("dependency {dep:?} is not a UTF-8 path"))?,
+                None => continue,
+            };
+            inputs.insert(relative, full);
+        }
+        let mut entries = Vec::with_capacity(inputs.len());
+        for (relative, full) in &inputs {
+            let digest = function.hash_file(full)?;
+            let meta =
+                std::fs::metadata(full).with_context(|| format!("reading {}", full.display()))?;
+            let executable = meta.permissions().mode() & 0o111 != 0;
+            entries.push(merkle::TreeFile::new(relative.clone(), digest, executable));
+        }
+        let digests: Vec<Digest> = entries.iter().map(|file| file.digest).collect();
+        for missing in cas.find_missing(&digests)? {
+            let file = entries.iter().find(|file| file.digest == missing).expect("asked");
+            cas.write_file(&missing, &inputs[&file.path])?;
+        }
+        merkle::build_tree(cas, &entries).context("building the input root")
+    }
+
+    /// The fixed environment, with the `--pass-env` variables set here (or removed, where
+    /// unset here: the compile runs without them, as it would have).
+    fn environment(&self) -> Vec<EnvironmentVariable> {
+        let mut environment: BTreeMap<String, String> =
+            FIXED_ENV.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        for name in &self.cmd.pass_env {
+            match std::env::var(name) {
+                Ok(value) => environment.insert(name.clone(), value),
+                Err(_) => environment.remove(name),
+            };
+        }
+        environment.into_iter().map(|(name, value)| EnvironmentVariable { name, value }).collect()
+    }
+
+    /// Runs the action (or finds it cached): here, or on the remote execution service.
+    fn run(
+        &self,
+        args: &StoreArgs,
+        opened: &store::Opened,
+        action: &Digest,
+        command: &Command,
+    ) -> Result<(ActionResult, bool)> {
+        let cas = &opened.store;
+        let Some(grpc) = &opened.grpc else {
+            let timeout = Duration::from_secs(self.cmd.timeout);
+            let config = crate::exec_config(args, self.cmd.sandbox, timeout)?;
+            let executed = sa_exec::execute_cached(cas, action, &config)?;
+            if executed.cached
+                && let Err(err) = sa_exec::write_outputs(cas, command, &executed.result, self.cwd)
+            {
+                // A cache entry whose outputs cannot be written safely (corrupt blobs, or a
+                // result naming paths it may not) is a miss: run the compile, which replaces
+                // the entry and any corrupt object.
+                tracing::warn!(
+                    "action {action}: the cached result is unusable, compiling instead: {}",
+                    sa_generator::error_chain(&err)
+                );
+                return Ok((sa_exec::execute(cas, action, &config)?, false));
+            }
+            return Ok((executed.result, executed.cached));
+        };
+        let options = sa_exec::RemoteOptions {
+            jobs: 1,
+            timeout: Duration::from_secs(self.cmd.timeout),
+            ..Default::default()
+        };
+        let executor = sa_exec::RemoteExecutor::new(grpc.connection().clone(), options);
+        match crate::prime::execute_one(&executor, action) {
+            sa_exec::Outcome::Cached(result) => Ok((result, true)),
+            sa_exec::Outcome::Executed(result) => Ok((result, false)),
+            sa_exec::Outcome::Failed(why) => bail!("{why}"),
+            sa_exec::Outcome::Accepted { operation } => {
+                bail!("Execute {action}: accepted as {operation} but not waited for")
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@
 //!
 //! let cas = MemoryCas::new(DigestFunction::Sha256);
 //! let input = cas.write_blob("hello\n".into()).unwrap();
-//! let root = merkle::build_tree(&cas, &[("in.txt".into(), input, false)]).unwrap();
+//! let root = merkle::build_tree(&cas, &[merkle::TreeFile::new("in.txt", input, false)]).unwrap();
 //! let command = Command {
 //!     arguments: vec!["/bin/cp".into(), "in.txt".into(), "out.txt".into()],
 //!     output_paths: vec!["out.txt".into()],

@@ -4,8 +4,9 @@ use std::fs;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use std::os::unix::process::CommandExt;
 
@@ -150,186 +151,275 @@ pub fn execute<S: Store + ?Sized>(
     action: &Digest,
     config: &ExecConfig,
 ) -> Result<ActionResult, ExecError> {
-    let id = *action;
-    let store_error =
-        move |source: CasError| ExecError::Store { action: id, source: Box::new(source) };
-    let invalid = move |reason: String| ExecError::InvalidAction { action: id, reason };
-    let io_error = move |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ExecError::Io { action: id, path, source }
-    };
-    let function = store.digest_function();
-
-    let decoded: Action = read_message(store, action, "Action").map_err(store_error)?;
-    let command_digest = Digest::from_proto_field(
-        function,
-        decoded.command_digest.as_ref(),
-        "Action.command_digest",
-    )
-    .map_err(store_error)?;
-    let root_digest = Digest::from_proto_field(
-        function,
-        decoded.input_root_digest.as_ref(),
-        "Action.input_root_digest",
-    )
-    .map_err(store_error)?;
-    let command: Command = read_message(store, &command_digest, "Command").map_err(store_error)?;
-    let Some(program) = command.arguments.first() else {
-        return Err(invalid("its Command has no arguments".into()));
-    };
-    let working = relative(&command.working_directory, true)
-        .map_err(|reason| invalid(format!("working_directory: {reason}")))?;
-    let outputs = output_paths(&command);
-    for output in &outputs {
-        relative(output, false).map_err(|reason| invalid(format!("output path: {reason}")))?;
-    }
-    let timeout = decoded
-        .timeout
-        .as_ref()
-        .map(|t| Duration::new(t.seconds.max(0) as u64, t.nanos.clamp(0, 999_999_999) as u32))
-        .filter(|t| !t.is_zero())
-        .unwrap_or(config.default_timeout);
-
+    let job = Job::load(store, action, config)?;
     if crate::cleanup::interrupted() {
-        return Err(ExecError::Interrupted { action: id });
+        return Err(ExecError::Interrupted { action: *action });
     }
     let base = config.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let scratch =
-        tempfile::Builder::new().prefix("sa-exec-").tempdir_in(&base).map_err(io_error(&base))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("sa-exec-")
+        .tempdir_in(&base)
+        .map_err(io_error(*action, &base))?;
     let _registered = ScratchGuard::register(scratch.path());
-    let root = scratch.path().join("root");
-    let options = MaterializeOptions {
-        limits: config.limits,
-        max_bytes: config.max_materialize_bytes,
-        ..Default::default()
-    };
-    let top = merkle::materialize(store, &root_digest, &root, &options)
-        .map_err(|e| store_error(e.context(format!("materializing input root {root_digest}"))))?;
-    // The working directory and the parents of the outputs, created without following any
-    // symlink of the input root.
-    let unsafe_path = |what: String| {
-        move |e: CasError| ExecError::Store { action: id, source: Box::new(e.context(what)) }
-    };
-    let working_dir = top
-        .walk(&command.working_directory, true)
-        .map_err(unsafe_path(format!("working directory {:?}", command.working_directory)))?
-        .expect("walk creates what is missing");
-    for output in &outputs {
-        working_dir
-            .parent_of(output, true)
-            .map_err(unsafe_path(format!("parent of output path {output:?}")))?;
-    }
-    let cwd = root.join(&working);
-
-    // A relative program with a slash is relative to the working directory (REAPI); a bare
-    // name is looked up in the command's own PATH.
-    let program_path = if program.contains('/') && !program.starts_with('/') {
-        cwd.join(program)
-    } else {
-        PathBuf::from(program)
-    };
-    let stdout_path = scratch.path().join("stdout");
-    let stderr_path = scratch.path().join("stderr");
-    let stdout = fs::File::create(&stdout_path).map_err(io_error(&stdout_path))?;
-    let stderr = fs::File::create(&stderr_path).map_err(io_error(&stderr_path))?;
-    tracing::debug!(%action, ?program, sandbox = ?config.sandbox, "running");
-    let mut child = config
-        .sandbox
-        .command(&program_path, &command.arguments[1..], &root, &cwd)
-        .env_clear()
-        .envs(command.environment_variables.iter().map(|e| (&e.name, &e.value)))
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        // Its own process group, so a deadline or an interrupt ends everything it started.
-        .process_group(0)
-        .spawn()
-        .map_err(|source| ExecError::Spawn { action: id, program: program.clone(), source })?;
-    let group = GroupGuard::register(child.id());
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(1);
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(io_error(&program_path))? {
-            break status;
-        }
-        if start.elapsed() >= timeout {
-            group.kill();
-            let _ = child.wait();
-            return Err(ExecError::Timeout { action: id, timeout });
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
-    };
-    drop(group);
-    if crate::cleanup::interrupted() {
-        return Err(ExecError::Interrupted { action: id });
-    }
-    // A command killed by a signal reports 128 + the signal, as shells do.
-    let exit_code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-
-    let store_file = |path: &Path| -> Result<Digest, ExecError> {
-        let digest = function.hash_file(path).map_err(store_error)?;
-        store.write_file(&digest, path).map_err(store_error)?;
-        Ok(digest)
-    };
-    let mut result = ActionResult {
-        exit_code,
-        stdout_digest: Some(store_file(&stdout_path)?.to_proto()),
-        stderr_digest: Some(store_file(&stderr_path)?.to_proto()),
-        ..Default::default()
-    };
-    for output in &outputs {
-        let found = working_dir
-            .parent_of(output, false)
-            .and_then(|parent| match parent {
-                Some((dir, name)) => Ok(dir.kind(name)?.map(|kind| (dir, name, kind))),
-                None => Ok(None),
-            })
-            .map_err(unsafe_path(format!("output {output:?}")))?;
-        let Some((dir, name, kind)) = found else { continue };
-        match kind {
-            EntryKind::Symlink => {
-                let target =
-                    dir.read_link(name).map_err(unsafe_path(format!("output {output:?}")))?;
-                result.output_symlinks.push(OutputSymlink {
-                    path: output.clone(),
-                    target,
-                    ..Default::default()
-                });
-            }
-            EntryKind::Directory => {
-                let tree_digest = output_tree(store, &dir, name, &config.limits)
-                    .map_err(unsafe_path(format!("output directory {output:?}")))?;
-                result.output_directories.push(OutputDirectory {
-                    path: output.clone(),
-                    tree_digest: Some(tree_digest.to_proto()),
-                    ..Default::default()
-                });
-            }
-            EntryKind::File { executable } => {
-                let file =
-                    dir.open_file(name).map_err(unsafe_path(format!("output {output:?}")))?;
-                // The open file itself, whatever its path points to by now.
-                let digest = store_file(&ConfinedDir::fd_path(&file))?;
-                result.output_files.push(OutputFile {
-                    path: output.clone(),
-                    digest: Some(digest.to_proto()),
-                    is_executable: executable,
-                    ..Default::default()
-                });
-            }
-            EntryKind::Other => {
-                return Err(invalid(format!(
-                    "output {output:?} is not a file, directory or symlink"
-                )));
-            }
-        }
-    }
-    if exit_code == 0 && !decoded.do_not_cache {
-        store.update_action_result(action, &result).map_err(store_error)?;
+    let working_dir = job.prepare(store, scratch.path(), config)?;
+    let exit_code = job.run(scratch.path(), config)?;
+    let result = job.collect(store, scratch.path(), &working_dir, exit_code, config)?;
+    if exit_code == 0 && !job.action.do_not_cache {
+        store.update_action_result(action, &result).map_err(store_error(*action))?;
     }
     drop(scratch);
     Ok(result)
+}
+
+/// An action about to run: its Action and Command, checked.
+struct Job {
+    id: Digest,
+    action: Action,
+    command: Command,
+    root_digest: Digest,
+    /// The working directory, relative to the input root.
+    working: PathBuf,
+    outputs: Vec<String>,
+    timeout: Duration,
+}
+
+fn store_error(action: Digest) -> impl Fn(CasError) -> ExecError {
+    move |source| ExecError::Store { action, source: Box::new(source) }
+}
+
+fn io_error(action: Digest, path: &Path) -> impl FnOnce(io::Error) -> ExecError {
+    let path = path.to_path_buf();
+    move |source| ExecError::Io { action, path, source }
+}
+
+/// A store error on a path of the action's tree, with what was being done.
+fn path_error(action: Digest, what: String) -> impl FnOnce(CasError) -> ExecError {
+    move |source| ExecError::Store { action, source: Box::new(source.context(what)) }
+}
+
+impl Job {
+    /// Reads and checks the Action and its Command: a missing blob is a store error, a
+    /// malformed Action or Command is an invalid action (naming the field).
+    fn load<S: Store + ?Sized>(
+        store: &S,
+        action: &Digest,
+        config: &ExecConfig,
+    ) -> Result<Job, ExecError> {
+        let id = *action;
+        let function = store.digest_function();
+        let malformed = move |source: CasError| match source.root_cause() {
+            CasError::Decode { .. }
+            | CasError::InvalidDigest { .. }
+            | CasError::MissingField(_) => {
+                ExecError::InvalidAction { action: id, reason: sa_cas::error_chain(&source) }
+            }
+            _ => store_error(id)(source),
+        };
+        let invalid = move |reason: String| ExecError::InvalidAction { action: id, reason };
+        let decoded: Action = read_message(store, action, "Action").map_err(malformed)?;
+        let command_digest = Digest::from_proto_field(
+            function,
+            decoded.command_digest.as_ref(),
+            "Action.command_digest",
+        )
+        .map_err(malformed)?;
+        let root_digest = Digest::from_proto_field(
+            function,
+            decoded.input_root_digest.as_ref(),
+            "Action.input_root_digest",
+        )
+        .map_err(malformed)?;
+        let command: Command =
+            read_message(store, &command_digest, "Command").map_err(malformed)?;
+        if command.arguments.is_empty() {
+            return Err(invalid("its Command has no arguments".into()));
+        }
+        let working = relative(&command.working_directory, true)
+            .map_err(|reason| invalid(format!("working_directory: {reason}")))?;
+        let outputs = output_paths(&command);
+        for output in &outputs {
+            relative(output, false).map_err(|reason| invalid(format!("output path: {reason}")))?;
+        }
+        let timeout = decoded
+            .timeout
+            .as_ref()
+            .map(|t| Duration::new(t.seconds.max(0) as u64, t.nanos.clamp(0, 999_999_999) as u32))
+            .filter(|t| !t.is_zero())
+            .unwrap_or(config.default_timeout);
+        Ok(Job { id, action: decoded, command, root_digest, working, outputs, timeout })
+    }
+
+    /// Materializes the input root under `scratch/root` and creates the working directory and
+    /// the parents of the outputs, without following any symlink of the input root; returns
+    /// the working directory.
+    fn prepare<S: Store + ?Sized>(
+        &self,
+        store: &S,
+        scratch: &Path,
+        config: &ExecConfig,
+    ) -> Result<ConfinedDir, ExecError> {
+        let options = MaterializeOptions {
+            limits: config.limits,
+            max_bytes: config.max_materialize_bytes,
+            ..Default::default()
+        };
+        let root = &self.root_digest;
+        let top = merkle::materialize(store, root, &scratch.join("root"), &options)
+            .map_err(path_error(self.id, format!("materializing input root {root}")))?;
+        let working = &self.command.working_directory;
+        let working_dir = top
+            .walk(working, true)
+            .map_err(path_error(self.id, format!("working directory {working:?}")))?
+            .expect("walk creates what is missing");
+        for output in &self.outputs {
+            working_dir
+                .parent_of(output, true)
+                .map_err(path_error(self.id, format!("parent of output path {output:?}")))?;
+        }
+        Ok(working_dir)
+    }
+
+    /// Runs the command in its own process group, stdout and stderr to files in `scratch`,
+    /// and returns its exit code (128 + the signal for a command a signal killed, as shells
+    /// say it).
+    fn run(&self, scratch: &Path, config: &ExecConfig) -> Result<i32, ExecError> {
+        let id = self.id;
+        let root = scratch.join("root");
+        let cwd = root.join(&self.working);
+        let program = &self.command.arguments[0];
+        // A relative program with a slash is relative to the working directory (REAPI); a
+        // bare name is looked up in the command's own PATH.
+        let program_path = if program.contains('/') && !program.starts_with('/') {
+            cwd.join(program)
+        } else {
+            PathBuf::from(program)
+        };
+        let [stdout, stderr] = ["stdout", "stderr"].map(|name| {
+            let path = scratch.join(name);
+            fs::File::create(&path).map_err(io_error(id, &path))
+        });
+        tracing::debug!(action = %id, ?program, sandbox = ?config.sandbox, "running");
+        let mut child = config
+            .sandbox
+            .command(&program_path, &self.command.arguments[1..], &root, &cwd)
+            .env_clear()
+            .envs(self.command.environment_variables.iter().map(|e| (&e.name, &e.value)))
+            .stdin(Stdio::null())
+            .stdout(stdout?)
+            .stderr(stderr?)
+            // Its own process group, so a deadline or an interrupt ends everything it started.
+            .process_group(0)
+            .spawn()
+            .map_err(|source| ExecError::Spawn { action: id, program: program.clone(), source })?;
+        let group = GroupGuard::register(child.id());
+        let status = wait_with_deadline(&mut child, &group, self.timeout)
+            .map_err(io_error(id, &program_path))?;
+        drop(group);
+        if crate::cleanup::interrupted() {
+            return Err(ExecError::Interrupted { action: id });
+        }
+        let Some(status) = status else {
+            return Err(ExecError::Timeout { action: id, timeout: self.timeout });
+        };
+        Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    }
+
+    /// The result: exit code, stdout and stderr, and each declared output that exists,
+    /// stored (files read through the descriptor opened without following symlinks).
+    fn collect<S: Store + ?Sized>(
+        &self,
+        store: &S,
+        scratch: &Path,
+        working_dir: &ConfinedDir,
+        exit_code: i32,
+        config: &ExecConfig,
+    ) -> Result<ActionResult, ExecError> {
+        let id = self.id;
+        let store_file = |path: &Path| -> Result<Digest, ExecError> {
+            let digest = store.digest_function().hash_file(path).map_err(store_error(id))?;
+            store.write_file(&digest, path).map_err(store_error(id))?;
+            Ok(digest)
+        };
+        let mut result = ActionResult {
+            exit_code,
+            stdout_digest: Some(store_file(&scratch.join("stdout"))?.to_proto()),
+            stderr_digest: Some(store_file(&scratch.join("stderr"))?.to_proto()),
+            ..Default::default()
+        };
+        for output in &self.outputs {
+            let unsafe_path = || path_error(id, format!("output {output:?}"));
+            let found = working_dir
+                .parent_of(output, false)
+                .and_then(|parent| match parent {
+                    Some((dir, name)) => Ok(dir.kind(name)?.map(|kind| (dir, name, kind))),
+                    None => Ok(None),
+                })
+                .map_err(unsafe_path())?;
+            let Some((dir, name, kind)) = found else { continue };
+            let path = output.clone();
+            match kind {
+                EntryKind::Symlink => {
+                    let target = dir.read_link(name).map_err(unsafe_path())?;
+                    result.output_symlinks.push(OutputSymlink {
+                        path,
+                        target,
+                        ..Default::default()
+                    });
+                }
+                EntryKind::Directory => {
+                    let tree_digest = output_tree(store, &dir, name, &config.limits)
+                        .map_err(path_error(id, format!("output directory {output:?}")))?;
+                    result.output_directories.push(OutputDirectory {
+                        path,
+                        tree_digest: Some(tree_digest.to_proto()),
+                        ..Default::default()
+                    });
+                }
+                EntryKind::File { executable } => {
+                    let file = dir.open_file(name).map_err(unsafe_path())?;
+                    // The open file itself, whatever its path points to by now.
+                    let digest = store_file(&ConfinedDir::fd_path(&file))?;
+                    result.output_files.push(OutputFile {
+                        path,
+                        digest: Some(digest.to_proto()),
+                        is_executable: executable,
+                        ..Default::default()
+                    });
+                }
+                EntryKind::Other => {
+                    return Err(ExecError::InvalidAction {
+                        action: id,
+                        reason: format!("output {output:?} is not a file, directory or symlink"),
+                    });
+                }
+            }
+        }
+        Ok(result)
+    }
+}
+
+/// Waits for `child`; if it outlives `timeout`, kills its process group and returns `None`
+/// once it has ended. A blocking wait, with a watchdog thread that sleeps until the deadline
+/// unless told the child is done.
+fn wait_with_deadline(
+    child: &mut Child,
+    group: &GroupGuard,
+    timeout: Duration,
+) -> io::Result<Option<ExitStatus>> {
+    let (done, finished) = mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let watchdog = scope.spawn(move || match finished.recv_timeout(timeout) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                group.kill();
+                true
+            }
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => false,
+        });
+        let status = child.wait();
+        drop(done);
+        let timed_out = watchdog.join().expect("the watchdog does not panic");
+        Ok(if timed_out { None } else { Some(status?) })
+    })
 }
 
 /// Like `Execute` with `skip_cache_lookup = false`: a successful cached result whose outputs

@@ -41,10 +41,14 @@ impl Fixture {
         outputs: &[&str],
         edit: impl FnOnce(&mut Action, &mut Command),
     ) -> Digest {
-        let entries: Vec<(String, Digest, bool)> = files
+        let entries: Vec<merkle::TreeFile> = files
             .iter()
             .map(|(p, c)| {
-                ((*p).to_owned(), self.store.write_blob(c.to_string().into()).unwrap(), false)
+                merkle::TreeFile::new(
+                    *p,
+                    self.store.write_blob(c.to_string().into()).unwrap(),
+                    false,
+                )
             })
             .collect();
         let root = merkle::build_tree(&self.store, &entries).unwrap();
@@ -454,7 +458,7 @@ fn a_bot_completes_leases_with_results_or_a_status_naming_what_is_wrong() {
     let cas = GrpcCas::connect(GrpcConfig::new(casd.endpoint())).unwrap();
     // The action's blobs in casd: a command over one input file.
     let input = cas.write_blob("hello\n".into()).unwrap();
-    let root = merkle::build_tree(&cas, &[("in.txt".into(), input, false)]).unwrap();
+    let root = merkle::build_tree(&cas, &[merkle::TreeFile::new("in.txt", input, false)]).unwrap();
     let command = Command {
         arguments: vec!["/bin/cp".into(), "in.txt".into(), "out.txt".into()],
         output_paths: vec!["out.txt".into()],

@@ -11,6 +11,9 @@ use sa_cas::merkle::{self, Forest, TreeLimits};
 use sa_cas::{Blob, CasError, Digest, DigestFunction, Store, merkle::join};
 use sa_proto::buildstream::v2::speculative_actions::SpeculativeAction;
 use sa_proto::reapi::Action;
+use sa_proto::wire::{
+    SPECULATIVE_ACTIONS_ACTIONS, SPECULATIVE_ACTIONS_ARTIFACT_OVERLAYS, put_length_delimited,
+};
 
 use crate::index::OriginIndex;
 use crate::model::{Origin, OriginKind, overlay_order};
@@ -194,55 +197,285 @@ pub fn generate(
     input: &GenerateInput,
     config: &GenerateConfig,
 ) -> Result<Generated, GenerateError> {
-    let element = input.element.name.as_str();
     let function = store.digest_function();
     check_input(input, function)?;
-    let mut stats = GenerateStats::default();
+    let mut run = Run { element: &input.element.name, config, stats: GenerateStats::default() };
+    let roots = run.input_roots(store, &input.subactions)?;
+    let trees = origin_trees(input);
+    let (forest, roots) = run.fetch_trees(store, &trees, input.element.artifact, roots)?;
+    let index = run.origin_index(store, &forest, &trees, &roots)?;
+    let artifact_overlays = run.artifact_overlays(&forest, &index, input.element.artifact)?;
+    let out = run.encode(&forest, &index, &roots, &artifact_overlays);
+    // The trees are done with: free them before hashing and storing the output.
+    drop(forest);
+    let blob = Blob::new(function, out);
+    let digest = *blob.digest();
+    let encoded = blob.data().clone();
+    merkle::write_in_batches(store, std::slice::from_ref(&blob)).map_err(|source| {
+        GenerateError::Store { element: run.element.into(), source: Box::new(source) }
+    })?;
+    Ok(Generated { digest, encoded, stats: run.stats })
+}
 
-    // Distinct subactions, in recorded order.
-    let mut seen = HashSet::new();
-    let subactions: Vec<Digest> =
-        input.subactions.iter().copied().filter(|d| seen.insert(*d)).collect();
-    stats.subactions = subactions.len();
+/// One run of [`generate`]: the element, the options, and the statistics gathered so far.
+struct Run<'a> {
+    element: &'a str,
+    config: &'a GenerateConfig,
+    stats: GenerateStats,
+}
 
-    // Actions and their input roots.
-    let mut roots: Vec<(Digest, Digest)> = Vec::with_capacity(subactions.len());
-    let missing: HashSet<Digest> = store
-        .find_missing(&subactions)
-        .map_err(|source| GenerateError::Subaction {
-            element: element.into(),
-            action: subactions[0],
-            source: Box::new(source),
-        })?
-        .into_iter()
-        .collect();
-    let present: Vec<Digest> =
-        subactions.iter().copied().filter(|d| !missing.contains(d)).collect();
-    let blobs: Vec<Result<Bytes, CasError>> = match merkle::read_in_batches(store, &present) {
-        Ok(blobs) => blobs.into_iter().map(Ok).collect(),
-        // A blob that vanished or is corrupt: find which, one by one (error path only).
-        Err(_) => present.iter().map(|d| store.read_blob(d)).collect(),
-    };
-    let decoded: Vec<Result<Digest, CasError>> = present
-        .par_iter()
-        .zip(blobs.into_par_iter())
-        .map(|(digest, data)| data.and_then(|data| input_root(function, digest, &data)))
-        .collect();
-    let mut present_iter = present.iter().zip(decoded);
-    for action in &subactions {
-        let outcome = if missing.contains(action) {
-            Err(CasError::NotFound(*action).context(format!("Action {action}")))
-        } else {
-            let (_, decoded) = present_iter.next().expect("one decode per present action");
-            decoded
-        };
-        match outcome {
-            Ok(root) => roots.push((*action, root)),
-            Err(source) => skip_or_fail(config, &mut stats, element, *action, source)?,
+impl Run<'_> {
+    /// The distinct subactions, in recorded order, with their input roots; a subaction whose
+    /// Action is missing or invalid is skipped or fails the run.
+    fn input_roots(
+        &mut self,
+        store: &(impl Store + ?Sized),
+        subactions: &[Digest],
+    ) -> Result<Vec<(Digest, Digest)>, GenerateError> {
+        let function = store.digest_function();
+        let mut seen = HashSet::new();
+        let subactions: Vec<Digest> =
+            subactions.iter().copied().filter(|d| seen.insert(*d)).collect();
+        self.stats.subactions = subactions.len();
+        let blobs = merkle::read_each(store, &subactions);
+        let decoded: Vec<Result<Digest, CasError>> = subactions
+            .par_iter()
+            .zip(blobs.into_par_iter())
+            .map(|(digest, data)| {
+                let data = data.map_err(|err| err.context(format!("Action {digest}")))?;
+                input_root(function, digest, &data)
+            })
+            .collect();
+        let mut roots = Vec::with_capacity(subactions.len());
+        for (action, decoded) in subactions.into_iter().zip(decoded) {
+            match decoded {
+                Ok(root) => roots.push((action, root)),
+                Err(source) => self.skip_or_fail(action, source)?,
+            }
         }
+        Ok(roots)
     }
 
-    // Origin trees.
+    /// Fetches every tree at once (the origin trees, the element's artifact, the input roots)
+    /// and bounds the walks below; returns the forest and the actions whose trees it holds.
+    fn fetch_trees(
+        &mut self,
+        store: &(impl Store + ?Sized),
+        trees: &[OriginTree<'_>],
+        artifact: Option<Digest>,
+        roots: Vec<(Digest, Digest)>,
+    ) -> Result<(Forest, Vec<(Digest, Digest)>), GenerateError> {
+        let element = self.element;
+        let mut all_roots: Vec<Digest> = trees.iter().map(|t| t.root).collect();
+        all_roots.extend(artifact);
+        let origin_roots = all_roots.len();
+        all_roots.extend(roots.iter().map(|(_, root)| *root));
+        let fetched = merkle::fetch_forest_partial(store, &all_roots, &self.config.limits)
+            .map_err(|source| GenerateError::InvalidInput {
+                element: element.into(),
+                reason: format!("the trees cannot be read together: {}", error_chain(&source)),
+            })?;
+        let mut broken_actions = HashSet::new();
+        for (position, source) in fetched.broken {
+            if position < origin_roots {
+                let (tree_element, what) =
+                    trees.get(position).map_or((element, "artifact"), |t| (t.element, t.what));
+                return Err(GenerateError::Tree {
+                    element: tree_element.into(),
+                    what,
+                    root: all_roots[position],
+                    source: Box::new(source),
+                });
+            }
+            let action = roots[position - origin_roots].0;
+            broken_actions.insert(position - origin_roots);
+            self.skip_or_fail(action, source.context(format!("input root of Action {action}")))?;
+        }
+        let forest = fetched.forest;
+        let roots: Vec<(Digest, Digest)> = roots
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !broken_actions.contains(i))
+            .map(|(_, r)| r)
+            .collect();
+        self.stats.directories = forest.len();
+        // Every walk below lists each tree once, and each input root once per action: bound
+        // the total before any of them allocates.
+        let expanded = all_roots[..origin_roots]
+            .iter()
+            .chain(roots.iter().map(|(_, root)| root))
+            .fold(0u64, |sum, root| sum.saturating_add(forest.expansion(root).entries));
+        self.config
+            .limits
+            .check_expanded(expanded, || {
+                format!(
+                    "the trees of element {element:?} (sources, artifacts, {} input roots)",
+                    roots.len()
+                )
+            })
+            .map_err(|source| GenerateError::Store {
+                element: element.into(),
+                source: Box::new(source),
+            })?;
+        self.stats.expanded_entries = expanded;
+        Ok((forest, roots))
+    }
+
+    /// The origin index: every file of the origin trees, and the outputs of each subaction
+    /// that has a result (ACTION origins), indexed in parallel.
+    fn origin_index(
+        &mut self,
+        store: &(impl Store + ?Sized),
+        forest: &Forest,
+        trees: &[OriginTree<'_>],
+        roots: &[(Digest, Digest)],
+    ) -> Result<OriginIndex, GenerateError> {
+        let function = store.digest_function();
+        let results: Vec<Result<Vec<(Digest, Origin)>, GenerateError>> = roots
+            .par_iter()
+            .map(|(action, _)| action_outputs(store, function, self.element, action))
+            .collect();
+        let tree_entries: Vec<Vec<(Digest, Origin)>> =
+            trees.par_iter().map(|tree| tree_origins(forest, tree)).collect::<Result<_, _>>()?;
+        let mut entries: Vec<(Digest, Origin)> = tree_entries.into_iter().flatten().collect();
+        for result in results {
+            entries.extend(result?);
+        }
+        let index = OriginIndex::build(entries);
+        self.stats.origins = index.len();
+        Ok(index)
+    }
+
+    /// The element's own artifact files traced to their origins, any subaction's outputs
+    /// allowed.
+    fn artifact_overlays(
+        &mut self,
+        forest: &Forest,
+        index: &OriginIndex,
+        artifact: Option<Digest>,
+    ) -> Result<Vec<(Digest, u32)>, GenerateError> {
+        let mut overlays = Vec::new();
+        let Some(root) = artifact else {
+            return Ok(overlays);
+        };
+        let files = forest.files(&root).map_err(|source| GenerateError::Tree {
+            element: self.element.into(),
+            what: "artifact",
+            root,
+            source: Box::new(source),
+        })?;
+        for file in files {
+            match index.candidates(&file.digest).and_then(|c| index.select(&file.path, c, |_| true))
+            {
+                Some(id) => overlays.push((file.digest, id)),
+                None => self.stats.unattributed_artifact_files += 1,
+            }
+        }
+        sort_overlays(index, &mut overlays);
+        self.stats.artifact_file_overlays = overlays.len();
+        Ok(overlays)
+    }
+
+    /// The encoded `SpeculativeActions`: per-action attribution over memoized directory
+    /// occurrences, in parallel within chunks of actions whose encodings go straight into the
+    /// output (the outer message is the concatenation of its repeated fields, in order, so no
+    /// action's encoding is held longer than its chunk), then the artifact overlays.
+    fn encode(
+        &mut self,
+        forest: &Forest,
+        index: &OriginIndex,
+        roots: &[(Digest, Digest)],
+        artifact_overlays: &[(Digest, u32)],
+    ) -> Vec<u8> {
+        let producer_index: HashMap<Digest, usize> =
+            roots.iter().enumerate().map(|(i, (a, _))| (*a, i)).collect();
+        let memo: DashMap<(Digest, String), Arc<Entry>> = DashMap::new();
+        let mut out = Vec::new();
+        for (chunk_index, chunk) in roots.chunks(ATTRIBUTION_CHUNK).enumerate() {
+            let attributed: Vec<Attributed> = chunk
+                .par_iter()
+                .enumerate()
+                .map(|(offset, (action, root))| {
+                    let position = chunk_index * ATTRIBUTION_CHUNK + offset;
+                    let allowed = |origin: &Origin| match origin.producer {
+                        Some(producer) => {
+                            producer_index.get(&producer).is_some_and(|&p| p < position)
+                        }
+                        None => true,
+                    };
+                    attribute(forest, index, &memo, action, root, allowed)
+                })
+                .collect();
+            for one in attributed {
+                self.stats.unattributed_inputs += one.unattributed;
+                self.stats.source_overlays += one.counts[OriginKind::Source as usize];
+                self.stats.action_overlays += one.counts[OriginKind::Action as usize];
+                self.stats.artifact_overlays += one.counts[OriginKind::Artifact as usize];
+                if let Some(encoded) = one.encoded {
+                    self.stats.actions += 1;
+                    put_length_delimited(&mut out, SPECULATIVE_ACTIONS_ACTIONS, &encoded);
+                }
+            }
+        }
+        for (digest, id) in artifact_overlays {
+            let overlay = index.origin(*id).to_overlay(digest).encode_to_vec();
+            put_length_delimited(&mut out, SPECULATIVE_ACTIONS_ARTIFACT_OVERLAYS, &overlay);
+        }
+        out
+    }
+
+    fn skip_or_fail(&mut self, action: Digest, source: CasError) -> Result<(), GenerateError> {
+        let error = GenerateError::Subaction {
+            element: self.element.into(),
+            action,
+            source: Box::new(source),
+        };
+        if !self.config.skip_broken_subactions {
+            return Err(error);
+        }
+        tracing::warn!("skipping: {}", error_chain(&error));
+        self.stats.skipped.push(SkippedSubaction { action, reason: error_chain(&error) });
+        Ok(())
+    }
+}
+
+/// One action attributed: its encoded `SpeculativeAction` (none without overlays), its
+/// overlays per origin kind, and its input files with no origin.
+struct Attributed {
+    encoded: Option<Vec<u8>>,
+    counts: [usize; 3],
+    unattributed: u64,
+}
+
+fn attribute(
+    forest: &Forest,
+    index: &OriginIndex,
+    memo: &DashMap<(Digest, String), Arc<Entry>>,
+    action: &Digest,
+    root: &Digest,
+    allowed: impl Fn(&Origin) -> bool,
+) -> Attributed {
+    let entry = occurrence(forest, index, memo, root, String::new());
+    let (mut overlays, unattributed) = collect(index, &entry, allowed);
+    sort_overlays(index, &mut overlays);
+    let mut counts = [0usize; 3];
+    for (_, id) in &overlays {
+        counts[index.origin(*id).kind as usize] += 1;
+    }
+    if overlays.is_empty() {
+        return Attributed { encoded: None, counts, unattributed };
+    }
+    let message = SpeculativeAction {
+        base_action_digest: Some(action.to_proto()),
+        overlays: overlays.iter().map(|(d, id)| index.origin(*id).to_overlay(d)).collect(),
+    };
+    Attributed { encoded: Some(message.encode_to_vec()), counts, unattributed }
+}
+
+/// The trees origins come from: the element's sources, and its dependencies' sources and
+/// artifacts.
+fn origin_trees(input: &GenerateInput) -> Vec<OriginTree<'_>> {
+    let element = input.element.name.as_str();
     let mut trees: Vec<OriginTree<'_>> = Vec::new();
     if let Some(root) = input.element.sources {
         trees.push(OriginTree {
@@ -254,190 +487,18 @@ pub fn generate(
         });
     }
     for dep in &input.dependencies {
-        if let Some(root) = dep.sources {
-            trees.push(OriginTree {
-                kind: OriginKind::Source,
-                element: &dep.name,
-                overlay_element: &dep.name,
-                what: "sources",
-                root,
-            });
-        }
-        if let Some(root) = dep.artifact {
-            trees.push(OriginTree {
-                kind: OriginKind::Artifact,
-                element: &dep.name,
-                overlay_element: &dep.name,
-                what: "artifact",
-                root,
-            });
-        }
-    }
-
-    // Fetch every tree at once; on failure, find the culprits tree by tree (error path only).
-    let mut all_roots: Vec<Digest> = trees.iter().map(|t| t.root).collect();
-    all_roots.extend(input.element.artifact);
-    all_roots.extend(roots.iter().map(|(_, root)| *root));
-    let forest = match merkle::fetch_forest(store, &all_roots, &config.limits) {
-        Ok(forest) => forest,
-        Err(_) => {
-            let mut own = Vec::new();
-            if let Some(root) = input.element.artifact {
-                own.push((element, "artifact", root));
-            }
-            for tree in trees.iter().map(|t| (t.element, t.what, t.root)).chain(own) {
-                if let Err(source) = merkle::fetch_tree(store, &tree.2, &config.limits) {
-                    return Err(GenerateError::Tree {
-                        element: tree.0.into(),
-                        what: tree.1,
-                        root: tree.2,
-                        source: Box::new(source),
-                    });
-                }
-            }
-            let mut kept = Vec::with_capacity(roots.len());
-            for (action, root) in roots {
-                match merkle::fetch_tree(store, &root, &config.limits) {
-                    Ok(_) => kept.push((action, root)),
-                    Err(source) => {
-                        let source = source.context(format!("input root of Action {action}"));
-                        skip_or_fail(config, &mut stats, element, action, source)?;
-                    }
-                }
-            }
-            roots = kept;
-            all_roots = trees.iter().map(|t| t.root).collect();
-            all_roots.extend(input.element.artifact);
-            all_roots.extend(roots.iter().map(|(_, root)| *root));
-            merkle::fetch_forest(store, &all_roots, &config.limits).map_err(|source| {
-                GenerateError::InvalidInput {
-                    element: element.into(),
-                    reason: format!("trees changed while being read: {source}"),
-                }
-            })?
-        }
-    };
-    stats.directories = forest.len();
-    // Every walk below lists each tree once, and each input root once per action: bound the
-    // total before any of them allocates.
-    let mut expanded = 0u64;
-    for root in trees.iter().map(|t| &t.root).chain(&input.element.artifact) {
-        expanded = expanded.saturating_add(forest.expansion(root).entries);
-    }
-    for (_, root) in &roots {
-        expanded = expanded.saturating_add(forest.expansion(root).entries);
-    }
-    config
-        .limits
-        .check_expanded(expanded, || {
-            format!(
-                "the trees of element {element:?} (sources, artifacts, {} input roots)",
-                roots.len()
-            )
-        })
-        .map_err(|source| GenerateError::Store {
-            element: element.into(),
-            source: Box::new(source),
-        })?;
-    stats.expanded_entries = expanded;
-
-    // ACTION origins: the outputs of each subaction that has a result.
-    let results: Vec<Result<Vec<(Digest, Origin)>, GenerateError>> = roots
-        .par_iter()
-        .map(|(action, _)| action_outputs(store, function, element, action))
-        .collect();
-    let producer_index: HashMap<Digest, usize> =
-        roots.iter().enumerate().map(|(i, (a, _))| (*a, i)).collect();
-
-    // The origin index, from all trees in parallel.
-    let tree_entries: Vec<Vec<(Digest, Origin)>> =
-        trees.par_iter().map(|tree| tree_origins(&forest, tree)).collect::<Result<_, _>>()?;
-    let mut entries: Vec<(Digest, Origin)> = tree_entries.into_iter().flatten().collect();
-    for result in results {
-        entries.extend(result?);
-    }
-    let index = OriginIndex::build(entries);
-    stats.origins = index.len();
-
-    // Artifact overlays: the element's own artifact files, any subaction's outputs allowed.
-    let mut artifact_overlays = Vec::new();
-    if let Some(root) = input.element.artifact {
-        let files = forest.files(&root).map_err(|source| GenerateError::Tree {
-            element: element.into(),
-            what: "artifact",
+        let name = dep.name.as_str();
+        let tree = |kind, what, root| OriginTree {
+            kind,
+            element: name,
+            overlay_element: name,
+            what,
             root,
-            source: Box::new(source),
-        })?;
-        for (path, digest, _) in files {
-            match index.candidates(&digest).and_then(|c| index.select(&path, c, |_| true)) {
-                Some(id) => artifact_overlays.push((digest, id)),
-                None => stats.unattributed_artifact_files += 1,
-            }
-        }
-        sort_overlays(&index, &mut artifact_overlays);
+        };
+        trees.extend(dep.sources.map(|root| tree(OriginKind::Source, "sources", root)));
+        trees.extend(dep.artifact.map(|root| tree(OriginKind::Artifact, "artifact", root)));
     }
-    stats.artifact_file_overlays = artifact_overlays.len();
-
-    // Per-action attribution over memoized directory occurrences, in parallel within chunks
-    // of actions whose encodings go straight into the output: the outer message is the
-    // concatenation of its repeated fields, in order, so no action's encoding is held longer
-    // than its chunk.
-    let memo: DashMap<(Digest, String), Arc<Entry>> = DashMap::new();
-    let mut out = Vec::new();
-    for (chunk_index, chunk) in roots.chunks(ATTRIBUTION_CHUNK).enumerate() {
-        let attributed: Vec<(Option<Vec<u8>>, [usize; 3], u64)> = chunk
-            .par_iter()
-            .enumerate()
-            .map(|(offset, (action, root))| {
-                let position = chunk_index * ATTRIBUTION_CHUNK + offset;
-                let entry = occurrence(&forest, &index, &memo, root, String::new());
-                let allowed = |origin: &Origin| match origin.producer {
-                    Some(producer) => producer_index.get(&producer).is_some_and(|&p| p < position),
-                    None => true,
-                };
-                let (mut overlays, unattributed) = collect(&index, &entry, allowed);
-                sort_overlays(&index, &mut overlays);
-                let mut counts = [0usize; 3];
-                for (_, id) in &overlays {
-                    counts[index.origin(*id).kind as usize] += 1;
-                }
-                if overlays.is_empty() {
-                    return (None, counts, unattributed);
-                }
-                let message = SpeculativeAction {
-                    base_action_digest: Some(action.to_proto()),
-                    overlays: overlays
-                        .iter()
-                        .map(|(d, id)| index.origin(*id).to_overlay(d))
-                        .collect(),
-                };
-                (Some(message.encode_to_vec()), counts, unattributed)
-            })
-            .collect();
-        for (encoded, counts, unattributed) in attributed {
-            stats.unattributed_inputs += unattributed;
-            stats.source_overlays += counts[OriginKind::Source as usize];
-            stats.action_overlays += counts[OriginKind::Action as usize];
-            stats.artifact_overlays += counts[OriginKind::Artifact as usize];
-            if let Some(encoded) = encoded {
-                stats.actions += 1;
-                put_field(&mut out, 1, &encoded);
-            }
-        }
-    }
-    for (digest, id) in &artifact_overlays {
-        put_field(&mut out, 2, &index.origin(*id).to_overlay(digest).encode_to_vec());
-    }
-    // The trees are done with: free them before hashing and storing the output.
-    drop(memo);
-    drop(forest);
-    let blob = Blob::new(function, out);
-    let digest = *blob.digest();
-    let encoded = blob.data().clone();
-    merkle::write_in_batches(store, std::slice::from_ref(&blob)).map_err(|source| {
-        GenerateError::Store { element: element.into(), source: Box::new(source) }
-    })?;
-    Ok(Generated { digest, encoded, stats })
+    trees
 }
 
 fn check_input(input: &GenerateInput, function: DigestFunction) -> Result<(), GenerateError> {
@@ -469,23 +530,6 @@ fn check_input(input: &GenerateInput, function: DigestFunction) -> Result<(), Ge
             )));
         }
     }
-    Ok(())
-}
-
-fn skip_or_fail(
-    config: &GenerateConfig,
-    stats: &mut GenerateStats,
-    element: &str,
-    action: Digest,
-    source: CasError,
-) -> Result<(), GenerateError> {
-    let error =
-        GenerateError::Subaction { element: element.into(), action, source: Box::new(source) };
-    if !config.skip_broken_subactions {
-        return Err(error);
-    }
-    tracing::warn!("skipping: {}", error_chain(&error));
-    stats.skipped.push(SkippedSubaction { action, reason: error_chain(&error) });
     Ok(())
 }
 
@@ -552,14 +596,14 @@ fn tree_origins(
     })?;
     Ok(files
         .into_iter()
-        .map(|(path, digest, _)| {
+        .map(|file| {
             let origin = Origin {
                 kind: tree.kind,
                 element: tree.overlay_element.to_owned(),
-                path,
+                path: file.path,
                 producer: None,
             };
-            (digest, origin)
+            (file.digest, origin)
         })
         .collect())
 }
@@ -632,10 +676,3 @@ fn sort_overlays(index: &OriginIndex, overlays: &mut Vec<(Digest, u32)>) {
 
 /// Actions attributed (in parallel) before their encodings are appended to the output.
 const ATTRIBUTION_CHUNK: usize = 512;
-
-/// Appends a length-delimited field, as prost encodes a repeated message field.
-fn put_field(out: &mut Vec<u8>, number: u32, payload: &[u8]) {
-    prost::encoding::encode_key(number, prost::encoding::WireType::LengthDelimited, out);
-    prost::encoding::encode_varint(payload.len() as u64, out);
-    out.extend_from_slice(payload);
-}

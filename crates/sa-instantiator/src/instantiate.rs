@@ -169,6 +169,18 @@ pub struct Instantiator<'s, S: Store + ?Sized> {
 }
 
 /// One element's speculative action, decoded.
+/// An element's distinct overlays, by id: each origin with the digest it replaces.
+type Overlays = Vec<(Origin, Digest)>;
+
+/// An element's `SpeculativeActions` as [`Instantiator::decode_actions`] reads it: each
+/// action's base digest and overlay ids, and the distinct overlays the ids name.
+#[derive(Default)]
+struct DecodedActions {
+    bases: Vec<Digest>,
+    groups: Vec<Vec<u32>>,
+    overlays: Vec<(Origin, Digest)>,
+}
+
 struct Planned {
     base: Digest,
     /// Overlay ids (into the element's interned overlays), sorted by target digest then id:
@@ -254,23 +266,33 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         element: &str,
         speculative_actions: &Digest,
     ) -> Result<Vec<InstantiatedAction>, InstantiateError> {
-        let function = self.store.digest_function();
         if !self.elements.contains_key(element) {
             return Err(InstantiateError::InvalidInput(format!("unknown element {element:?}")));
         }
+        let decoded = self.decode_actions(element, speculative_actions)?;
+        let (planned, overlays) = self.plan(element, decoded)?;
+        let forest = self.fetch_input_trees(element, &planned)?;
+        let work = ElementWork::new(&forest, overlays);
+        self.run_waves(element, &work, &planned)
+    }
+
+    /// The element's `SpeculativeActions`, decoded one action at a time with its overlays
+    /// interned: a large element's message holds millions of overlays, which must not all be
+    /// decoded at once.
+    fn decode_actions(
+        &self,
+        element: &str,
+        speculative_actions: &Digest,
+    ) -> Result<DecodedActions, InstantiateError> {
+        let function = self.store.digest_function();
         let sa_error = |source| InstantiateError::SpeculativeActions {
             element: element.into(),
             digest: *speculative_actions,
             source: Box::new(source),
         };
         let blob = self.store.read_blob(speculative_actions).map_err(sa_error)?;
-
-        // Intern overlays, decoding one action at a time: a large element's message holds
-        // millions of overlays, which must not all be decoded at once.
         let mut interned: HashMap<(Origin, Digest), u32> = HashMap::new();
-        let mut overlays: Vec<(Origin, Digest)> = Vec::new();
-        let mut bases = Vec::new();
-        let mut groups = Vec::new();
+        let mut out = DecodedActions::default();
         let decoded = for_each_action(&blob, |action| {
             let base = Digest::from_proto_field(
                 function,
@@ -292,16 +314,17 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
                 let id = match interned.get(&key) {
                     Some(id) => *id,
                     None => {
-                        let id = u32::try_from(overlays.len()).expect("fewer than 2^32 overlays");
+                        let id =
+                            u32::try_from(out.overlays.len()).expect("fewer than 2^32 overlays");
                         interned.insert(key.clone(), id);
-                        overlays.push(key);
+                        out.overlays.push(key);
                         id
                     }
                 };
                 ids.push(id);
             }
-            bases.push(base);
-            groups.push(ids);
+            out.bases.push(base);
+            out.groups.push(ids);
             Ok(())
         });
         match decoded {
@@ -314,32 +337,31 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
                 }));
             }
         }
-        drop(interned);
-        drop(blob);
+        Ok(out)
+    }
 
-        // Base actions and their input trees, fetched in batches.
-        let raws = merkle::read_in_batches(self.store, &bases).or_else(|_| {
-            bases
-                .iter()
-                .map(|b| self.store.read_blob(b).map_err(|e| (b, e)))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|(b, source)| InstantiateError::Action {
-                    element: element.into(),
-                    action: *b,
-                    source: Box::new(source),
-                })
-        })?;
+    /// Each action's base Action (read in batches), input root, sorted overlay ids and the
+    /// producers it waits for; and the overlays the ids name.
+    fn plan(
+        &self,
+        element: &str,
+        decoded: DecodedActions,
+    ) -> Result<(Vec<Planned>, Overlays), InstantiateError> {
+        let function = self.store.digest_function();
+        let DecodedActions { bases, groups, overlays } = decoded;
+        let raws = merkle::read_each(self.store, &bases);
         let position: HashMap<Digest, usize> =
             bases.iter().enumerate().map(|(i, b)| (*b, i)).collect();
         let mut planned = Vec::with_capacity(bases.len());
         for ((base, raw), mut overlay_ids) in bases.iter().zip(raws).zip(groups) {
-            overlay_ids.sort_unstable_by_key(|id| (overlays[*id as usize].1, *id));
-            overlay_ids.dedup();
             let action_error = |source| InstantiateError::Action {
                 element: element.into(),
                 action: *base,
                 source: Box::new(source),
             };
+            let raw = raw.map_err(action_error)?;
+            overlay_ids.sort_unstable_by_key(|id| (overlays[*id as usize].1, *id));
+            overlay_ids.dedup();
             let decoded = Action::decode(raw.clone()).map_err(|source| {
                 action_error(CasError::Decode { what: "Action", digest: *base, source })
             })?;
@@ -358,33 +380,32 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             producers.dedup();
             planned.push(Planned { base: *base, overlay_ids, root, raw, producers });
         }
+        Ok((planned, overlays))
+    }
+
+    /// Every input tree of the element's actions, fetched at once, and bounded: each action's
+    /// rewrite may walk its whole input root, so the total over the element's actions, and over
+    /// the run (each element counted once, whatever the waves), is checked.
+    fn fetch_input_trees(
+        &self,
+        element: &str,
+        planned: &[Planned],
+    ) -> Result<Forest, InstantiateError> {
         let roots: Vec<Digest> = planned.iter().map(|p| p.root).collect();
-        let forest = match merkle::fetch_forest(self.store, &roots, &self.config.limits) {
-            Ok(forest) => forest,
-            Err(_) => {
-                for p in &planned {
-                    merkle::fetch_tree(self.store, &p.root, &self.config.limits).map_err(
-                        |source| InstantiateError::Action {
-                            element: element.into(),
-                            action: p.base,
-                            source: Box::new(
-                                source.context(format!("input root of Action {}", p.base)),
-                            ),
-                        },
-                    )?;
-                }
-                merkle::fetch_forest(self.store, &roots, &self.config.limits).map_err(|source| {
-                    InstantiateError::Store {
-                        what: format!(
-                            "input trees of element {element:?} changed while being read"
-                        ),
-                        source: Box::new(source),
-                    }
-                })?
-            }
-        };
-        // Each action's rewrite may walk its whole input root: bound the total over the
-        // element's actions, and over the run (each element counted once, whatever the waves).
+        let fetched = merkle::fetch_forest_partial(self.store, &roots, &self.config.limits)
+            .map_err(|source| InstantiateError::Store {
+                what: format!("input trees of element {element:?}"),
+                source: Box::new(source),
+            })?;
+        if let Some((position, source)) = fetched.broken.into_iter().next() {
+            let base = planned[position].base;
+            return Err(InstantiateError::Action {
+                element: element.into(),
+                action: base,
+                source: Box::new(source.context(format!("input root of Action {base}"))),
+            });
+        }
+        let forest = fetched.forest;
         let expanded = planned
             .iter()
             .fold(0u64, |sum, p| sum.saturating_add(forest.expansion(&p.root).entries));
@@ -407,9 +428,17 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
                 what: format!("input trees of element {element:?}"),
                 source: Box::new(source),
             })?;
-        let work = ElementWork::new(&forest, overlays);
+        Ok(forest)
+    }
 
-        // Waves: an action runs after the producers it names (ACTION overlays) have run.
+    /// Rewrites the actions in waves: an action runs after the producers it names (ACTION
+    /// overlays) have run; each wave's blobs are stored before the next.
+    fn run_waves(
+        &self,
+        element: &str,
+        work: &ElementWork<'_>,
+        planned: &[Planned],
+    ) -> Result<Vec<InstantiatedAction>, InstantiateError> {
         let mut level = vec![0usize; planned.len()];
         for i in 0..planned.len() {
             level[i] = planned[i]
@@ -426,9 +455,9 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             let members: Vec<usize> = (0..planned.len()).filter(|&i| level[i] == wave).collect();
             let results: Vec<Result<InstantiatedAction, InstantiateError>> = members
                 .par_iter()
-                .map(|&i| self.instantiate_one(element, &work, &planned[i]))
+                .map(|&i| self.instantiate_one(element, work, &planned[i]))
                 .collect();
-            self.flush(element, &work)?;
+            self.flush(element, work)?;
             for (&i, result) in members.iter().zip(results) {
                 let outcome = result?;
                 if outcome.complete {
@@ -735,7 +764,7 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         let result = cell.get_or_init(|| {
             let forest = merkle::fetch_tree(self.store, root, &self.config.limits)?;
             let files = forest.files(root)?;
-            Ok(Arc::new(files.into_iter().map(|(path, digest, _)| (path, digest)).collect()))
+            Ok(Arc::new(files.into_iter().map(|file| (file.path, file.digest)).collect()))
         });
         result.clone().map_err(|source| InstantiateError::Tree {
             element: owner.into(),
@@ -855,17 +884,18 @@ fn for_each_action<E>(
     mut each: impl FnMut(SpeculativeAction) -> Result<(), E>,
 ) -> Result<Result<(), E>, prost::DecodeError> {
     use prost::encoding::{DecodeContext, WireType, check_wire_type, decode_key, skip_field};
+    use sa_proto::wire::{SPECULATIVE_ACTIONS_ACTIONS, SPECULATIVE_ACTIONS_ARTIFACT_OVERLAYS};
     let mut buf = blob;
     while !buf.is_empty() {
         let (tag, wire_type) = decode_key(&mut buf)?;
         match tag {
-            1 => {
+            SPECULATIVE_ACTIONS_ACTIONS => {
                 check_wire_type(WireType::LengthDelimited, wire_type)?;
                 if let Err(err) = each(SpeculativeAction::decode_length_delimited(&mut buf)?) {
                     return Ok(Err(err));
                 }
             }
-            2 => {
+            SPECULATIVE_ACTIONS_ARTIFACT_OVERLAYS => {
                 check_wire_type(WireType::LengthDelimited, wire_type)?;
                 Overlay::decode_length_delimited(&mut buf)?;
             }

@@ -7,8 +7,12 @@
 //! messages around it); everything else is copied, in its original order.
 
 use prost::Message;
-use prost::encoding::{WireType, decode_key, decode_varint, encode_key, encode_varint};
+use prost::encoding::{WireType, decode_key, decode_varint};
 use sa_cas::Digest;
+use sa_proto::wire::{
+    ACTION_INPUT_ROOT_DIGEST, DIRECTORY_DIRECTORIES, DIRECTORY_FILES, NODE_DIGEST, NODE_NAME,
+    put_length_delimited,
+};
 
 /// A field as it appears in the buffer.
 struct RawField<'a> {
@@ -55,19 +59,13 @@ fn fields(mut buf: &[u8]) -> Result<Vec<RawField<'_>>, String> {
     Ok(out)
 }
 
-fn put_length_delimited(out: &mut Vec<u8>, number: u32, payload: &[u8]) {
-    encode_key(number, WireType::LengthDelimited, out);
-    encode_varint(payload.len() as u64, out);
-    out.extend_from_slice(payload);
-}
-
 /// Rewrites a node (FileNode or DirectoryNode): its `digest = 2` replaced by `digest`.
 fn replace_node_digest(node: &[u8], digest: &Digest) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(node.len() + 8);
     let mut replaced = false;
     for field in fields(node)? {
-        if field.number == 2 && field.payload.is_some() && !replaced {
-            put_length_delimited(&mut out, 2, &digest.to_proto().encode_to_vec());
+        if field.number == NODE_DIGEST && field.payload.is_some() && !replaced {
+            put_length_delimited(&mut out, NODE_DIGEST, &digest.to_proto().encode_to_vec());
             replaced = true;
         } else {
             out.extend_from_slice(field.bytes);
@@ -89,10 +87,8 @@ pub(crate) fn rewrite_directory(
     let mut out = Vec::with_capacity(blob.len() + 64);
     for field in fields(blob)? {
         let replacement = match (field.number, field.payload) {
-            (1 | 2, Some(node)) => {
-                let name = node_name(node)?;
-                if field.number == 1 { files(&name) } else { dirs(&name) }.map(|d| (node, d))
-            }
+            (DIRECTORY_FILES, Some(node)) => files(&node_name(node)?).map(|d| (node, d)),
+            (DIRECTORY_DIRECTORIES, Some(node)) => dirs(&node_name(node)?).map(|d| (node, d)),
             _ => None,
         };
         match replacement {
@@ -107,7 +103,7 @@ pub(crate) fn rewrite_directory(
 
 fn node_name(node: &[u8]) -> Result<String, String> {
     for field in fields(node)? {
-        if field.number == 1 {
+        if field.number == NODE_NAME {
             let payload = field.payload.ok_or("node name is not a string")?;
             return String::from_utf8(payload.to_vec())
                 .map_err(|_| "node name is not UTF-8".into());
@@ -117,13 +113,14 @@ fn node_name(node: &[u8]) -> Result<String, String> {
     Ok(String::new())
 }
 
-/// Rewrites an Action blob with a new `input_root_digest = 2`.
+/// Rewrites an Action blob with a new `input_root_digest`.
 pub(crate) fn rewrite_action(blob: &[u8], input_root: &Digest) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(blob.len() + 8);
     let mut replaced = false;
     for field in fields(blob)? {
-        if field.number == 2 && field.payload.is_some() && !replaced {
-            put_length_delimited(&mut out, 2, &input_root.to_proto().encode_to_vec());
+        if field.number == ACTION_INPUT_ROOT_DIGEST && field.payload.is_some() && !replaced {
+            let digest = input_root.to_proto().encode_to_vec();
+            put_length_delimited(&mut out, ACTION_INPUT_ROOT_DIGEST, &digest);
             replaced = true;
         } else {
             out.extend_from_slice(field.bytes);
@@ -185,14 +182,14 @@ mod tests {
         // Field 15 (varint 7) inside the node, and field 99 (bytes "x") in the Directory.
         node.extend_from_slice(&[0x78, 0x07]);
         let mut blob = Vec::new();
-        put_length_delimited(&mut blob, 1, &node);
+        put_length_delimited(&mut blob, DIRECTORY_FILES, &node);
         blob.extend_from_slice(&[0x9a, 0x06, 0x01, b'x']);
         let out = rewrite_directory(&blob, |_| Some(d("A")), |_| None).unwrap();
         let mut expected_node =
             FileNode { digest: Some(d("A").to_proto()), ..file }.encode_to_vec();
         expected_node.extend_from_slice(&[0x78, 0x07]);
         let mut expected = Vec::new();
-        put_length_delimited(&mut expected, 1, &expected_node);
+        put_length_delimited(&mut expected, DIRECTORY_FILES, &expected_node);
         expected.extend_from_slice(&[0x9a, 0x06, 0x01, b'x']);
         assert_eq!(out, expected);
     }

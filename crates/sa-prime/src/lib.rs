@@ -440,7 +440,7 @@ fn upload<S: Store + ?Sized>(
     needed.extend(forest.directories().keys().copied());
     for root in &roots {
         let files = forest.files(root).map_err(store_error(format!("input root {root}")))?;
-        needed.extend(files.into_iter().map(|(_, d, _)| d));
+        needed.extend(files.into_iter().map(|file| file.digest));
     }
     needed.sort_unstable();
     needed.dedup();

@@ -19,9 +19,11 @@ use sa_proto::reapi::{Action, ActionResult, OutputFile};
 const SHA: DigestFunction = DigestFunction::Sha256;
 
 fn tree(cas: &dyn Store, files: &[(&str, &str)]) -> Digest {
-    let entries: Vec<(String, Digest, bool)> = files
+    let entries: Vec<merkle::TreeFile> = files
         .iter()
-        .map(|(p, c)| ((*p).to_owned(), cas.write_blob(c.to_string().into()).unwrap(), false))
+        .map(|(p, c)| {
+            merkle::TreeFile::new(*p, cas.write_blob(c.to_string().into()).unwrap(), false)
+        })
         .collect();
     merkle::build_tree(cas, &entries).unwrap()
 }

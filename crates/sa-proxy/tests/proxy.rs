@@ -196,7 +196,7 @@ fn get_tree_pages_and_large_bytestream_blobs_stream_through() {
     let mut files = Vec::new();
     for i in 0..40 {
         let blob = sa_cas::Cas::write_blob(&grpc, format!("file {i}").into()).unwrap();
-        files.push((format!("d{i:02}/f"), blob, false));
+        files.push(merkle::TreeFile::new(format!("d{i:02}/f"), blob, false));
     }
     let root = merkle::build_tree(&grpc, &files).unwrap();
     for size in [5usize << 20, 70 << 20] {

@@ -146,7 +146,7 @@ fn trees_ingest_fetch_and_materialize(store: &dyn Store) {
     let forest = merkle::fetch_tree(store, &digest, &limits).unwrap();
     assert_eq!(forest.len(), 5, "root, include, src, src/deep, src/deep/er");
     let paths: Vec<String> =
-        forest.files(&digest).unwrap().into_iter().map(|(p, _, _)| p).collect();
+        forest.files(&digest).unwrap().into_iter().map(|file| file.path).collect();
     assert_eq!(paths, ["big.bin", "run.sh", "include/empty.h", "src/a.c", "src/deep/er/b.c"]);
     let out = tempfile::tempdir().unwrap();
     let target = out.path().join("tree");
@@ -338,4 +338,22 @@ fn backoff_doubles_caps_at_five_seconds_jitters_and_counts_attempts() {
     assert!(firsts.len() > 1, "{firsts:?}");
     assert_eq!(backoff.next_delay(), None);
     assert_eq!(backoff.attempts_note(), " (after 5 attempts)");
+}
+
+#[test]
+fn a_streamed_read_cut_midway_resumes_where_it_was_and_verifies() {
+    use sa_cas::testing::{Fault, FaultProxy};
+    let dir = tempfile::tempdir().unwrap();
+    let casd = Casd::start(&dir.path().join("store"));
+    let direct = GrpcCas::connect(GrpcConfig::new(casd.endpoint())).unwrap();
+    let data: Vec<u8> = (0..6u32 << 20).map(|i| (i.wrapping_mul(7) % 251) as u8).collect();
+    let digest = direct.write_blob(data.clone().into()).unwrap();
+    // The first connection is cut half-way through the blob; the next ones are faithful.
+    let proxy = FaultProxy::start(casd.port(), vec![Fault::CutAfter(3 << 20), Fault::None]);
+    let through = GrpcCas::connect(GrpcConfig::new(proxy.endpoint())).unwrap();
+    let mut out = Vec::new();
+    through.read_blob_to(&digest, &mut out).unwrap();
+    assert_eq!(proxy.faults(), 1, "the stream was cut");
+    assert_eq!(out.len(), data.len(), "each byte written once");
+    assert!(out == data, "the blob, byte for byte");
 }

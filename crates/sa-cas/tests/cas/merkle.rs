@@ -286,8 +286,8 @@ fn build_tree_agrees_with_ingest_and_refuses_bad_paths() {
     std::fs::write(dir.path().join("src/include/a.h"), "").unwrap();
     std::fs::write(dir.path().join("top.txt"), "top\n").unwrap();
     let ingested = merkle::ingest(&cas, dir.path(), &TreeLimits::default()).unwrap();
-    let files = |list: &[(&str, &[u8])]| -> Vec<(String, Digest, bool)> {
-        list.iter().map(|(p, c)| ((*p).to_owned(), SHA.hash_bytes(c), false)).collect()
+    let files = |list: &[(&str, &[u8])]| -> Vec<merkle::TreeFile> {
+        list.iter().map(|(p, c)| merkle::TreeFile::new(*p, SHA.hash_bytes(c), false)).collect()
     };
     let built = merkle::build_tree(
         &cas,

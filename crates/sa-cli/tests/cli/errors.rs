@@ -274,3 +274,27 @@ fn cas_and_remote_are_never_silently_ignored() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dir.path().join("store/cas/objects").is_dir());
 }
+
+#[test]
+fn a_store_of_another_digest_function_is_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s").display().to_string();
+    sa_ok(&["--cas", &store, "ingest", &dir.path().display().to_string()]);
+    let out = sa(&["--cas", &store, "--digest-function", "blake3", "ingest", "."]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("holds sha256 blobs"), "{stderr}");
+    assert!(stderr.contains("not blake3 (see --digest-function)"), "{stderr}");
+    // A store buildbox-casd made (objects, no digest-function file) is SHA-256.
+    let casd_made = dir.path().join("casd");
+    std::fs::create_dir_all(casd_made.join("cas/objects/ab")).unwrap();
+    let out = sa(&[
+        "--cas",
+        &casd_made.display().to_string(),
+        "--digest-function",
+        "blake3",
+        "ingest",
+        ".",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a buildbox-casd or BuildStream store"));
+}

@@ -111,7 +111,13 @@ fn stats_and_help_are_printed() {
             && help.contains("Exit codes: 0 success, 1 failure, 2 usage error.")
     );
     for command in ["generate", "instantiate", "prime", "inspect", "ingest", "subactions"] {
-        assert!(sa_ok(&[command, "--help"]).contains("Example:"), "{command}");
+        let help = sa_ok(&[command, "--help"]);
+        assert!(help.contains("Example:"), "{command}");
+        // The subcommand's own options first, then the shared ones under their headings.
+        let own = help.find("\nOptions:\n").expect("an Options section");
+        let store = help.find("\nStore:\n").expect("a Store section");
+        assert!(own < store && store < help.find("\nLimits:\n").unwrap(), "{command}: {help}");
+        assert!(help.find("--cas <DIR>").unwrap() > store, "{command}: {help}");
     }
 }
 

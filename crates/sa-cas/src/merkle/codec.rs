@@ -1,0 +1,135 @@
+//! The compact form walks hold ([`Dir`]), decoding outside data into it, and the one place
+//! a `Directory` is encoded and hashed.
+
+use prost::Message;
+use sa_proto::reapi::Directory;
+
+use super::names::*;
+use crate::digest::{Digest, DigestFunction};
+use crate::error::CasError;
+use crate::store::Blob;
+
+/// A validated Directory as the tree walks hold it: names and parsed digests only, a fraction
+/// of the memory of the decoded proto, each digest parsed once. Lists are in canonical order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dir {
+    /// The files.
+    pub files: Vec<FileEntry>,
+    /// The subdirectories.
+    pub directories: Vec<DirEntry>,
+    /// The symlinks.
+    pub symlinks: Vec<SymlinkEntry>,
+}
+
+/// A file of a [`Dir`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileEntry {
+    /// One safe path segment.
+    pub name: Box<str>,
+    /// The content's digest.
+    pub digest: Digest,
+    /// The executable bit.
+    pub is_executable: bool,
+}
+
+/// A subdirectory of a [`Dir`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// One safe path segment.
+    pub name: Box<str>,
+    /// The subdirectory's digest.
+    pub digest: Digest,
+}
+
+/// A symlink of a [`Dir`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SymlinkEntry {
+    /// One safe path segment.
+    pub name: Box<str>,
+    /// The target, not empty, as stored (checked when materialized).
+    pub target: Box<str>,
+}
+
+/// Decodes and validates a `Directory` blob (the one entry point for outside Directory data).
+pub fn decode_directory(
+    digest: &Digest,
+    data: &[u8],
+    limits: &TreeLimits,
+) -> Result<Directory, CasError> {
+    let directory = Directory::decode(data).map_err(|source| CasError::Decode {
+        what: "Directory",
+        digest: *digest,
+        source,
+    })?;
+    validate_directory(digest.function(), digest, &directory, limits)?;
+    Ok(directory)
+}
+
+/// Decodes and validates a `Directory` blob into the compact form the walks hold.
+pub(super) fn decode_dir(
+    digest: &Digest,
+    data: &[u8],
+    limits: &TreeLimits,
+) -> Result<Dir, CasError> {
+    let directory = Directory::decode(data).map_err(|source| CasError::Decode {
+        what: "Directory",
+        digest: *digest,
+        source,
+    })?;
+    check_names(digest, &directory, limits)?;
+    compact(digest.function(), digest, &directory)
+}
+
+/// The canonical encoding of a `Directory` as a blob (prost writes fields in tag order and
+/// omits defaults, which is REAPI's canonical form once the lists are sorted).
+pub fn directory_blob(function: DigestFunction, directory: &Directory) -> Blob {
+    Blob::new(function, directory.encode_to_vec())
+}
+
+/// The compact form of a Directory whose names were checked: digests parsed (an error names
+/// the entry), symlink targets checked.
+pub(super) fn compact(
+    function: DigestFunction,
+    digest: &Digest,
+    directory: &Directory,
+) -> Result<Dir, CasError> {
+    let invalid = |reason: String| CasError::InvalidDirectory { digest: *digest, reason };
+    let files = directory
+        .files
+        .iter()
+        .map(|file| {
+            let digest =
+                Digest::from_proto_field(function, file.digest.as_ref(), "FileNode.digest")
+                    .map_err(|err| invalid(format!("file {:?}: {err}", file.name)))?;
+            Ok(FileEntry {
+                name: file.name.as_str().into(),
+                digest,
+                is_executable: file.is_executable,
+            })
+        })
+        .collect::<Result<_, CasError>>()?;
+    let directories = directory
+        .directories
+        .iter()
+        .map(|dir| {
+            let digest =
+                Digest::from_proto_field(function, dir.digest.as_ref(), "DirectoryNode.digest")
+                    .map_err(|err| invalid(format!("directory {:?}: {err}", dir.name)))?;
+            Ok(DirEntry { name: dir.name.as_str().into(), digest })
+        })
+        .collect::<Result<_, CasError>>()?;
+    let symlinks = directory
+        .symlinks
+        .iter()
+        .map(|link| {
+            if link.target.is_empty() || link.target.contains('\0') {
+                return Err(invalid(format!("symlink {:?} has an empty or NUL target", link.name)));
+            }
+            Ok(SymlinkEntry {
+                name: link.name.as_str().into(),
+                target: link.target.as_str().into(),
+            })
+        })
+        .collect::<Result<_, CasError>>()?;
+    Ok(Dir { files, directories, symlinks })
+}
