@@ -221,7 +221,16 @@ impl std::fmt::Debug for GrpcCas {
 }
 
 fn connect_error(config: &GrpcConfig, reason: impl std::fmt::Display) -> CasError {
-    CasError::Connect { endpoint: config.endpoint.clone(), reason: reason.to_string() }
+    let mut reason = reason.to_string();
+    // rustls's words for a server that answered the TLS handshake in plaintext.
+    if config.endpoint.starts_with("grpcs://")
+        && (reason.contains("InvalidContentType") || reason.contains("corrupt message"))
+    {
+        reason = format!(
+            "the server does not speak TLS (a plaintext server? then use grpc://): {reason}"
+        );
+    }
+    CasError::Connect { endpoint: config.endpoint.clone(), reason }
 }
 
 impl GrpcCas {

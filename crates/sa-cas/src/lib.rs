@@ -49,5 +49,5 @@ pub use grpc::{
 pub use limited::Limited;
 pub use local::{LocalCas, LocalCasConfig};
 pub use memory::MemoryCas;
-pub use metered::{Metered, StoreStats};
+pub use metered::{Meter, Metered, StoreStats};
 pub use store::{ActionCache, Blob, Cas, Store, read_message, write_message};

@@ -36,7 +36,29 @@ pub struct StoreStats {
 #[derive(Debug)]
 pub struct Metered<S> {
     inner: S,
-    counters: Counters,
+    counters: std::sync::Arc<Counters>,
+}
+
+/// A handle on a [`Metered`] store's counts that outlives borrows of the store (for a report
+/// printed whatever way the work ended).
+#[derive(Clone, Debug)]
+pub struct Meter(std::sync::Arc<Counters>);
+
+impl Meter {
+    /// The counts so far.
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.0;
+        StoreStats {
+            blobs_read: c.blobs_read.load(Relaxed),
+            bytes_read: c.bytes_read.load(Relaxed),
+            blobs_written: c.blobs_written.load(Relaxed),
+            bytes_written: c.bytes_written.load(Relaxed),
+            calls: c.calls.load(Relaxed),
+            presence_checks: c.presence_checks.load(Relaxed),
+            action_cache_reads: c.action_cache_reads.load(Relaxed),
+            action_cache_writes: c.action_cache_writes.load(Relaxed),
+        }
+    }
 }
 
 /// The live counts behind [`StoreStats`], one named counter each.
@@ -69,17 +91,12 @@ impl<S> Metered<S> {
 
     /// The counts so far.
     pub fn stats(&self) -> StoreStats {
-        let c = &self.counters;
-        StoreStats {
-            blobs_read: c.blobs_read.load(Relaxed),
-            bytes_read: c.bytes_read.load(Relaxed),
-            blobs_written: c.blobs_written.load(Relaxed),
-            bytes_written: c.bytes_written.load(Relaxed),
-            calls: c.calls.load(Relaxed),
-            presence_checks: c.presence_checks.load(Relaxed),
-            action_cache_reads: c.action_cache_reads.load(Relaxed),
-            action_cache_writes: c.action_cache_writes.load(Relaxed),
-        }
+        self.meter().stats()
+    }
+
+    /// A handle on the counts.
+    pub fn meter(&self) -> Meter {
+        Meter(self.counters.clone())
     }
 }
 

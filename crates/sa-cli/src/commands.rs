@@ -32,6 +32,15 @@ pub(crate) struct GenerateArgs {
     skip_broken_subactions: bool,
 }
 
+/// A library's progress reports, moving `bar` (its length grows as work is announced).
+fn progress_of(bar: &indicatif::ProgressBar) -> impl Fn(sa_generator::Progress) + Sync + use<> {
+    let bar = bar.clone();
+    move |progress| match progress {
+        sa_generator::Progress::Planned(n) => bar.inc_length(n as u64),
+        sa_generator::Progress::Done(n) => bar.inc(n as u64),
+    }
+}
+
 fn trees(element: &Element) -> ElementTrees {
     ElementTrees {
         name: element.name.clone(),
@@ -42,6 +51,7 @@ fn trees(element: &Element) -> ElementTrees {
 
 pub(crate) fn generate(args: &StoreArgs, cmd: &GenerateArgs, ui: &mut Ui) -> Result<()> {
     let opened = store::open(args)?;
+    ui.watch("store", &opened);
     let mut graph = Graph::load(&cmd.graph, args)?;
     let selected: Vec<Element> = graph
         .select(&cmd.element, |e| !e.subactions.is_empty() || e.artifact.is_some())?
@@ -59,7 +69,9 @@ pub(crate) fn generate(args: &StoreArgs, cmd: &GenerateArgs, ui: &mut Ui) -> Res
             graph.elements.len()
         );
     }
-    let bar = ui.progress(selected.len(), "generate");
+    // Advanced per subaction attributed, not per element: one large element is most of a run.
+    let bar = ui.progress(0, "generate");
+    let advance = progress_of(&bar);
     let mut lines = Vec::new();
     for element in &selected {
         let input = GenerateInput {
@@ -72,7 +84,9 @@ pub(crate) fn generate(args: &StoreArgs, cmd: &GenerateArgs, ui: &mut Ui) -> Res
             subactions: element.subactions.clone(),
         };
         let generated = ui
-            .phase("generate", || sa_generator::generate(&opened.store, &input, &config))
+            .phase("generate", || {
+                sa_generator::generate_observed(&opened.store, &input, &config, &advance)
+            })
             .with_context(|| format!("generating for element {:?}", element.name))?;
         let stats = &generated.stats;
         // The expansion limit holds for the whole run: later elements get what is left.
@@ -104,7 +118,6 @@ pub(crate) fn generate(args: &StoreArgs, cmd: &GenerateArgs, ui: &mut Ui) -> Res
         }
         graph.get_mut(&element.name).expect("selected from the graph").speculative_actions =
             Some(generated.digest);
-        bar.inc(1);
     }
     bar.finish_and_clear();
     if let Some(output) = &cmd.output {
@@ -115,7 +128,6 @@ pub(crate) fn generate(args: &StoreArgs, cmd: &GenerateArgs, ui: &mut Ui) -> Res
     for line in lines {
         ui.line(line)?;
     }
-    ui.report_stats(&opened, None);
     Ok(())
 }
 
@@ -204,17 +216,22 @@ pub(crate) fn outcome_json(element: &str, o: &InstantiatedAction) -> serde_json:
 
 pub(crate) fn instantiate(args: &StoreArgs, cmd: &InstantiateArgs, ui: &mut Ui) -> Result<()> {
     let opened = store::open(args)?;
+    ui.watch("store", &opened);
     let Plan { states, targets } = plan(args, cmd)?;
     let instantiator = Instantiator::new(
         &opened.store,
         states,
         InstantiateConfig { limits: args.limits.tree(), ..Default::default() },
     )?;
-    let bar = ui.progress(targets.len(), "instantiate");
+    // Advanced per action: the count of each element's actions is known once it is decoded.
+    let bar = ui.progress(0, "instantiate");
+    let advance = progress_of(&bar);
     let mut lines = Vec::new();
     for (element, digest) in &targets {
         let outcomes = ui
-            .phase("instantiate", || instantiator.instantiate_element(element, digest))
+            .phase("instantiate", || {
+                instantiator.instantiate_element_observed(element, digest, &advance)
+            })
             .with_context(|| format!("instantiating element {element:?}"))?;
         if ui.json() {
             lines.extend(outcomes.iter().map(|o| outcome_json(element, o).to_string()));
@@ -230,13 +247,11 @@ pub(crate) fn instantiate(args: &StoreArgs, cmd: &InstantiateArgs, ui: &mut Ui) 
                 lines.push(format!("  incomplete {}: {}", o.base, o.unresolved_reasons.join("; ")));
             }
         }
-        bar.inc(1);
     }
     bar.finish_and_clear();
     for line in lines {
         ui.line(line)?;
     }
-    ui.report_stats(&opened, None);
     Ok(())
 }
 
@@ -248,6 +263,7 @@ pub(crate) struct IngestArgs {
 
 pub(crate) fn ingest(args: &StoreArgs, cmd: &IngestArgs, ui: &mut Ui) -> Result<()> {
     let opened = store::open(args)?;
+    ui.watch("store", &opened);
     let root = ui
         .phase("ingest", || merkle::ingest(&opened.store, &cmd.path, &args.limits.tree()))
         .with_context(|| format!("ingesting {}", cmd.path.display()))?;
@@ -256,7 +272,6 @@ pub(crate) fn ingest(args: &StoreArgs, cmd: &IngestArgs, ui: &mut Ui) -> Result<
     } else {
         ui.line(root)?;
     }
-    ui.report_stats(&opened, None);
     Ok(())
 }
 
@@ -268,6 +283,7 @@ pub(crate) struct SubactionsArgs {
 
 pub(crate) fn subactions(args: &StoreArgs, cmd: &SubactionsArgs, ui: &mut Ui) -> Result<()> {
     let opened = store::open_existing(args)?;
+    ui.watch("store", &opened);
     let action = Digest::parse(args.digest_function, &cmd.action)?;
     let result = opened
         .store
@@ -289,6 +305,5 @@ pub(crate) fn subactions(args: &StoreArgs, cmd: &SubactionsArgs, ui: &mut Ui) ->
             ui.line(digest)?;
         }
     }
-    ui.report_stats(&opened, None);
     Ok(())
 }

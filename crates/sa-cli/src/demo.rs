@@ -304,7 +304,6 @@ pub(crate) fn demo(args: &StoreArgs, cmd: &DemoArgs, ui: &mut Ui) -> Result<()> 
     let run = demo.run(ui)?;
     let summary = Summary::of(&run);
     summary.report(ui, &run, cmd.workdir.as_deref())?;
-    ui.report_phases();
     summary.check()?;
     work.keep();
     Ok(())

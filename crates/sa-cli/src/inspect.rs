@@ -333,6 +333,7 @@ fn expanded_json(store: &dyn sa_cas::Store, root: &Digest, limits: &TreeLimits) 
 
 pub(crate) fn inspect(args: &StoreArgs, cmd: &InspectArgs, ui: &mut Ui) -> Result<()> {
     let opened = store::open_existing(args)?;
+    ui.watch("store", &opened);
     let function = args.digest_function;
     let digest = Digest::parse(function, &cmd.digest)?;
     let store = &opened.store;
@@ -413,6 +414,5 @@ pub(crate) fn inspect(args: &StoreArgs, cmd: &InspectArgs, ui: &mut Ui) -> Resul
     } else {
         serde_json::to_string_pretty(&out).expect("JSON values serialize")
     })?;
-    ui.report_stats(&opened, None);
     Ok(())
 }

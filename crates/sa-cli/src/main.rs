@@ -249,6 +249,8 @@ pub(crate) struct Ui {
     json: bool,
     stats: bool,
     phases: Vec<(&'static str, std::time::Duration)>,
+    /// The stores whose traffic `--stats` reports, by role.
+    watched: Vec<Watched>,
     stdout: std::io::StdoutLock<'static>,
 }
 
@@ -297,19 +299,33 @@ impl Ui {
         bar
     }
 
-    pub(crate) fn report_stats(&self, opened: &store::Opened, extra: Option<&store::Opened>) {
+    /// Reports `opened`'s traffic under `role` ("store", "execution service") with `--stats`,
+    /// at the end of the command, however it ends.
+    pub(crate) fn watch(&mut self, role: &'static str, opened: &store::Opened) {
+        self.watched.push(Watched {
+            role,
+            description: opened.description.clone(),
+            meter: opened.store.meter(),
+            grpc: opened.grpc.clone(),
+        });
+    }
+
+    /// With `--stats`, prints each watched store's traffic and the time of each phase.
+    pub(crate) fn report_stats(&self) {
         if !self.stats {
             return;
         }
-        for (name, s) in
-            std::iter::once(("store", opened)).chain(extra.map(|e| ("execution service", e)))
-        {
-            let t = s.store.stats();
-            let rpcs =
-                s.grpc.as_ref().map(|g| format!(", {} RPCs", g.rpc_count())).unwrap_or_default();
+        for watched in &self.watched {
+            let t = watched.meter.stats();
+            let rpcs = watched
+                .grpc
+                .as_ref()
+                .map(|g| format!(", {} RPCs", g.rpc_count()))
+                .unwrap_or_default();
             eprintln!(
-                "stats: {name} {}: read {} blobs ({} bytes), wrote {} blobs ({} bytes), {} presence checks, {} action-cache reads, {} writes, {} calls{rpcs}",
-                s.description,
+                "stats: {} {}: read {} blobs ({} bytes), wrote {} blobs ({} bytes), {} presence checks, {} action-cache reads, {} writes, {} calls{rpcs}",
+                watched.role,
+                watched.description,
                 t.blobs_read,
                 t.bytes_read,
                 t.blobs_written,
@@ -324,14 +340,19 @@ impl Ui {
     }
 
     /// With `--stats`, prints the time of each phase to stderr.
-    pub(crate) fn report_phases(&self) {
-        if !self.stats {
-            return;
-        }
+    fn report_phases(&self) {
         for (name, duration) in &self.phases {
             eprintln!("stats: phase {name}: {:.3}s", duration.as_secs_f64());
         }
     }
+}
+
+/// A store `--stats` reports on.
+struct Watched {
+    role: &'static str,
+    description: String,
+    meter: sa_cas::Meter,
+    grpc: Option<std::sync::Arc<sa_cas::GrpcCas>>,
 }
 
 /// On SIGINT, SIGTERM or SIGHUP: end every running action's process group, remove every
@@ -393,6 +414,7 @@ fn main() -> ExitCode {
         json: cli.json,
         stats: cli.stats,
         phases: Vec::new(),
+        watched: Vec::new(),
         stdout: std::io::stdout().lock(),
     };
     let ok = |result: anyhow::Result<()>| result.map(|()| 0u8);
@@ -411,6 +433,8 @@ fn main() -> ExitCode {
     };
     let result =
         result.and_then(|code| ui.stdout.flush().map(|()| code).map_err(anyhow::Error::from));
+    // Also after a failure: what the command did before it failed.
+    ui.report_stats();
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,

@@ -68,6 +68,10 @@ struct Setup {
 pub(crate) fn prime(args: &StoreArgs, cmd: &PrimeArgs, ui: &mut Ui) -> Result<()> {
     let timeout = Duration::from_secs(cmd.execute_timeout);
     let setup = setup(args, cmd, timeout)?;
+    ui.watch("store", &setup.build);
+    if let Some(executor_cas) = &setup.executor_cas {
+        ui.watch("execution service", executor_cas);
+    }
     let Plan { states, targets } = plan(args, &cmd.instantiate)?;
     let instantiator = Instantiator::new(
         &setup.build.store,
@@ -108,19 +112,11 @@ pub(crate) fn prime(args: &StoreArgs, cmd: &PrimeArgs, ui: &mut Ui) -> Result<()
         },
     );
     progress.finish_and_clear();
-    // Statistics also when priming stopped on an error.
-    let report = match report {
-        Ok(report) => report,
-        Err(err) => {
-            ui.report_stats(&setup.build, setup.executor_cas.as_ref());
-            return Err(err.into());
-        }
-    };
+    let report = report?;
     for (phase, elapsed) in &report.phases {
         ui.record_phase(phase.name(), *elapsed);
     }
     print_report(ui, &report, &setup.executor_description)?;
-    ui.report_stats(&setup.build, setup.executor_cas.as_ref());
     let failed = report.count(StatusKind::Failed);
     if failed > 0 {
         bail!("{failed} actions failed to execute");

@@ -201,6 +201,7 @@ fn from_recording(args: &StoreArgs, cmd: &FromRecordingArgs, ui: &mut Ui) -> Res
         );
     }
     let opened = store::open(args)?;
+    ui.watch("store", &opened);
     let store = &opened.store;
     let function = args.digest_function;
     let limits = args.limits.tree();
@@ -262,7 +263,6 @@ fn from_recording(args: &StoreArgs, cmd: &FromRecordingArgs, ui: &mut Ui) -> Res
         }
         None => ui.line(text.trim_end())?,
     }
-    ui.report_stats(&opened, None);
     Ok(())
 }
 

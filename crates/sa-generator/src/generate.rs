@@ -197,6 +197,26 @@ pub fn generate(
     input: &GenerateInput,
     config: &GenerateConfig,
 ) -> Result<Generated, GenerateError> {
+    generate_observed(store, input, config, &|_| {})
+}
+
+/// Work announced and done, for a progress display within one element.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// This many more actions are to be worked on.
+    Planned(usize),
+    /// This many more are done.
+    Done(usize),
+}
+
+/// [`generate`], telling `progress` how many subactions it attributes and as it attributes
+/// them (from any thread).
+pub fn generate_observed(
+    store: &(impl Store + ?Sized),
+    input: &GenerateInput,
+    config: &GenerateConfig,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Generated, GenerateError> {
     let function = store.digest_function();
     check_input(input, function)?;
     let mut run = Run { element: &input.element.name, config, stats: GenerateStats::default() };
@@ -205,7 +225,8 @@ pub fn generate(
     let (forest, roots) = run.fetch_trees(store, &trees, input.element.artifact, roots)?;
     let index = run.origin_index(store, &forest, &trees, &roots)?;
     let artifact_overlays = run.artifact_overlays(&forest, &index, input.element.artifact)?;
-    let out = run.encode(&forest, &index, &roots, &artifact_overlays);
+    progress(Progress::Planned(roots.len()));
+    let out = run.encode(&forest, &index, &roots, &artifact_overlays, progress);
     // The trees are done with: free them before hashing and storing the output.
     drop(forest);
     let blob = Blob::new(function, out);
@@ -386,6 +407,7 @@ impl Run<'_> {
         index: &OriginIndex,
         roots: &[(Digest, Digest)],
         artifact_overlays: &[(Digest, u32)],
+        progress: &(dyn Fn(Progress) + Sync),
     ) -> Vec<u8> {
         let producer_index: HashMap<Digest, usize> =
             roots.iter().enumerate().map(|(i, (a, _))| (*a, i)).collect();
@@ -406,6 +428,7 @@ impl Run<'_> {
                     attribute(forest, index, &memo, action, root, allowed)
                 })
                 .collect();
+            progress(Progress::Done(chunk.len()));
             for one in attributed {
                 self.stats.unattributed_inputs += one.unattributed;
                 self.stats.source_overlays += one.counts[OriginKind::Source as usize];
@@ -433,7 +456,7 @@ impl Run<'_> {
         if !self.config.skip_broken_subactions {
             return Err(error);
         }
-        tracing::warn!("skipping: {}", error_chain(&error));
+        tracing::debug!("skipping: {}", error_chain(&error));
         self.stats.skipped.push(SkippedSubaction { action, reason: error_chain(&error) });
         Ok(())
     }

@@ -47,7 +47,7 @@ mod index;
 pub mod model;
 
 pub use generate::{
-    ElementTrees, GenerateConfig, GenerateError, GenerateInput, GenerateStats, Generated,
-    SkippedSubaction, error_chain, generate,
+    ElementTrees, GenerateConfig, GenerateError, GenerateInput, GenerateStats, Generated, Progress,
+    SkippedSubaction, error_chain, generate, generate_observed,
 };
 pub use index::{Candidates, OriginIndex};

@@ -9,6 +9,7 @@ use prost::Message;
 use rayon::prelude::*;
 use sa_cas::merkle::{self, Forest, TreeLimits, join};
 use sa_cas::{Blob, CasError, Digest, Store};
+use sa_generator::Progress;
 use sa_generator::model::{Origin, OriginKind, compare_for};
 use sa_proto::buildstream::v2::SpeculativeActions;
 use sa_proto::buildstream::v2::speculative_actions::{Overlay, SpeculativeAction};
@@ -266,14 +267,26 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         element: &str,
         speculative_actions: &Digest,
     ) -> Result<Vec<InstantiatedAction>, InstantiateError> {
+        self.instantiate_element_observed(element, speculative_actions, &|_| {})
+    }
+
+    /// [`Instantiator::instantiate_element`], telling `progress` how many actions the element
+    /// has once they are decoded, and as each is instantiated (from any thread).
+    pub fn instantiate_element_observed(
+        &self,
+        element: &str,
+        speculative_actions: &Digest,
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<Vec<InstantiatedAction>, InstantiateError> {
         if !self.elements.contains_key(element) {
             return Err(InstantiateError::InvalidInput(format!("unknown element {element:?}")));
         }
         let decoded = self.decode_actions(element, speculative_actions)?;
+        progress(Progress::Planned(decoded.bases.len()));
         let (planned, overlays) = self.plan(element, decoded)?;
         let forest = self.fetch_input_trees(element, &planned)?;
         let work = ElementWork::new(&forest, overlays);
-        self.run_waves(element, &work, &planned)
+        self.run_waves(element, &work, &planned, progress)
     }
 
     /// The element's `SpeculativeActions`, decoded one action at a time with its overlays
@@ -438,6 +451,7 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         element: &str,
         work: &ElementWork<'_>,
         planned: &[Planned],
+        progress: &(dyn Fn(Progress) + Sync),
     ) -> Result<Vec<InstantiatedAction>, InstantiateError> {
         let mut level = vec![0usize; planned.len()];
         for i in 0..planned.len() {
@@ -455,7 +469,11 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             let members: Vec<usize> = (0..planned.len()).filter(|&i| level[i] == wave).collect();
             let results: Vec<Result<InstantiatedAction, InstantiateError>> = members
                 .par_iter()
-                .map(|&i| self.instantiate_one(element, work, &planned[i]))
+                .map(|&i| {
+                    let outcome = self.instantiate_one(element, work, &planned[i]);
+                    progress(Progress::Done(1));
+                    outcome
+                })
                 .collect();
             self.flush(element, work)?;
             for (&i, result) in members.iter().zip(results) {

@@ -298,3 +298,34 @@ fn a_store_of_another_digest_function_is_refused_naming_both() {
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("a buildbox-casd or BuildStream store"));
 }
+
+#[test]
+fn a_broken_subaction_is_warned_about_once_and_stats_are_printed_on_failure() {
+    let p = Project::new();
+    let mut graph: Value =
+        serde_json::from_str(&std::fs::read_to_string(&p.graph1).unwrap()).unwrap();
+    let missing = format!("{}/77", "ab".repeat(32));
+    let element = graph["elements"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e["subactions"].as_array().is_some_and(|s| !s.is_empty()))
+        .unwrap();
+    element["subactions"].as_array_mut().unwrap().push(missing.clone().into());
+    let path = p.path("broken.json");
+    std::fs::write(&path, graph.to_string()).unwrap();
+    let out = sa(&["--cas", &p.store(), "generate", "--graph", &path, "--skip-broken-subactions"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("warning:").count(), 1, "one warning: {stderr}");
+    assert!(stderr.contains(&format!("skipped subaction {missing}")), "{stderr}");
+    // Without the flag it is an error; --stats still says what was done before it.
+    let out = sa(&["--cas", &p.store(), "--stats", "generate", "--graph", &path]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("subaction {missing}")), "{stderr}");
+    assert!(
+        stderr.contains("stats: store") && stderr.contains("stats: phase generate"),
+        "{stderr}"
+    );
+}

@@ -90,4 +90,13 @@ fn a_digest_function_the_server_lacks_is_named_with_what_it_has() {
         stderr.contains(&format!("blake3 (server {} supports SHA256)", casd.endpoint())),
         "{stderr}"
     );
+    // grpcs:// to a plaintext server says so, not just "corrupt message".
+    let tls = casd.endpoint().replace("grpc://", "grpcs://");
+    let out = sa(&["--remote", &tls, "--rpc-timeout", "2", "ingest", "."]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not speak TLS (a plaintext server? then use grpc://)"),
+        "{stderr}"
+    );
 }

@@ -1,7 +1,12 @@
 //! Data-driven cases over small hand-built trees.
 
 use sa_cas::{Cas, CasError, DigestFunction, LocalCas, LocalCasConfig, MemoryCas, Store};
-use sa_generator::{GenerateConfig, GenerateError, GenerateInput, error_chain, generate};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use sa_generator::{
+    GenerateConfig, GenerateError, GenerateInput, Progress, error_chain, generate,
+    generate_observed,
+};
 
 use super::{action, element, render, result, run, tree};
 
@@ -182,6 +187,17 @@ fn output_is_stored_and_identical_across_thread_counts() {
     assert!(outputs.windows(2).all(|w| w[0].encoded == w[1].encoded && w[0].digest == w[1].digest));
     assert_eq!(cas.read_blob(&outputs[0].digest).unwrap(), outputs[0].encoded);
     assert_eq!(outputs[0].stats.actions, 20);
+    // Observed: the 20 subactions announced, then reported done, with the same output.
+    let (planned, done) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let observed = generate_observed(&cas, &input, &GenerateConfig::default(), &|p| match p {
+        Progress::Planned(n) => _ = planned.fetch_add(n, Relaxed),
+        Progress::Done(n) => {
+            assert!(done.fetch_add(n, Relaxed) + n <= planned.load(Relaxed), "done after planned")
+        }
+    })
+    .unwrap();
+    assert_eq!((planned.into_inner(), done.into_inner()), (20, 20));
+    assert_eq!(observed.encoded, outputs[0].encoded);
 }
 
 fn generate_err(cas: &dyn Store, input: &GenerateInput) -> GenerateError {

@@ -3,7 +3,9 @@
 //! dependency that is not rebuilt yet.
 
 use sa_cas::{Cas, CasError, Digest, DigestFunction, LocalCas, LocalCasConfig, MemoryCas, Store};
-use sa_generator::{ElementTrees, GenerateConfig, GenerateInput, error_chain, generate};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use sa_generator::{ElementTrees, GenerateConfig, GenerateInput, Progress, error_chain, generate};
 use sa_instantiator::{ElementState, InstantiateConfig, InstantiateError, Instantiator};
 
 use super::{Files, action, execute, files, ingest};
@@ -208,8 +210,15 @@ fn instantiated_actions_equal_the_next_builds_actions() {
     let s = scenario();
     let instantiator =
         Instantiator::new(&s.cas, states(&s, false), InstantiateConfig::default()).unwrap();
-    let outcomes = instantiator.instantiate_element("app.bst", &s.app_spec).unwrap();
+    let (planned, done) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let outcomes = instantiator
+        .instantiate_element_observed("app.bst", &s.app_spec, &|progress| match progress {
+            Progress::Planned(n) => _ = planned.fetch_add(n, Relaxed),
+            Progress::Done(n) => _ = done.fetch_add(n, Relaxed),
+        })
+        .unwrap();
     assert_eq!(outcomes.len(), 3);
+    assert_eq!((planned.into_inner(), done.into_inner()), (3, 3), "each action reported");
 
     // The second build, run directly from the edited trees, in a store of its own.
     let truth_dir = tempfile::tempdir().unwrap();
