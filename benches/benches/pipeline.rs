@@ -4,14 +4,14 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use sa_benches::workload::element;
 use sa_benches::workload::{self, Profile};
-use sa_benches::workload::{digest, element};
 use sa_cas::merkle::{self, TreeLimits};
 use sa_cas::{DigestFunction, MemoryCas};
+use sa_generator::graph::Graph;
 use sa_generator::model::{Origin, OriginKind};
 use sa_generator::{GenerateConfig, GenerateInput, OriginIndex};
 use sa_instantiator::{InstantiateConfig, Instantiator};
-use serde_json::Value;
 
 const F: DigestFunction = DigestFunction::Sha256;
 
@@ -27,7 +27,7 @@ fn fixture(profile: &str) -> Fixture {
     Fixture { cas, workload }
 }
 
-fn app_input(graph: &Value) -> GenerateInput {
+fn app_input(graph: &Graph) -> GenerateInput {
     workload::generate_input(graph, "app.bst")
 }
 
@@ -41,8 +41,8 @@ fn bench_index(c: &mut Criterion) {
         ("lib.bst", "artifact", OriginKind::Artifact),
         ("base.bst", "artifact", OriginKind::Artifact),
     ] {
-        let root = digest(&element(g, name)["artifact"]).filter(|_| key == "artifact");
-        let root = root.or_else(|| digest(&element(g, name)[key])).expect("a tree");
+        let e = element(g, name);
+        let root = if key == "artifact" { e.artifact } else { e.sources }.expect("a tree");
         let forest = merkle::fetch_tree(&fx.cas, &root, &TreeLimits::default()).expect("fetch");
         for file in forest.files(&root).expect("files") {
             let origin = Origin { kind, element: name.into(), path: file.path, producer: None };

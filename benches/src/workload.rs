@@ -17,6 +17,7 @@ use bytes::Bytes;
 use rayon::prelude::*;
 use sa_cas::merkle::{self, DirectoryBuilder};
 use sa_cas::{Blob, Cas, CasError, Digest, DigestFunction};
+use sa_generator::graph::{Element, Graph};
 use sa_proto::reapi::{Action, Command};
 use serde_json::{Value, json};
 
@@ -115,9 +116,9 @@ impl Profile {
 #[derive(Clone, Debug)]
 pub struct Workload {
     /// The build graph of build 1 (the format `sa` reads), with subactions.
-    pub build1: Value,
+    pub build1: Graph,
     /// The build graph of build 2 before it runs: sources, keys, `base.bst` and `lib.bst` built.
-    pub build2: Value,
+    pub build2: Graph,
     /// Per recorded subaction of build 1, the action build 2 really runs.
     pub truth: Vec<(Digest, Digest)>,
     /// Counts.
@@ -467,35 +468,49 @@ pub fn generate(
         }
     }
 
-    let subactions = |element: &str| -> Vec<String> {
-        steps
-            .iter()
-            .zip(&actions)
-            .filter(|((e, _), _)| *e == element)
-            .map(|(_, a)| a[0].to_string())
-            .collect()
+    let subactions = |element: &str| -> Vec<Digest> {
+        steps.iter().zip(&actions).filter(|((e, _), _)| *e == element).map(|(_, a)| a[0]).collect()
     };
-    let t = |name: &str| trees[name].to_string();
-    let build1 = json!({
-        "digest_function": f.name(),
-        "elements": [
-            {"name": "base.bst", "cache_key": "base-1", "sources": t("base1.sources"), "artifact": t("base1.artifact")},
-            {"name": "lib.bst", "cache_key": "lib-1", "sources": t("lib1.sources"), "artifact": t("lib1.artifact"),
-             "build_deps": ["base.bst"], "subactions": subactions("lib.bst")},
-            {"name": "app.bst", "cache_key": "app-1", "sources": t("app1.sources"), "artifact": t("app1.artifact"),
-             "build_deps": ["lib.bst", "base.bst"], "subactions": subactions("app.bst")},
-        ]
-    });
-    let build2 = json!({
-        "digest_function": f.name(),
-        "elements": [
-            {"name": "base.bst", "cache_key": "base-1", "sources": t("base2.sources"), "artifact": t("base2.artifact")},
-            {"name": "lib.bst", "cache_key": "lib-2", "sources": t("lib2.sources"), "artifact": t("lib2.artifact"),
-             "build_deps": ["base.bst"]},
-            {"name": "app.bst", "cache_key": "app-2", "sources": t("app2.sources"),
-             "build_deps": ["lib.bst", "base.bst"]},
-        ]
-    });
+    let element =
+        |name: &str, key: &str, deps: &[&str], sources: &str, artifact: Option<&str>| Element {
+            name: name.into(),
+            cache_key: Some(key.into()),
+            sources: Some(trees[sources]),
+            artifact: artifact.map(|a| trees[a]),
+            build_deps: deps.iter().map(|d| (*d).to_owned()).collect(),
+            subactions: Vec::new(),
+            speculative_actions: None,
+        };
+    let build1 = Graph::new(
+        f,
+        vec![
+            element("base.bst", "base-1", &[], "base1.sources", Some("base1.artifact")),
+            Element {
+                subactions: subactions("lib.bst"),
+                ..element("lib.bst", "lib-1", &["base.bst"], "lib1.sources", Some("lib1.artifact"))
+            },
+            Element {
+                subactions: subactions("app.bst"),
+                ..element(
+                    "app.bst",
+                    "app-1",
+                    &["lib.bst", "base.bst"],
+                    "app1.sources",
+                    Some("app1.artifact"),
+                )
+            },
+        ],
+    )
+    .expect("the workload's graph is valid");
+    let build2 = Graph::new(
+        f,
+        vec![
+            element("base.bst", "base-1", &[], "base2.sources", Some("base2.artifact")),
+            element("lib.bst", "lib-2", &["base.bst"], "lib2.sources", Some("lib2.artifact")),
+            element("app.bst", "app-2", &["lib.bst", "base.bst"], "app2.sources", None),
+        ],
+    )
+    .expect("the workload's graph is valid");
     let changed = actions.iter().filter(|a| a[0] != a[1]).count();
     let stats = json!({
         "profile": p.name,
@@ -513,8 +528,8 @@ pub fn generate(
 /// Writes a workload's graphs and truth as JSON files in `dir`.
 pub fn write_files(workload: &Workload, dir: &std::path::Path) -> std::io::Result<()> {
     let write = |name: &str, value: &Value| std::fs::write(dir.join(name), format!("{value:#}\n"));
-    write("build1.json", &workload.build1)?;
-    write("build2.json", &workload.build2)?;
+    std::fs::write(dir.join("build1.json"), workload.build1.to_json())?;
+    std::fs::write(dir.join("build2.json"), workload.build2.to_json())?;
     let truth: Vec<Value> =
         workload.truth.iter().map(|(b, t)| json!([b.to_string(), t.to_string()])).collect();
     write("truth.json", &Value::from(truth))?;
@@ -524,49 +539,32 @@ pub fn write_files(workload: &Workload, dir: &std::path::Path) -> std::io::Resul
 /// The elements of a workload, in dependency order.
 pub const ELEMENTS: [&str; 3] = ["base.bst", "lib.bst", "app.bst"];
 
-/// A digest field of a workload's graph.
-pub fn digest(value: &Value) -> Option<Digest> {
-    value
-        .as_str()
-        .map(|s| Digest::parse(DigestFunction::Sha256, s).expect("the workload's digests parse"))
-}
-
 /// An element of a workload's graph.
-pub fn element<'a>(graph: &'a Value, name: &str) -> &'a Value {
-    let elements = graph["elements"].as_array().expect("a graph has elements");
-    elements.iter().find(|e| e["name"] == name).expect("the element is in the graph")
+pub fn element<'a>(graph: &'a Graph, name: &str) -> &'a Element {
+    graph.get(name).expect("the element is in the graph")
 }
 
 /// An element's trees in a workload's graph.
-pub fn trees(graph: &Value, name: &str) -> sa_generator::ElementTrees {
+pub fn trees(graph: &Graph, name: &str) -> sa_generator::ElementTrees {
     let e = element(graph, name);
-    sa_generator::ElementTrees {
-        name: name.into(),
-        sources: digest(&e["sources"]),
-        artifact: digest(&e["artifact"]),
-    }
+    sa_generator::ElementTrees { name: name.into(), sources: e.sources, artifact: e.artifact }
 }
 
 /// What `sa generate` gives the generator for an element of build 1.
-pub fn generate_input(graph: &Value, name: &str) -> sa_generator::GenerateInput {
+pub fn generate_input(graph: &Graph, name: &str) -> sa_generator::GenerateInput {
     let e = element(graph, name);
     sa_generator::GenerateInput {
         element: trees(graph, name),
-        dependencies: e["build_deps"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|d| trees(graph, d.as_str().expect("a dependency name")))
-            .collect(),
-        subactions: e["subactions"].as_array().into_iter().flatten().filter_map(digest).collect(),
+        dependencies: e.build_deps.iter().map(|d| trees(graph, d)).collect(),
+        subactions: e.subactions.clone(),
     }
 }
 
 /// What `sa instantiate` gives the instantiator: build 2's states with build 1's keys and
 /// SpeculativeActions (`specs`, by element).
 pub fn states(
-    build1: &Value,
-    build2: &Value,
+    build1: &Graph,
+    build2: &Graph,
     specs: &std::collections::HashMap<&str, Digest>,
 ) -> Vec<sa_instantiator::ElementState> {
     ELEMENTS
@@ -575,10 +573,10 @@ pub fn states(
             let now = element(build2, name);
             sa_instantiator::ElementState {
                 name: (*name).into(),
-                sources: digest(&now["sources"]),
-                artifact: digest(&now["artifact"]),
-                previous_key: element(build1, name)["cache_key"].as_str().map(str::to_owned),
-                current_key: now["cache_key"].as_str().map(str::to_owned),
+                sources: now.sources,
+                artifact: now.artifact,
+                previous_key: element(build1, name).cache_key.clone(),
+                current_key: now.cache_key.clone(),
                 previous_speculative_actions: specs.get(name).copied(),
             }
         })

@@ -2,12 +2,13 @@
 //! graph: read every subaction's Action and every distinct Directory of their input trees and
 //! of the elements' trees once, in batches, and decode them. Prints what it read as JSON.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use prost::Message;
 use sa_cas::merkle::{self, TreeLimits};
 use sa_cas::{Digest, DigestFunction, LocalCas, LocalCasConfig};
+use sa_generator::graph::Graph;
 use sa_proto::reapi::Action;
 
 fn main() -> Result<()> {
@@ -19,20 +20,13 @@ fn main() -> Result<()> {
         bail!("usage: sa-floor --cas DIR --graph G.json");
     }
     let store = LocalCas::open(PathBuf::from(cas), LocalCasConfig::default())?;
-    let text = std::fs::read_to_string(graph).with_context(|| format!("reading {graph}"))?;
-    let graph: serde_json::Value = serde_json::from_str(&text)?;
     let f = DigestFunction::Sha256;
+    let graph = Graph::load(Path::new(graph), f, u64::MAX)?;
     let mut actions = Vec::new();
     let mut roots = Vec::new();
-    for element in graph["elements"].as_array().context("elements")? {
-        for key in ["sources", "artifact"] {
-            if let Some(d) = element[key].as_str() {
-                roots.push(Digest::parse(f, d)?);
-            }
-        }
-        for d in element["subactions"].as_array().into_iter().flatten() {
-            actions.push(Digest::parse(f, d.as_str().context("a digest")?)?);
-        }
+    for element in &graph.elements {
+        roots.extend(element.sources.iter().chain(&element.artifact));
+        actions.extend(&element.subactions);
     }
     let blobs = merkle::read_in_batches(&store, &actions)?;
     for (digest, blob) in actions.iter().zip(blobs) {

@@ -11,7 +11,7 @@ use sa_generator::{ElementTrees, GenerateConfig, GenerateInput};
 use sa_instantiator::{ElementState, InstantiateConfig, InstantiatedAction, Instantiator};
 use serde_json::json;
 
-use crate::graph::{Element, Graph};
+use crate::graph::{self, Element};
 use crate::{StoreArgs, Ui, store};
 
 #[derive(Debug, Args)]
@@ -52,7 +52,7 @@ fn trees(element: &Element) -> ElementTrees {
 pub(crate) fn generate(args: &StoreArgs, cmd: &GenerateArgs, ui: &mut Ui) -> Result<()> {
     let opened = store::open(args)?;
     ui.watch("store", &opened);
-    let mut graph = Graph::load(&cmd.graph, args)?;
+    let mut graph = graph::load(&cmd.graph, args)?;
     let selected: Vec<Element> = graph
         .select(&cmd.element, |e| !e.subactions.is_empty() || e.artifact.is_some())?
         .into_iter()
@@ -121,8 +121,7 @@ pub(crate) fn generate(args: &StoreArgs, cmd: &GenerateArgs, ui: &mut Ui) -> Res
     }
     bar.finish_and_clear();
     if let Some(output) = &cmd.output {
-        let text = serde_json::to_string_pretty(&graph.to_json()).expect("JSON values serialize");
-        std::fs::write(output, text + "\n")
+        std::fs::write(output, graph.to_json())
             .with_context(|| format!("writing {}", output.display()))?;
     }
     for line in lines {
@@ -153,8 +152,8 @@ pub(crate) struct Plan {
 }
 
 pub(crate) fn plan(args: &StoreArgs, cmd: &InstantiateArgs) -> Result<Plan> {
-    let next = Graph::load(&cmd.graph, args)?;
-    let previous = Graph::load(&cmd.previous, args)?;
+    let next = graph::load(&cmd.graph, args)?;
+    let previous = graph::load(&cmd.previous, args)?;
     let states = next
         .elements
         .iter()

@@ -13,6 +13,7 @@ use sa_cas::merkle::{self, TreeLimits};
 use sa_cas::{Digest, DigestFunction, LocalCas, LocalCasConfig};
 use serde_json::{Value, json};
 
+use crate::graph::{Element, Graph};
 use crate::{StoreArgs, Ui};
 
 macro_rules! example_files {
@@ -260,26 +261,21 @@ impl Demo {
         planned: &BTreeMap<&str, Planned>,
         built: Option<&BTreeMap<&str, Built>>,
     ) -> Result<String> {
-        let elements: Vec<Value> = ELEMENTS
+        let elements: Vec<Element> = ELEMENTS
             .iter()
-            .map(|e| {
-                let mut element = json!({
-                    "name": e.name,
-                    "cache_key": planned[e.name].key,
-                    "sources": planned[e.name].sources.to_string(),
-                    "build_deps": e.deps,
-                });
-                if let Some(b) = built.map(|b| &b[e.name]) {
-                    element["artifact"] = b.artifact.to_string().into();
-                    element["subactions"] =
-                        b.subactions.iter().map(|d| d.to_string()).collect::<Vec<_>>().into();
-                }
-                element
+            .map(|e| Element {
+                name: e.name.into(),
+                cache_key: Some(planned[e.name].key.clone()),
+                sources: Some(planned[e.name].sources),
+                build_deps: e.deps.iter().map(|d| (*d).to_owned()).collect(),
+                artifact: built.map(|b| b[e.name].artifact),
+                subactions: built.map(|b| b[e.name].subactions.clone()).unwrap_or_default(),
+                speculative_actions: None,
             })
             .collect();
         let path = self.work.join(name);
-        let graph = json!({"digest_function": "sha256", "elements": elements});
-        std::fs::write(&path, format!("{graph:#}\n"))
+        let graph = Graph::new(DigestFunction::Sha256, elements)?;
+        std::fs::write(&path, graph.to_json())
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(path.display().to_string())
     }

@@ -11,6 +11,7 @@ use sa_cas::{ActionCache, Digest, merkle, read_message};
 use sa_proto::reapi::Action;
 use serde_json::{Value, json};
 
+use crate::graph::{Element, Graph};
 use crate::{StoreArgs, Ui, store};
 
 #[derive(Debug, Args)]
@@ -242,15 +243,13 @@ fn from_recording(args: &StoreArgs, cmd: &FromRecordingArgs, ui: &mut Ui) -> Res
     let order = producer_order(&actions, &inputs, &outputs);
     let sources = merkle::ingest(store, &cmd.sources, &limits)
         .with_context(|| format!("ingesting --sources {}", cmd.sources.display()))?;
-    let graph = json!({
-        "digest_function": function.to_string(),
-        "elements": [{
-            "name": cmd.name,
-            "sources": sources.to_string(),
-            "subactions": order.iter().map(|&i| actions[i].to_string()).collect::<Vec<_>>(),
-        }],
-    });
-    let text = serde_json::to_string_pretty(&graph).expect("JSON values serialize") + "\n";
+    let element = Element {
+        name: cmd.name.clone(),
+        sources: Some(sources),
+        subactions: order.iter().map(|&i| actions[i]).collect(),
+        ..Default::default()
+    };
+    let text = Graph::new(function, vec![element])?.to_json();
     match &cmd.output {
         Some(path) => {
             std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;

@@ -43,6 +43,7 @@
 #![deny(missing_docs)]
 
 mod generate;
+pub mod graph;
 mod index;
 pub mod model;
 
