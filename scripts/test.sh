@@ -20,6 +20,22 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+echo "== cargo package (every crate as it would be published, built from its package)"
+cargo package --workspace --locked --offline --allow-dirty --quiet
+echo "== examples (each library crate used alone)"
+for example in sa-proto:wire sa-exec:run_locally sa-generator:generate_in_memory \
+    sa-instantiator:instantiate_in_memory sa-prime:prime_locally; do
+    cargo run --quiet --locked -p "${example%%:*}" --example "${example#*:}" >/dev/null
+done
+cargo run --quiet --locked -p sa-cas --example cas_client -- crates/sa-cli/demo >/dev/null
+# sa-cas as a REAPI client of a real buildbox-casd.
+casd_dir=$(mktemp -d)
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$SA_BUILDBOX_DIR/buildbox-casd" --bind="127.0.0.1:$port" "$casd_dir" 2>/dev/null &
+casd=$!
+cargo run --quiet --locked -p sa-cas --example cas_client -- "grpc://127.0.0.1:$port" crates/sa-cli/demo \
+    | grep -q "src/main.c" || { kill "$casd"; echo "the cas_client example failed against casd" >&2; exit 1; }
+kill "$casd"; wait "$casd" 2>/dev/null || true; rm -rf "$casd_dir"
 echo "== fuzz (a bounded run of every target; scripts/fuzz.sh SECONDS for a campaign)"
 bash scripts/fuzz.sh "${SA_FUZZ_SECONDS:-20}"
 echo "== cargo test"

@@ -18,11 +18,11 @@ use crate::{StoreArgs, Ui};
 
 macro_rules! example_files {
     ($($path:literal),* $(,)?) => {
-        &[$(($path, include_str!(concat!("../../../examples/demo/", $path)))),*]
+        &[$(($path, include_str!(concat!("../demo/", $path)))),*]
     };
 }
 
-/// The bundled example project (`examples/demo`), embedded so the binary runs it anywhere.
+/// The bundled example project (`crates/sa-cli/demo`), embedded so the binary runs it anywhere.
 pub(crate) const FILES: &[(&str, &str)] = example_files![
     "README.md",
     "app/Makefile",
@@ -580,7 +580,7 @@ mod tests {
     #[test]
     fn the_embedded_files_are_exactly_the_example_directory() {
         fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) {
-            for entry in std::fs::read_dir(dir).expect("examples/demo exists") {
+            for entry in std::fs::read_dir(dir).expect("crates/sa-cli/demo exists") {
                 let entry = entry.expect("a readable entry");
                 let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
                 if entry.file_type().expect("a file type").is_dir() {
@@ -591,10 +591,10 @@ mod tests {
             }
         }
         let mut on_disk = Vec::new();
-        walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo"), "", &mut on_disk);
+        walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("demo"), "", &mut on_disk);
         on_disk.sort();
         let embedded: Vec<String> = FILES.iter().map(|(p, _)| (*p).to_owned()).collect();
-        assert_eq!(embedded, on_disk, "update FILES in demo.rs to match examples/demo");
+        assert_eq!(embedded, on_disk, "update FILES in demo.rs to match crates/sa-cli/demo");
     }
 
     #[test]
