@@ -167,3 +167,20 @@ pub(crate) fn io_error(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) 
     let path = path.into();
     move |source| CasError::Io { path, source }
 }
+
+/// The error and its causes joined with `: `, a cause that only repeats the text before it
+/// left out (transport errors and other wrappers print their cause too). The one formatter of
+/// error chains in the workspace.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -42,10 +42,8 @@ pub mod testing;
 
 pub use confined::{ConfinedDir, EntryKind, segments};
 pub use digest::{CopyError, Digest, DigestFunction, HASH_LEN, Hasher};
-pub use error::{CasError, ResultExt};
-pub use grpc::{
-    Backoff, GrpcCas, GrpcConfig, GrpcConnection, error_chain, is_transient, lazy_channel,
-};
+pub use error::{CasError, ResultExt, error_chain};
+pub use grpc::{Backoff, GrpcCas, GrpcConfig, GrpcConnection, is_transient, lazy_channel};
 pub use limited::Limited;
 pub use local::{LocalCas, LocalCasConfig};
 pub use memory::MemoryCas;

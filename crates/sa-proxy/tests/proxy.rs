@@ -34,6 +34,19 @@ struct Setup {
     runtime: tokio::runtime::Runtime,
 }
 
+/// The recording at `path` once it has `lines` lines: the proxy writes a call's line as the
+/// response's end passes through it, which can be just after the client has read that end.
+fn recording_of(path: &std::path::Path, lines: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let read = read_recording(path, 1 << 20).unwrap_or_default();
+        if read.len() >= lines || std::time::Instant::now() > deadline {
+            return read;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn setup(executing: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("casd");
@@ -169,7 +182,7 @@ fn every_rpc_kind_answers_as_the_upstream_does() {
         assert_eq!(ActionResult::decode(&answers[1].as_ref().unwrap()[..]).unwrap(), result);
     });
     // The GetActionResult calls were recorded: a miss (5) and a hit.
-    let lines = read_recording(&s.record.join("unknown.jsonl"), 1 << 20).unwrap();
+    let lines = recording_of(&s.record.join("unknown.jsonl"), 2);
     let statuses: Vec<(i64, bool)> = lines
         .iter()
         .map(|l| (l["status"].as_i64().unwrap(), l["cached"].as_bool().unwrap()))
@@ -390,12 +403,12 @@ fn execute_and_get_action_result_are_recorded_with_the_clients_metadata() {
         ActionCacheClient::new(proxied.clone()).get_action_result(request).await.unwrap();
     });
     // The refused Execute carried no RequestMetadata: it is in unknown.jsonl, with its code.
-    let refused = read_recording(&s.record.join("unknown.jsonl"), 1 << 20).unwrap();
+    let refused = recording_of(&s.record.join("unknown.jsonl"), 1);
     let missing = SHA.hash_bytes(b"an action nobody uploaded").to_string();
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!(refused[0]["action"], missing.as_str());
     assert_eq!(refused[0]["status"], 5, "the refusal is recorded with its code: {}", refused[0]);
-    let lines = read_recording(&s.record.join("inv-1.jsonl"), 1 << 20).unwrap();
+    let lines = recording_of(&s.record.join("inv-1.jsonl"), 4);
     let summary: Vec<(String, String, bool, i64)> = lines
         .iter()
         .map(|l| {

@@ -1,19 +1,10 @@
-//! [`GrpcCas`]: a REAPI v2 server (CAS, ByteStream, ActionCache, Capabilities) behind the
-//! blocking, batch-first [`Cas`] and [`ActionCache`] traits.
-//!
-//! The client owns a tokio runtime and blocks on it, so it can be called from any thread that
-//! is not itself running async code (rayon workers included). Batches are sized by the
-//! server's `max_batch_total_size_bytes` and never above 4 MiB (buildbox-casd advertises no
-//! limit yet rejects larger messages); larger blobs go through ByteStream. Every RPC runs under
-//! a semaphore (bounded concurrency), a per-attempt timeout, and retries with exponential
-//! backoff on UNAVAILABLE, RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED. Every blob read is
-//! verified against its digest.
+//! [`GrpcCas`]: the CAS, ByteStream, ActionCache and Capabilities services behind the store
+//! traits.
 
 use std::future::Future;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use sa_proto::google::bytestream::byte_stream_client::ByteStreamClient;
@@ -28,170 +19,19 @@ use sa_proto::reapi::{
     UpdateActionResultRequest,
 };
 use tokio::sync::Semaphore;
-use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use crate::digest::{Digest, DigestFunction};
 use crate::error::{CasError, io_error};
 use crate::merkle::batch_ranges;
+
+use super::connection::connect_error;
+use super::{
+    BATCH_HEADROOM, Backoff, CHUNK, FIND_MISSING_CHUNK, GrpcConfig, GrpcConnection, MAX_MESSAGE,
+    is_transient,
+};
 use crate::store::{ActionCache, Blob, Cas, check_content, check_function, to_look_up};
-
-/// The largest gRPC message we send: servers commonly receive at most 4 MiB.
-const MAX_MESSAGE: u64 = 4 << 20;
-/// Room left in a batch for the request's own framing.
-const BATCH_HEADROOM: u64 = 64 << 10;
-/// ByteStream chunk size.
-const CHUNK: usize = 1 << 20;
-/// Digests per FindMissingBlobs request.
-const FIND_MISSING_CHUNK: usize = 10_000;
-
-/// How to reach a REAPI server.
-#[derive(Clone)]
-pub struct GrpcConfig {
-    /// `grpc://host:port`, `grpcs://host:port` or `unix:/path/to/socket`.
-    pub endpoint: String,
-    /// The REAPI instance name ("" for none).
-    pub instance_name: String,
-    /// Extra request headers, such as `authorization`; values never appear in errors or logs.
-    pub headers: Vec<(String, String)>,
-    /// PEM file of a CA to trust for `grpcs://` (besides the system roots).
-    pub tls_ca_cert: Option<PathBuf>,
-    /// PEM files of a client certificate and its key, for mutual TLS.
-    pub tls_client_identity: Option<(PathBuf, PathBuf)>,
-    /// The digest function to use; the server must support it.
-    pub digest_function: DigestFunction,
-    /// The most RPCs in flight at once.
-    pub max_concurrent_rpcs: usize,
-    /// Deadline of one attempt of one RPC.
-    pub rpc_timeout: Duration,
-    /// Deadline of establishing the connection.
-    pub connect_timeout: Duration,
-    /// Retries after the first attempt, for retryable codes.
-    pub max_retries: u32,
-    /// First backoff delay; doubles each retry, capped at 5 s.
-    pub retry_delay: Duration,
-}
-
-impl std::fmt::Debug for GrpcConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Header values are secrets (tokens): only their names are shown.
-        let headers: Vec<(&str, &str)> =
-            self.headers.iter().map(|(k, _)| (k.as_str(), "<redacted>")).collect();
-        f.debug_struct("GrpcConfig")
-            .field("endpoint", &self.endpoint)
-            .field("instance_name", &self.instance_name)
-            .field("headers", &headers)
-            .field("tls_ca_cert", &self.tls_ca_cert)
-            .field("tls_client_identity", &self.tls_client_identity)
-            .field("digest_function", &self.digest_function)
-            .field("max_concurrent_rpcs", &self.max_concurrent_rpcs)
-            .field("rpc_timeout", &self.rpc_timeout)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("max_retries", &self.max_retries)
-            .field("retry_delay", &self.retry_delay)
-            .finish()
-    }
-}
-
-impl GrpcConfig {
-    /// The defaults for `endpoint`.
-    pub fn new(endpoint: impl Into<String>) -> Self {
-        GrpcConfig {
-            endpoint: endpoint.into(),
-            instance_name: String::new(),
-            headers: Vec::new(),
-            tls_ca_cert: None,
-            tls_client_identity: None,
-            digest_function: DigestFunction::Sha256,
-            max_concurrent_rpcs: 16,
-            rpc_timeout: Duration::from_secs(60),
-            connect_timeout: Duration::from_secs(10),
-            max_retries: 5,
-            retry_delay: Duration::from_millis(100),
-        }
-    }
-}
-
-/// A connection to a REAPI server: its channel, the configured headers and deadline, and the
-/// runtime its calls run on. [`GrpcCas`] is built on one; services it does not wrap (the
-/// Execution service of `sa_exec::RemoteExecutor`) use it directly. Cheap to clone; the
-/// runtime lives as long as any clone.
-#[derive(Clone)]
-pub struct GrpcConnection {
-    runtime: Arc<tokio::runtime::Runtime>,
-    channel: Channel,
-    config: Arc<GrpcConfig>,
-    headers: Arc<Vec<(AsciiMetadataKey, AsciiMetadataValue)>>,
-}
-
-impl std::fmt::Debug for GrpcConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GrpcConnection")
-            .field("endpoint", &self.config.endpoint)
-            .field("instance_name", &self.config.instance_name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl GrpcConnection {
-    /// Checks the headers, starts a runtime and connects (retrying while the server refuses
-    /// connections, as one that is starting does).
-    pub fn open(config: GrpcConfig) -> Result<GrpcConnection, CasError> {
-        let mut headers = Vec::new();
-        for (key, value) in &config.headers {
-            let key = AsciiMetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes())
-                .map_err(|_| connect_error(&config, format!("invalid header name {key:?}")))?;
-            let value = AsciiMetadataValue::try_from(value.as_str()).map_err(|_| {
-                connect_error(&config, format!("header {key} has an invalid value (not shown)"))
-            })?;
-            headers.push((key, value));
-        }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("sa-grpc")
-            .enable_all()
-            .build()
-            .map_err(|err| connect_error(&config, format!("starting the runtime: {err}")))?;
-        let channel = runtime.block_on(open_channel(&config))?;
-        Ok(GrpcConnection {
-            runtime: Arc::new(runtime),
-            channel,
-            config: Arc::new(config),
-            headers: Arc::new(headers),
-        })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &GrpcConfig {
-        &self.config
-    }
-
-    /// The channel (it reconnects by itself after a failure).
-    pub fn channel(&self) -> Channel {
-        self.channel.clone()
-    }
-
-    /// The runtime the connection's calls run on: spawn on it, or block on it from a thread
-    /// that is not running async code.
-    pub fn runtime(&self) -> &tokio::runtime::Handle {
-        self.runtime.handle()
-    }
-
-    /// Wraps a message in a request with the configured headers and the per-RPC deadline.
-    pub fn request<T>(&self, message: T) -> Request<T> {
-        make_request(&self.headers, self.config.rpc_timeout, message)
-    }
-
-    /// The `digest_function` request field: unset for SHA-256, which every server assumes
-    /// (and some reject when named).
-    pub fn function_field(&self) -> i32 {
-        match self.config.digest_function {
-            DigestFunction::Sha256 => 0,
-            other => other.to_proto() as i32,
-        }
-    }
-}
 
 /// A REAPI server as a store. See the module documentation.
 pub struct GrpcCas {
@@ -218,19 +58,6 @@ impl std::fmt::Debug for GrpcCas {
             .field("max_batch_bytes", &self.max_batch_bytes)
             .finish_non_exhaustive()
     }
-}
-
-fn connect_error(config: &GrpcConfig, reason: impl std::fmt::Display) -> CasError {
-    let mut reason = reason.to_string();
-    // rustls's words for a server that answered the TLS handshake in plaintext.
-    if config.endpoint.starts_with("grpcs://")
-        && (reason.contains("InvalidContentType") || reason.contains("corrupt message"))
-    {
-        reason = format!(
-            "the server does not speak TLS (a plaintext server? then use grpc://): {reason}"
-        );
-    }
-    CasError::Connect { endpoint: config.endpoint.clone(), reason }
 }
 
 impl GrpcCas {
@@ -617,161 +444,6 @@ impl GrpcCas {
     }
 }
 
-fn make_request<T>(
-    headers: &[(AsciiMetadataKey, AsciiMetadataValue)],
-    timeout: Duration,
-    message: T,
-) -> Request<T> {
-    let mut request = Request::new(message);
-    request.set_timeout(timeout);
-    for (key, value) in headers {
-        request.metadata_mut().insert(key.clone(), value.clone());
-    }
-    request
-}
-
-/// Where a channel goes: a TCP endpoint (plain or TLS), or a Unix socket.
-enum Target {
-    Tcp(Endpoint),
-    Unix(Endpoint, PathBuf),
-}
-
-fn unix_connector(
-    path: PathBuf,
-) -> impl tower::Service<
-    tonic::transport::Uri,
-    Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>,
-    Error = std::io::Error,
-    Future = impl Send,
-> + Clone
-+ Send {
-    tower::service_fn(move |_: tonic::transport::Uri| {
-        let path = path.clone();
-        async move {
-            let stream = tokio::net::UnixStream::connect(path).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-        }
-    })
-}
-
-/// A channel to `config`'s endpoint that connects on first use (and again after a failure),
-/// so a server that is down now is an `UNAVAILABLE` call, not an error here. Must be called
-/// within a tokio runtime. For forwarding (`sa proxy`): no capabilities are read.
-pub fn lazy_channel(config: &GrpcConfig) -> Result<Channel, CasError> {
-    Ok(match target(config)? {
-        Target::Tcp(endpoint) => endpoint.connect_lazy(),
-        Target::Unix(endpoint, path) => endpoint.connect_with_connector_lazy(unix_connector(path)),
-    })
-}
-
-fn target(config: &GrpcConfig) -> Result<Target, CasError> {
-    let endpoint_text = config.endpoint.as_str();
-    if let Some(path) = endpoint_text.strip_prefix("unix:") {
-        let path = PathBuf::from(path.trim_start_matches("//"));
-        if !path.is_absolute() {
-            return Err(connect_error(config, "unix socket path must be absolute"));
-        }
-        let endpoint =
-            Endpoint::from_static("http://localhost").connect_timeout(config.connect_timeout);
-        return Ok(Target::Unix(endpoint, path));
-    }
-    let (scheme, host_port) = if let Some(rest) = endpoint_text.strip_prefix("grpc://") {
-        ("http", rest)
-    } else if let Some(rest) = endpoint_text.strip_prefix("grpcs://") {
-        ("https", rest)
-    } else {
-        return Err(connect_error(
-            config,
-            "expected grpc://HOST:PORT, grpcs://HOST:PORT or unix:/PATH",
-        ));
-    };
-    if host_port.is_empty() || host_port.contains('/') {
-        return Err(connect_error(config, "expected HOST:PORT after the scheme"));
-    }
-    match host_port.rsplit_once(':').map(|(_, port)| port.parse::<u32>()) {
-        Some(Ok(port)) if (1..=65535).contains(&port) => {}
-        Some(Ok(port)) => {
-            return Err(connect_error(config, format!("port {port} is out of range (1-65535)")));
-        }
-        _ => return Err(connect_error(config, "expected HOST:PORT with a numeric port")),
-    }
-    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{host_port}"))
-        .map_err(|err| connect_error(config, err))?
-        .connect_timeout(config.connect_timeout)
-        .tcp_nodelay(true);
-    if scheme == "https" {
-        let host = host_port.rsplit_once(':').map(|(h, _)| h).unwrap_or(host_port);
-        let mut tls =
-            ClientTlsConfig::new().domain_name(host.trim_matches(['[', ']'])).with_native_roots();
-        if let Some(ca) = &config.tls_ca_cert {
-            let pem = std::fs::read(ca)
-                .map_err(|err| connect_error(config, format!("{}: {err}", ca.display())))?;
-            tls = tls.ca_certificate(Certificate::from_pem(pem));
-        }
-        if let Some((cert, key)) = &config.tls_client_identity {
-            let cert_pem = std::fs::read(cert)
-                .map_err(|err| connect_error(config, format!("{}: {err}", cert.display())))?;
-            let key_pem = std::fs::read(key)
-                .map_err(|err| connect_error(config, format!("{}: {err}", key.display())))?;
-            tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
-        }
-        endpoint =
-            endpoint.tls_config(tls).map_err(|err| connect_error(config, error_chain(&err)))?;
-    } else if config.tls_ca_cert.is_some() || config.tls_client_identity.is_some() {
-        return Err(connect_error(config, "TLS options need a grpcs:// endpoint"));
-    }
-    Ok(Target::Tcp(endpoint))
-}
-
-async fn open_channel(config: &GrpcConfig) -> Result<Channel, CasError> {
-    let endpoint = match target(config)? {
-        Target::Unix(endpoint, path) => {
-            return endpoint
-                .connect_with_connector(unix_connector(path))
-                .await
-                .map_err(|err| connect_error(config, error_chain(&err)));
-        }
-        Target::Tcp(endpoint) => endpoint,
-    };
-    // Refused, reset or aborted while connecting: a server starting or restarting. Retry with
-    // the calls' backoff; anything else (TLS verification, a bad address) is final.
-    let mut backoff = Backoff::new(config);
-    loop {
-        let err = match endpoint.connect().await {
-            Ok(channel) => return Ok(channel),
-            Err(err) => err,
-        };
-        let Some(delay) = is_transient_connect(&err).then(|| backoff.next_delay()).flatten() else {
-            let reason = format!("{}{}", error_chain(&err), backoff.attempts_note());
-            return Err(connect_error(config, reason));
-        };
-        tracing::warn!(
-            "connecting to {}: {}; retrying ({}, next in {delay:.1?})",
-            config.endpoint,
-            error_chain(&err),
-            backoff.progress()
-        );
-        tokio::time::sleep(delay).await;
-    }
-}
-
-/// The error and its causes joined with `: `, a cause that only repeats the text before it
-/// left out (transport errors and other wrappers print their cause too). The one formatter of
-/// error chains in the workspace.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// A ByteStream Read in progress: what has been hashed and written so far.
 struct StreamRead<'o> {
     hasher: crate::digest::Hasher,
@@ -939,104 +611,4 @@ impl ActionCache for GrpcCas {
         })
         .map(|_| ())
     }
-}
-
-/// Exponential backoff between attempts of a call: `retry_delay`, doubling, capped at 5 s, at
-/// most `max_retries` retries, each pause drawn between half of that and all of it ("equal
-/// jitter"), so the clients of a server that restarted do not all come back at the same moment.
-/// The one schedule for store calls, connections, executions and Bots calls.
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    next: Duration,
-    retries_left: u32,
-    attempts: u32,
-}
-
-impl Backoff {
-    /// A schedule from a config's `retry_delay` and `max_retries`.
-    pub fn new(config: &GrpcConfig) -> Backoff {
-        Backoff { next: config.retry_delay, retries_left: config.max_retries, attempts: 1 }
-    }
-
-    /// The pause before another attempt, or `None` when no retry is left.
-    pub fn next_delay(&mut self) -> Option<Duration> {
-        self.retries_left = self.retries_left.checked_sub(1)?;
-        self.attempts += 1;
-        let delay = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
-        Some(delay.mul_f64(0.5 + 0.5 * unit_random()))
-    }
-
-    /// `attempt N of M` for the attempt about to be made (after [`Backoff::next_delay`]).
-    pub fn progress(&self) -> String {
-        format!("attempt {} of {}", self.attempts, self.attempts + self.retries_left)
-    }
-
-    /// ` (after N attempts)` once a call was retried, for the final error; empty otherwise.
-    pub fn attempts_note(&self) -> String {
-        if self.attempts > 1 {
-            format!(" (after {} attempts)", self.attempts)
-        } else {
-            String::new()
-        }
-    }
-}
-
-/// A number in [0, 1) that differs from call to call (std's hasher keys are random per
-/// process and per `RandomState`): enough for jitter, no dependency.
-fn unit_random() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let bits = std::collections::hash_map::RandomState::new().build_hasher().finish();
-    (bits >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// Whether a failed call may succeed if made again as it was: UNAVAILABLE,
-/// RESOURCE_EXHAUSTED, CANCELLED (calls here are never cancelled by their caller, so it is
-/// tonic's own deadline, "Timeout expired", or a connection torn down under the call), and a
-/// broken connection. DEADLINE_EXCEEDED is left to the caller: for a long execution it is the
-/// execution's own deadline.
-pub fn is_transient(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::ResourceExhausted | Code::Cancelled)
-        || is_transport_failure(status)
-}
-
-/// Whether a status is tonic's report of a connection that failed under the call (`Unknown`
-/// caused by a transport, hyper or h2 error: reset, closed early, a body cut off, refused by a
-/// server still starting),
-/// not an answer of the server's. Every call made through `call_async` is idempotent, so such
-/// a failure is retried like `UNAVAILABLE`.
-fn is_transport_failure(status: &Status) -> bool {
-    if status.code() != Code::Unknown {
-        return false;
-    }
-    let mut source = std::error::Error::source(status);
-    while let Some(cause) = source {
-        if cause.is::<tonic::transport::Error>()
-            || cause.is::<hyper::Error>()
-            || cause.is::<h2::Error>()
-        {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
-}
-
-/// Whether a failure to establish a connection is one a later attempt may not meet.
-fn is_transient_connect(err: &tonic::transport::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::NotConnected
-            );
-        }
-        source = cause.source();
-    }
-    false
 }
