@@ -66,6 +66,15 @@ pub fn segments(path: &str) -> Result<Vec<&str>, CasError> {
 const DIR_FLAGS: OFlags =
     OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
 
+/// What [`ConfinedDir::walk`] does with a directory that does not exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Missing {
+    /// Create it (never through a symlink).
+    Create,
+    /// Stop: the walk finds nothing.
+    Absent,
+}
+
 impl ConfinedDir {
     /// Opens the directory at `path`, which the caller trusts (its own scratch directory, the
     /// working directory it was started in); only what is below it is confined.
@@ -117,16 +126,16 @@ impl ConfinedDir {
         }
     }
 
-    /// Opens the directory at the relative path `rel` (`""` is this one), creating missing
-    /// directories when `create`; `Ok(None)` when one is missing and `!create`.
-    pub fn walk(&self, rel: &str, create: bool) -> Result<Option<ConfinedDir>, CasError> {
+    /// Opens the directory at the relative path `rel` (`""` is this one); a missing directory
+    /// is created or ends the walk with `Ok(None)`, as `missing` says.
+    pub fn walk(&self, rel: &str, missing: Missing) -> Result<Option<ConfinedDir>, CasError> {
         let mut current: Option<ConfinedDir> = None;
         for segment in segments(rel)? {
             let here = current.as_ref().unwrap_or(self);
             let next = match here.subdir(segment) {
                 Ok(dir) => dir,
                 Err(CasError::Io { source, .. })
-                    if source.kind() == io::ErrorKind::NotFound && create =>
+                    if source.kind() == io::ErrorKind::NotFound && missing == Missing::Create =>
                 {
                     here.mkdir(segment)?;
                     here.subdir(segment)?
@@ -152,16 +161,17 @@ impl ConfinedDir {
         Ok(ConfinedDir { fd, path: self.path.clone() })
     }
 
-    /// Splits `rel` into its parent directory (opened, created if `create`) and its last name.
+    /// Splits `rel` into its parent directory (opened; created or not, as `missing` says) and
+    /// its last name.
     pub fn parent_of<'a>(
         &self,
         rel: &'a str,
-        create: bool,
+        missing: Missing,
     ) -> Result<Option<(ConfinedDir, &'a str)>, CasError> {
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
         check_name(name)
             .map_err(|reason| CasError::UnsafePath { path: self.child_path(rel), reason })?;
-        Ok(self.walk(parent, create)?.map(|dir| (dir, name)))
+        Ok(self.walk(parent, missing)?.map(|dir| (dir, name)))
     }
 
     /// What `name` is, without following it; `None` if it does not exist.

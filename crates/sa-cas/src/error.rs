@@ -62,6 +62,16 @@ pub enum CasError {
         /// The decoder's complaint.
         source: prost::DecodeError,
     },
+    /// A blob that does not parse as the message it should hold, read at the byte level.
+    #[error("blob {digest} is not a valid {what}: {reason}")]
+    Malformed {
+        /// The message type expected.
+        what: &'static str,
+        /// The blob.
+        digest: Digest,
+        /// What is wrong.
+        reason: String,
+    },
     /// A Directory that decodes but breaks the canonical form or is unsafe to use.
     #[error("invalid Directory {digest}: {reason}")]
     InvalidDirectory {

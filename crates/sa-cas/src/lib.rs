@@ -40,7 +40,7 @@ mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use confined::{ConfinedDir, EntryKind, segments};
+pub use confined::{ConfinedDir, EntryKind, Missing, segments};
 pub use digest::{CopyError, Digest, DigestFunction, HASH_LEN, Hasher};
 pub use error::{CasError, ResultExt, error_chain};
 pub use grpc::{Backoff, GrpcCas, GrpcConfig, GrpcConnection, is_transient, lazy_channel};

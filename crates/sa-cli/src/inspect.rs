@@ -337,6 +337,7 @@ pub(crate) fn inspect(args: &StoreArgs, cmd: &InspectArgs, ui: &mut Ui) -> Resul
     let function = args.digest_function;
     let digest = Digest::parse(function, &cmd.digest)?;
     let store = &opened.store;
+    let limits = args.limits.tree();
     let (kind, value) = match cmd.kind {
         Some(Kind::ActionResult) => {
             let result = store.get_action_result(&digest)?.ok_or_else(|| {
@@ -344,62 +345,16 @@ pub(crate) fn inspect(args: &StoreArgs, cmd: &InspectArgs, ui: &mut Ui) -> Resul
             })?;
             (Kind::ActionResult, result_json(&result))
         }
-        Some(Kind::Tree) => {
-            let data = store.read_blob(&digest)?;
-            let limits = args.limits.tree();
-            let as_directory = merkle::decode_directory(&digest, &data, &limits);
-            match exact::<Tree>(&data) {
-                Some(tree) if as_directory.is_err() => {
-                    if !tree_valid(function, &tree, &limits) {
-                        bail!("blob {digest} is a Tree holding an invalid Directory");
-                    }
-                    let mut value = tree_json(function, &tree);
-                    value["unknown_fields"] = unknown_fields::<Tree>(&data);
-                    (Kind::Tree, value)
-                }
-                _ => {
-                    as_directory.with_context(|| {
-                        format!("blob {digest} is neither a REAPI Tree nor a Directory")
-                    })?;
-                    (Kind::Tree, expanded_json(store, &digest, &limits)?)
-                }
-            }
-        }
-        Some(kind) => {
-            let data = store.read_blob(&digest)?;
-            let value = match kind {
-                Kind::Action => with_unknown::<Action>(
-                    action_json(&decode(data.clone(), &digest, "Action")?),
-                    &data,
-                ),
-                Kind::Command => with_unknown::<Command>(
-                    command_json(&decode(data.clone(), &digest, "Command")?),
-                    &data,
-                ),
-                Kind::Directory => with_unknown::<Directory>(
-                    directory_json(&merkle::decode_directory(&digest, &data, &args.limits.tree())?),
-                    &data,
-                ),
-                Kind::SpeculativeActions => with_unknown::<SpeculativeActions>(
-                    speculative_json(&decode(data.clone(), &digest, "SpeculativeActions")?),
-                    &data,
-                ),
-                Kind::Artifact => with_unknown::<Artifact>(
-                    artifact_json(&decode(data.clone(), &digest, "Artifact")?),
-                    &data,
-                ),
-                Kind::ActionResult | Kind::Tree => unreachable!("handled above"),
-            };
-            (kind, value)
-        }
+        Some(Kind::Tree) => (Kind::Tree, tree_value(store, &digest, &limits)?),
+        Some(kind) => (kind, message_value(kind, &digest, &store.read_blob(&digest)?, &limits)?),
         None => {
             let data = store.read_blob(&digest)?;
-            match detect(function, &digest, &data, &args.limits.tree()) {
+            match detect(function, &digest, &data, &limits) {
                 Some(found) => found,
                 None => {
                     // The likeliest intent, said with its reason.
                     if exact::<Directory>(&data).is_some() {
-                        merkle::decode_directory(&digest, &data, &args.limits.tree())
+                        merkle::decode_directory(&digest, &data, &limits)
                             .with_context(|| format!("blob {digest} is not any known message"))?;
                     }
                     bail!("blob {digest} does not decode as any known message: pass --as")
@@ -415,4 +370,52 @@ pub(crate) fn inspect(args: &StoreArgs, cmd: &InspectArgs, ui: &mut Ui) -> Resul
         serde_json::to_string_pretty(&out).expect("JSON values serialize")
     })?;
     Ok(())
+}
+
+/// A blob read `--as tree`: a REAPI Tree, or a root Directory expanded with what is below it.
+fn tree_value(store: &dyn sa_cas::Store, digest: &Digest, limits: &TreeLimits) -> Result<Value> {
+    let function = store.digest_function();
+    let data = store.read_blob(digest)?;
+    let as_directory = merkle::decode_directory(digest, &data, limits);
+    match exact::<Tree>(&data) {
+        Some(tree) if as_directory.is_err() => {
+            if !tree_valid(function, &tree, limits) {
+                bail!("blob {digest} is a Tree holding an invalid Directory");
+            }
+            let mut value = tree_json(function, &tree);
+            value["unknown_fields"] = unknown_fields::<Tree>(&data);
+            Ok(value)
+        }
+        _ => {
+            as_directory.with_context(|| {
+                format!("blob {digest} is neither a REAPI Tree nor a Directory")
+            })?;
+            expanded_json(store, digest, limits)
+        }
+    }
+}
+
+/// A blob decoded as the message `kind` names, with the fields our protos do not know.
+fn message_value(kind: Kind, digest: &Digest, data: &Bytes, limits: &TreeLimits) -> Result<Value> {
+    Ok(match kind {
+        Kind::Action => {
+            with_unknown::<Action>(action_json(&decode(data.clone(), digest, "Action")?), data)
+        }
+        Kind::Command => {
+            with_unknown::<Command>(command_json(&decode(data.clone(), digest, "Command")?), data)
+        }
+        Kind::Directory => with_unknown::<Directory>(
+            directory_json(&merkle::decode_directory(digest, data, limits)?),
+            data,
+        ),
+        Kind::SpeculativeActions => with_unknown::<SpeculativeActions>(
+            speculative_json(&decode(data.clone(), digest, "SpeculativeActions")?),
+            data,
+        ),
+        Kind::Artifact => with_unknown::<Artifact>(
+            artifact_json(&decode(data.clone(), digest, "Artifact")?),
+            data,
+        ),
+        Kind::ActionResult | Kind::Tree => unreachable!("read by their own functions"),
+    })
 }

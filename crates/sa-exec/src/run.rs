@@ -11,7 +11,9 @@ use std::time::Duration;
 use std::os::unix::process::CommandExt;
 
 use sa_cas::merkle::{self, MaterializeOptions, TreeLimits};
-use sa_cas::{Cas, CasError, ConfinedDir, Digest, EntryKind, Store, read_message, write_message};
+use sa_cas::{
+    Cas, CasError, ConfinedDir, Digest, EntryKind, Missing, Store, read_message, write_message,
+};
 
 use crate::cleanup::{GroupGuard, ScratchGuard};
 use crate::sandbox::Sandbox;
@@ -268,12 +270,12 @@ impl Job {
             .map_err(path_error(self.id, format!("materializing input root {root}")))?;
         let working = &self.command.working_directory;
         let working_dir = top
-            .walk(working, true)
+            .walk(working, Missing::Create)
             .map_err(path_error(self.id, format!("working directory {working:?}")))?
             .expect("walk creates what is missing");
         for output in &self.outputs {
             working_dir
-                .parent_of(output, true)
+                .parent_of(output, Missing::Create)
                 .map_err(path_error(self.id, format!("parent of output path {output:?}")))?;
         }
         Ok(working_dir)
@@ -349,7 +351,7 @@ impl Job {
         for output in &self.outputs {
             let unsafe_path = || path_error(id, format!("output {output:?}"));
             let found = working_dir
-                .parent_of(output, false)
+                .parent_of(output, Missing::Absent)
                 .and_then(|parent| match parent {
                     Some((dir, name)) => Ok(dir.kind(name)?.map(|kind| (dir, name, kind))),
                     None => Ok(None),
@@ -517,7 +519,7 @@ pub fn write_outputs<S: Cas + ?Sized>(
         if declared.binary_search_by(|d| d.as_str().cmp(path)).is_err() {
             return Err(undeclared(path));
         }
-        let (parent, name) = top.parent_of(path, true)?.expect("parents are created");
+        let (parent, name) = top.parent_of(path, Missing::Create)?.expect("parents are created");
         let temp = format!(".sa-tmp-{}-{name}", uuid_like());
         Ok((parent, name.to_owned(), temp))
     };

@@ -513,6 +513,47 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         work: &ElementWork<'_>,
         planned: &Planned,
     ) -> Result<InstantiatedAction, InstantiateError> {
+        let (mut outcome, changing) = self.resolve_overlays(element, work, planned)?;
+        if changing.is_empty() {
+            return Ok(outcome);
+        }
+        let action_error = |source: CasError| InstantiateError::Action {
+            element: element.into(),
+            action: planned.base,
+            source: Box::new(source),
+        };
+        let root =
+            self.rewrite(work, &changing, &planned.root, String::new()).map_err(|e| match e {
+                RewriteError::Store(source) => InstantiateError::Action {
+                    element: element.into(),
+                    action: planned.base,
+                    source,
+                },
+                RewriteError::Splice(directory, reason) => action_error(
+                    CasError::Malformed { what: "Directory", digest: directory, reason }
+                        .context(format!("input root {}", planned.root)),
+                ),
+            })?;
+        if root == planned.root {
+            return Ok(outcome);
+        }
+        let action = splice::rewrite_action(&planned.raw, &root).map_err(|reason| {
+            action_error(CasError::Malformed { what: "Action", digest: planned.base, reason })
+        })?;
+        let blob = Blob::new(self.store.digest_function(), action);
+        outcome.action = *blob.digest();
+        work.written.lock().expect("no panics while holding the lock").push(blob);
+        Ok(outcome)
+    }
+
+    /// Resolves the action's overlays (each distinct one once per element) and counts them;
+    /// returns the outcome so far and the targets that change, each with its overlays.
+    fn resolve_overlays<'w>(
+        &self,
+        element: &str,
+        work: &ElementWork<'_>,
+        planned: &'w Planned,
+    ) -> Result<(InstantiatedAction, BTreeMap<Digest, &'w [u32]>), InstantiateError> {
         let mut outcome = InstantiatedAction {
             base: planned.base,
             action: planned.base,
@@ -554,42 +595,7 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             }
         }
         outcome.complete = outcome.unresolved == 0;
-        if changing.is_empty() {
-            return Ok(outcome);
-        }
-        let rewrite_error = |reason: String| InstantiateError::Action {
-            element: element.into(),
-            action: planned.base,
-            source: Box::new(CasError::InvalidDirectory { digest: planned.root, reason }),
-        };
-        let root =
-            self.rewrite(work, &changing, &planned.root, String::new()).map_err(|e| match e {
-                RewriteError::Store(source) => InstantiateError::Action {
-                    element: element.into(),
-                    action: planned.base,
-                    source,
-                },
-                RewriteError::Splice(directory, reason) => {
-                    rewrite_error(format!("rewriting Directory {directory}: {reason}"))
-                }
-            })?;
-        if root == planned.root {
-            return Ok(outcome);
-        }
-        let action = splice::rewrite_action(&planned.raw, &root).map_err(|reason| {
-            InstantiateError::Action {
-                element: element.into(),
-                action: planned.base,
-                source: Box::new(CasError::InvalidDigest {
-                    input: planned.base.to_string(),
-                    reason,
-                }),
-            }
-        })?;
-        let blob = Blob::new(self.store.digest_function(), action);
-        outcome.action = *blob.digest();
-        work.written.lock().expect("no panics while holding the lock").push(blob);
-        Ok(outcome)
+        Ok((outcome, changing))
     }
 
     /// The digest of directory `digest` at `path` after the action's replacements.
@@ -696,65 +702,72 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             },
             OriginKind::Artifact => match state.artifact {
                 Some(root) => self.lookup(owner, "artifact", &root, &origin.path),
-                None => {
-                    let Some(previous) = state.previous_speculative_actions else {
-                        return Ok(Resolution::Unresolved(format!(
-                            "{owner:?} is not built and has no previous SpeculativeActions"
-                        )));
-                    };
-                    let traces = self.previous_artifact_overlays(owner, &previous)?;
-                    let chosen = traces.get(target).and_then(|candidates| {
-                        candidates.iter().min_by(|a, b| compare_for(&origin.path, a, b))
-                    });
-                    match chosen {
-                        Some(traced) => self.resolve(owner, traced, target, depth + 1),
-                        None => Ok(Resolution::Unresolved(format!(
-                            "{owner:?} is not built and its artifact overlays do not trace {}",
-                            origin.path
-                        ))),
-                    }
-                }
+                None => self.trace_unbuilt(owner, state, origin, target, depth),
             },
-            OriginKind::Action => {
-                let producer = origin.producer.expect("ACTION origins have a producer");
-                let Some(adapted) = self.instantiated(&producer) else {
-                    return Ok(Resolution::Unresolved(format!(
-                        "producer {producer} is not instantiated completely"
-                    )));
-                };
-                let result = self.store.get_action_result(&adapted).map_err(|source| {
-                    InstantiateError::Store {
-                        what: format!(
-                            "reading the result of {adapted} (instantiated from {producer})"
-                        ),
-                        source: Box::new(source),
-                    }
-                })?;
-                let Some(result) = result else {
-                    return Ok(Resolution::Unresolved(format!(
-                        "producer {adapted} has no result yet"
-                    )));
-                };
-                let function = self.store.digest_function();
-                match result.output_files.iter().find(|f| f.path == origin.path) {
-                    Some(file) => {
-                        let digest = Digest::from_proto_field(
-                            function,
-                            file.digest.as_ref(),
-                            "OutputFile.digest",
-                        )
+            OriginKind::Action => self.producer_output(origin),
+        }
+    }
+
+    /// An ARTIFACT overlay of a dependency not built yet, traced through its previous
+    /// `artifact_overlays` to where that file comes from now.
+    fn trace_unbuilt(
+        &self,
+        owner: &str,
+        state: &ElementState,
+        origin: &Origin,
+        target: &Digest,
+        depth: usize,
+    ) -> Result<Resolution, InstantiateError> {
+        let Some(previous) = state.previous_speculative_actions else {
+            return Ok(Resolution::Unresolved(format!(
+                "{owner:?} is not built and has no previous SpeculativeActions"
+            )));
+        };
+        let traces = self.previous_artifact_overlays(owner, &previous)?;
+        let chosen = traces.get(target).and_then(|candidates| {
+            candidates.iter().min_by(|a, b| compare_for(&origin.path, a, b))
+        });
+        match chosen {
+            Some(traced) => self.resolve(owner, traced, target, depth + 1),
+            None => Ok(Resolution::Unresolved(format!(
+                "{owner:?} is not built and its artifact overlays do not trace {}",
+                origin.path
+            ))),
+        }
+    }
+
+    /// An ACTION overlay: the output of the producer's instantiated action, once it has a
+    /// result.
+    fn producer_output(&self, origin: &Origin) -> Result<Resolution, InstantiateError> {
+        let producer = origin.producer.expect("ACTION origins have a producer");
+        let Some(adapted) = self.instantiated(&producer) else {
+            return Ok(Resolution::Unresolved(format!(
+                "producer {producer} is not instantiated completely"
+            )));
+        };
+        let result =
+            self.store.get_action_result(&adapted).map_err(|source| InstantiateError::Store {
+                what: format!("reading the result of {adapted} (instantiated from {producer})"),
+                source: Box::new(source),
+            })?;
+        let Some(result) = result else {
+            return Ok(Resolution::Unresolved(format!("producer {adapted} has no result yet")));
+        };
+        let function = self.store.digest_function();
+        match result.output_files.iter().find(|f| f.path == origin.path) {
+            Some(file) => {
+                let digest =
+                    Digest::from_proto_field(function, file.digest.as_ref(), "OutputFile.digest")
                         .map_err(|source| InstantiateError::Store {
-                            what: format!("reading the result of {adapted}"),
-                            source: Box::new(source),
-                        })?;
-                        Ok(Resolution::Replace(digest))
-                    }
-                    None => Ok(Resolution::Unresolved(format!(
-                        "producer {adapted} has no output {}",
-                        origin.path
-                    ))),
-                }
+                        what: format!("reading the result of {adapted}"),
+                        source: Box::new(source),
+                    })?;
+                Ok(Resolution::Replace(digest))
             }
+            None => Ok(Resolution::Unresolved(format!(
+                "producer {adapted} has no output {}",
+                origin.path
+            ))),
         }
     }
 

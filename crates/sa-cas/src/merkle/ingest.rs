@@ -11,7 +11,7 @@ use super::builder::DirectoryBuilder;
 use super::codec::*;
 use super::forest::*;
 use super::names::*;
-use crate::confined::{ConfinedDir, EntryKind};
+use crate::confined::{ConfinedDir, EntryKind, Missing};
 use crate::digest::{Digest, DigestFunction};
 use crate::error::{CasError, io_error};
 use crate::store::{Blob, Cas};
@@ -81,7 +81,7 @@ pub fn ingest_dir(
 
 /// Opens the file `rel` below `top` without following any symlink.
 fn open_below(top: &ConfinedDir, rel: &str) -> Result<fs::File, CasError> {
-    let (parent, name) = top.parent_of(rel, false)?.ok_or_else(|| CasError::Io {
+    let (parent, name) = top.parent_of(rel, Missing::Absent)?.ok_or_else(|| CasError::Io {
         path: top.child_path(rel),
         source: std::io::Error::new(std::io::ErrorKind::NotFound, "vanished while ingested"),
     })?;

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::batch::*;
 use super::forest::*;
 use super::names::*;
-use crate::confined::ConfinedDir;
+use crate::confined::{ConfinedDir, Missing};
 use crate::digest::Digest;
 use crate::error::{CasError, io_error};
 use crate::store::Cas;
@@ -169,7 +169,7 @@ fn populate(
 
 /// Opens a directory this materialization made (its vanishing is an error, not a skip).
 fn open_made(top: &ConfinedDir, rel: &str) -> Result<ConfinedDir, CasError> {
-    top.walk(rel, false)?.ok_or_else(|| CasError::UnsafePath {
+    top.walk(rel, Missing::Absent)?.ok_or_else(|| CasError::UnsafePath {
         path: top.child_path(rel),
         reason: "vanished while being materialized".into(),
     })

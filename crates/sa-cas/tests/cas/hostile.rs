@@ -3,7 +3,7 @@
 
 use prost::Message;
 use sa_cas::merkle::{self, DirectoryBuilder, MaterializeOptions, TreeLimits};
-use sa_cas::{Blob, Cas, CasError, ConfinedDir, Digest, DigestFunction, MemoryCas};
+use sa_cas::{Blob, Cas, CasError, ConfinedDir, Digest, DigestFunction, MemoryCas, Missing};
 use sa_proto::reapi::{Directory, DirectoryNode, FileNode};
 
 const SHA: DigestFunction = DigestFunction::Sha256;
@@ -196,8 +196,8 @@ fn confined_walks_never_follow_a_planted_symlink() {
     std::os::unix::fs::symlink(outside.path(), top.path().join("lnk")).unwrap();
     std::fs::write(outside.path().join("victim"), "keep").unwrap();
     let dir = ConfinedDir::open(top.path()).unwrap();
-    for create in [false, true] {
-        let err = dir.walk("lnk/sub", create).unwrap_err();
+    for missing in [Missing::Absent, Missing::Create] {
+        let err = dir.walk("lnk/sub", missing).unwrap_err();
         assert!(err.to_string().contains("is a symlink where a directory is needed"), "{err}");
     }
     let err = dir.open_file("lnk").unwrap_err();
@@ -209,7 +209,10 @@ fn confined_walks_never_follow_a_planted_symlink() {
     assert_eq!(only_entry(outside.path()), ["victim"]);
     // Unsafe segments never reach the file system.
     for bad in ["..", "a/../b", "/etc", "a//b"] {
-        assert!(matches!(dir.walk(bad, true), Err(CasError::UnsafePath { .. })), "{bad}");
+        assert!(
+            matches!(dir.walk(bad, Missing::Create), Err(CasError::UnsafePath { .. })),
+            "{bad}"
+        );
     }
 }
 
