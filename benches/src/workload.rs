@@ -302,6 +302,34 @@ pub fn generate(
 ) -> Result<Workload, CasError> {
     let f = store.digest_function();
     let p = profile;
+    let mut files = source_files(f, p);
+    let mut written = HashSet::new();
+    let file_blobs = std::mem::take(&mut files.blobs);
+    write_new(store, &mut written, file_blobs)?;
+    let (trees, dir_blobs) = element_trees(f, p, &files)?;
+    write_new(store, &mut written, dir_blobs)?;
+    let steps = compile_steps(p, seed);
+    let encoded = encode_actions(store, &steps, &files, &mut written)?;
+    let (build1, build2) = graphs(f, &trees, &steps, &encoded.actions);
+    let actions = encoded.actions;
+    let changed = actions.iter().filter(|a| a[0] != a[1]).count();
+    let stats = json!({
+        "profile": p.name,
+        "seed": seed,
+        "actions": actions.len(),
+        "actions_changed": changed,
+        "file_references": encoded.file_refs,
+        "distinct_input_directories_build1": encoded.distinct_dirs[0],
+        "files": files.by_path.len(),
+    });
+    let truth = actions.iter().map(|a| (a[0], a[1])).collect();
+    Ok(Workload { build1, build2, truth, stats })
+}
+
+/// Every source file of both builds: the base (unchanged between them), the library (every
+/// 100th header and every 10th source change) and the application (every 50th source and
+/// header change; twin_b.h changes, its byte-identical twin twin_a.h does not).
+fn source_files(f: DigestFunction, p: &Profile) -> Files {
     let mut files = Files { by_path: BTreeMap::new(), blobs: Vec::new() };
     // Base: unchanged between the builds.
     for d in 0..p.base_dirs {
@@ -336,10 +364,16 @@ pub fn generate(
         files.by_path.insert(path, [*same.digest(), second]);
         files.blobs.extend([same, changed]);
     }
-    let mut written = HashSet::new();
-    let file_blobs = std::mem::take(&mut files.blobs);
-    write_new(store, &mut written, file_blobs)?;
+    files
+}
 
+/// The elements' trees of both builds, by name (`base1.sources`, `lib2.artifact`, …), and the
+/// blobs to store for them.
+fn element_trees(
+    f: DigestFunction,
+    p: &Profile,
+    files: &Files,
+) -> Result<(BTreeMap<String, Digest>, Vec<Blob>), CasError> {
     // Element trees: sources (paths without the element prefix) and artifacts.
     let tree_of = |prefix: &str, map: &dyn Fn(&str) -> Option<String>, build: usize| {
         files
@@ -375,8 +409,11 @@ pub fn generate(
     let app_art = vec![("usr/bin/app".to_owned(), *app_binary.digest())];
     trees.insert("app1.artifact".into(), encode_tree(f, &app_art, &mut dir_blobs)?);
     dir_blobs.push(app_binary);
-    write_new(store, &mut written, dir_blobs)?;
+    Ok((trees, dir_blobs))
+}
 
+/// The compile steps of both elements, with the inputs each stages.
+fn compile_steps(p: &Profile, seed: u64) -> Vec<(&'static str, Step)> {
     // Compile steps, as recc stages them: dependencies' artifacts under usr/, sources under build/.
     let base_path = |i: usize| format!("d{:02}/h{:04}.h", i / p.base_per_dir, i % p.base_per_dir);
     let base_input =
@@ -443,7 +480,23 @@ pub fn generate(
             steps.push(("app.bst", Step { source, inputs }));
         }
     }
+    steps
+}
 
+/// Both builds' Actions of every step, stored.
+struct Encoded {
+    actions: Vec<[Digest; 2]>,
+    distinct_dirs: [usize; 2],
+    file_refs: usize,
+}
+
+fn encode_actions(
+    store: &(impl Cas + ?Sized),
+    steps: &[(&'static str, Step)],
+    files: &Files,
+    written: &mut HashSet<Digest>,
+) -> Result<Encoded, CasError> {
+    let f = store.digest_function();
     // Encode both builds' actions in parallel, in chunks to bound memory.
     let mut actions: Vec<[Digest; 2]> = Vec::with_capacity(steps.len());
     let mut distinct_dirs = [0usize; 2];
@@ -454,22 +507,31 @@ pub fn generate(
             .map(|(_, step)| {
                 let mut out1 = Vec::new();
                 let mut out2 = Vec::new();
-                let a1 = compile_action(f, step, &files, 1, &mut out1)?;
-                let a2 = compile_action(f, step, &files, 2, &mut out2)?;
+                let a1 = compile_action(f, step, files, 1, &mut out1)?;
+                let a2 = compile_action(f, step, files, 2, &mut out2)?;
                 Ok(([a1, a2], [out1, out2]))
             })
             .collect::<Result<_, CasError>>()?;
         for ((digests, outs), (_, step)) in encoded.into_iter().zip(chunk) {
             file_refs += step.inputs.len();
             for (build, out) in outs.into_iter().enumerate() {
-                distinct_dirs[build] += write_new(store, &mut written, out)?.saturating_sub(2);
+                distinct_dirs[build] += write_new(store, written, out)?.saturating_sub(2);
             }
             actions.push(digests);
         }
     }
+    Ok(Encoded { actions, distinct_dirs, file_refs })
+}
 
+/// The build graphs: build 1 with its subactions, build 2 before it runs.
+fn graphs(
+    f: DigestFunction,
+    trees: &BTreeMap<String, Digest>,
+    steps: &[(&'static str, Step)],
+    actions: &[[Digest; 2]],
+) -> (Graph, Graph) {
     let subactions = |element: &str| -> Vec<Digest> {
-        steps.iter().zip(&actions).filter(|((e, _), _)| *e == element).map(|(_, a)| a[0]).collect()
+        steps.iter().zip(actions).filter(|((e, _), _)| *e == element).map(|(_, a)| a[0]).collect()
     };
     let element =
         |name: &str, key: &str, deps: &[&str], sources: &str, artifact: Option<&str>| Element {
@@ -511,18 +573,7 @@ pub fn generate(
         ],
     )
     .expect("the workload's graph is valid");
-    let changed = actions.iter().filter(|a| a[0] != a[1]).count();
-    let stats = json!({
-        "profile": p.name,
-        "seed": seed,
-        "actions": actions.len(),
-        "actions_changed": changed,
-        "file_references": file_refs,
-        "distinct_input_directories_build1": distinct_dirs[0],
-        "files": files.by_path.len(),
-    });
-    let truth = actions.iter().map(|a| (a[0], a[1])).collect();
-    Ok(Workload { build1, build2, truth, stats })
+    (build1, build2)
 }
 
 /// Writes a workload's graphs and truth as JSON files in `dir`.

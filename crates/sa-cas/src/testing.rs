@@ -522,7 +522,8 @@ fn postgres() -> &'static Postgres {
         let root = std::env::temp_dir().join(format!("sa-postgres-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).expect("creating the PostgreSQL directory");
-        let as_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        let as_root =
+            Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
         // initdb refuses to run as root: the cluster belongs to the postgres user then.
         let as_postgres = |program: &Path| {
             let mut command = if as_root {
@@ -540,10 +541,12 @@ fn postgres() -> &'static Postgres {
         }
         let data = root.join("data");
         run_checked(
-            as_postgres(&tools.pg_bin.join("initdb"))
-                .arg("-D")
-                .arg(&data)
-                .args(["-U", "postgres", "--auth=trust", "--no-sync"]),
+            as_postgres(&tools.pg_bin.join("initdb")).arg("-D").arg(&data).args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+            ]),
             "initdb",
         );
         let port = free_port();
@@ -560,30 +563,20 @@ fn postgres() -> &'static Postgres {
                 .args(["-o", &options, "start"]),
             "pg_ctl start",
         );
-        // Stop the cluster once this process is gone: a watcher that outlives it on purpose
-        // (never waited for).
-        let stop = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {runuser}{pg_ctl} -D {data} stop -m immediate >/dev/null 2>&1; rm -rf {root}",
-            pid = std::process::id(),
-            runuser = if as_root { "runuser -u postgres -- " } else { "" },
-            pg_ctl = tools.pg_bin.join("pg_ctl").display(),
-            data = data.display(),
-            root = root.display(),
-        );
-        // In a session of its own (setsid), so the signal that ends the test process's group
-        // (Ctrl-C, a timeout) does not end the watcher with it.
-        #[allow(clippy::zombie_processes)]
-        Command::new("setsid")
-            .args(["sh", "-c", &stop])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting the PostgreSQL watcher");
+        stop_when_this_process_ends(&tools.pg_bin.join("pg_ctl"), &root, as_root);
         let psql = |sql: &str| {
             run_checked(
-                Command::new(tools.pg_bin.join("psql"))
-                    .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-q", "-c", sql]),
+                Command::new(tools.pg_bin.join("psql")).args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-q",
+                    "-c",
+                    sql,
+                ]),
                 &format!("psql {sql:?}"),
             );
         };
@@ -599,6 +592,28 @@ fn postgres() -> &'static Postgres {
         );
         Postgres { port, tools, next_database: std::sync::atomic::AtomicUsize::new(0) }
     })
+}
+
+/// Stops the cluster in `root` once this process is gone, and removes it: a watcher that
+/// outlives the process on purpose (never waited for), in a session of its own (setsid), so
+/// the signal that ends the test process's group (Ctrl-C, a timeout) does not end it too.
+fn stop_when_this_process_ends(pg_ctl: &Path, root: &Path, as_root: bool) {
+    let stop = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {runuser}{pg_ctl} -D {data} stop -m immediate >/dev/null 2>&1; rm -rf {root}",
+        pid = std::process::id(),
+        runuser = if as_root { "runuser -u postgres -- " } else { "" },
+        pg_ctl = pg_ctl.display(),
+        data = root.join("data").display(),
+        root = root.display(),
+    );
+    #[allow(clippy::zombie_processes)]
+    Command::new("setsid")
+        .args(["sh", "-c", &stop])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting the PostgreSQL watcher");
 }
 
 impl Postgres {

@@ -292,25 +292,50 @@ pub fn prime<S: Store + ?Sized>(
         });
         timer.time(Phase::Download, || {
             for (action, status, result) in results {
-                let status = match (stores.executor_cas, result) {
-                    (Some(remote), Some(result)) => {
-                        match keep_result(stores.build, remote, &action, &result) {
-                            Ok(()) => status,
-                            // The action ran but its outputs cannot be brought back: ACTION
-                            // overlays on it cannot resolve, so say so for this action.
-                            Err(err) => Status::Failed(format!(
-                                "copying the result of {action} back: {}",
-                                sa_cas::error_chain(&err)
-                            )),
-                        }
-                    }
-                    _ => status,
-                };
-                statuses.insert(action, status);
+                statuses.insert(action, bring_back(&stores, &action, status, result));
             }
         });
     };
-    let actions = outcomes
+    Ok(PrimeReport {
+        actions: primed_actions(outcomes, &statuses),
+        waves,
+        submitted: statuses.len(),
+        phases: timer.phases,
+        counters: executor.counters(),
+        latency: Latency::of(latencies),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// An executed action's status once its result (and outputs) are back in the build's store,
+/// when the executor has a CAS of its own.
+fn bring_back<S: Store + ?Sized>(
+    stores: &Stores<'_, S>,
+    action: &Digest,
+    status: Status,
+    result: Option<ActionResult>,
+) -> Status {
+    let (Some(remote), Some(result)) = (stores.executor_cas, result) else {
+        return status;
+    };
+    match keep_result(stores.build, remote, action, &result) {
+        Ok(()) => status,
+        // The action ran but its outputs cannot be brought back: ACTION overlays on it cannot
+        // resolve, so say so for this action.
+        Err(err) => Status::Failed(format!(
+            "copying the result of {action} back: {}",
+            sa_cas::error_chain(&err)
+        )),
+    }
+}
+
+/// Every instantiated action with its status: incomplete ones with why, the others with what
+/// the executor made of them.
+fn primed_actions(
+    outcomes: Vec<(String, InstantiatedAction)>,
+    statuses: &HashMap<Digest, Status>,
+) -> Vec<PrimedAction> {
+    outcomes
         .into_iter()
         .map(|(element, o)| {
             let status = if !o.complete {
@@ -323,16 +348,7 @@ pub fn prime<S: Store + ?Sized>(
             };
             PrimedAction { element, base: o.base, action: o.action, status }
         })
-        .collect();
-    Ok(PrimeReport {
-        actions,
-        waves,
-        submitted: statuses.len(),
-        phases: timer.phases,
-        counters: executor.counters(),
-        latency: Latency::of(latencies),
-        elapsed: started.elapsed(),
-    })
+        .collect()
 }
 
 #[derive(Default)]
