@@ -1,5 +1,6 @@
 //! The origin index: every file of every origin tree and every subaction output, by digest,
-//! with a per-basename index for digests that have many origins (empty files, common stubs).
+//! with a suffix trie for digests that have many origins (empty files, common stubs), so a
+//! digest with N origins and N occurrences costs O(N × path depth), not O(N²).
 
 use std::collections::HashMap;
 
@@ -7,15 +8,87 @@ use sa_cas::Digest;
 
 use crate::model::{Origin, OriginKind, compare_for};
 
-/// Lists longer than this get a per-basename index.
-const NAME_INDEX_THRESHOLD: usize = 8;
+/// Lists longer than this get a suffix trie.
+const TRIE_THRESHOLD: usize = 8;
 
 /// The origins of one digest, sorted by [`Origin`]'s order.
 #[derive(Debug, Default)]
 pub struct Candidates {
     ids: Vec<u32>,
     has_action: bool,
-    by_name: Option<HashMap<String, Vec<u32>>>,
+    trie: Option<SuffixTrie>,
+}
+
+/// The candidates of one digest by path suffix: a trie of reversed path components. Once the
+/// longest common suffix with an occurrence's path is fixed (the deepest node its components
+/// reach), [`compare_for`] orders the candidates below that node by kind, element, number of
+/// components and then the origin itself, whatever the occurrence: so each node keeps the best
+/// candidate below it by that order, and a lookup is a walk down the occurrence's components.
+#[derive(Debug)]
+struct SuffixTrie {
+    /// Node 0 is the root (the empty suffix, every candidate).
+    nodes: Vec<TrieNode>,
+}
+
+#[derive(Debug)]
+struct TrieNode {
+    children: HashMap<Box<str>, u32>,
+    best: u32,
+}
+
+impl SuffixTrie {
+    fn build(ids: &[u32], origins: &[Origin]) -> SuffixTrie {
+        // The order below a fixed suffix (the tail of `compare_for`).
+        let better = |a: u32, b: u32| {
+            let (a, b) = (&origins[a as usize], &origins[b as usize]);
+            a.kind
+                .cmp(&b.kind)
+                .then_with(|| a.element.cmp(&b.element))
+                .then_with(|| components(&a.path).cmp(&components(&b.path)))
+                .then_with(|| a.cmp(b))
+                .is_lt()
+        };
+        let mut nodes = vec![TrieNode { children: HashMap::new(), best: ids[0] }];
+        for &id in ids {
+            let mut node = 0usize;
+            if better(id, nodes[0].best) {
+                nodes[0].best = id;
+            }
+            for component in origins[id as usize].path.rsplit('/') {
+                let next = match nodes[node].children.get(component) {
+                    Some(&child) => child as usize,
+                    None => {
+                        let child = nodes.len();
+                        nodes.push(TrieNode { children: HashMap::new(), best: id });
+                        let index = u32::try_from(child).expect("fewer than 2^32 trie nodes");
+                        nodes[node].children.insert(component.into(), index);
+                        child
+                    }
+                };
+                if better(id, nodes[next].best) {
+                    nodes[next].best = id;
+                }
+                node = next;
+            }
+        }
+        SuffixTrie { nodes }
+    }
+
+    /// The best candidate for an occurrence at `path` (by [`compare_for`]).
+    fn best(&self, path: &str) -> u32 {
+        let mut node = &self.nodes[0];
+        for component in path.rsplit('/') {
+            match node.children.get(component) {
+                Some(&child) => node = &self.nodes[child as usize],
+                None => break,
+            }
+        }
+        node.best
+    }
+}
+
+fn components(path: &str) -> usize {
+    path.split('/').count()
 }
 
 impl Candidates {
@@ -31,10 +104,6 @@ impl Candidates {
 pub struct OriginIndex {
     origins: Vec<Origin>,
     by_digest: HashMap<Digest, Candidates>,
-}
-
-fn basename(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
 }
 
 impl OriginIndex {
@@ -53,15 +122,8 @@ impl OriginIndex {
             origins.push(origin);
         }
         for candidates in by_digest.values_mut() {
-            if candidates.ids.len() > NAME_INDEX_THRESHOLD {
-                let mut by_name: HashMap<String, Vec<u32>> = HashMap::new();
-                for &id in &candidates.ids {
-                    by_name
-                        .entry(basename(&origins[id as usize].path).to_owned())
-                        .or_default()
-                        .push(id);
-                }
-                candidates.by_name = Some(by_name);
+            if candidates.ids.len() > TRIE_THRESHOLD {
+                candidates.trie = Some(SuffixTrie::build(&candidates.ids, &origins));
             }
         }
         OriginIndex { origins, by_digest }
@@ -88,27 +150,83 @@ impl OriginIndex {
     }
 
     /// The best allowed candidate for an occurrence at `path`: the same answer as
-    /// [`crate::model::choose`] over the allowed candidates, found faster for digests with
-    /// many origins: only candidates with the occurrence's basename can share a component.
+    /// [`crate::model::choose`] over the allowed candidates, found in time proportional to the
+    /// path's depth for digests with many origins (the best of all candidates, when it is
+    /// allowed, is the best allowed one). Only an ACTION origin can be disallowed (a producer
+    /// that runs later); when the best one is, the candidates are compared one by one.
     pub fn select(
         &self,
         path: &str,
         candidates: &Candidates,
         allowed: impl Fn(&Origin) -> bool,
     ) -> Option<u32> {
-        let best_of = |ids: &[u32]| {
-            ids.iter()
-                .copied()
-                .filter(|&id| allowed(self.origin(id)))
-                .min_by(|&a, &b| compare_for(path, self.origin(a), self.origin(b)))
-        };
-        if let Some(by_name) = &candidates.by_name {
-            // A candidate with the same basename shares at least one component, which beats
-            // every candidate with another basename; without one, none shares any.
-            if let Some(id) = by_name.get(basename(path)).and_then(|ids| best_of(ids)) {
-                return Some(id);
+        if let Some(trie) = &candidates.trie {
+            let best = trie.best(path);
+            if allowed(self.origin(best)) {
+                return Some(best);
             }
         }
-        best_of(&candidates.ids)
+        candidates
+            .ids
+            .iter()
+            .copied()
+            .filter(|&id| allowed(self.origin(id)))
+            .min_by(|&a, &b| compare_for(path, self.origin(a), self.origin(b)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use sa_cas::DigestFunction;
+
+    use super::*;
+    use crate::model::choose;
+
+    /// Paths from a small vocabulary, so that many share suffixes and basenames.
+    fn path() -> impl Strategy<Value = String> {
+        proptest::collection::vec(prop_oneof![Just("a"), Just("b"), Just("__init__.py")], 1..5)
+            .prop_map(|parts| parts.join("/"))
+    }
+
+    fn origin() -> impl Strategy<Value = Origin> {
+        let kind = prop_oneof![
+            Just(OriginKind::Source),
+            Just(OriginKind::Action),
+            Just(OriginKind::Artifact)
+        ];
+        (kind, prop_oneof![Just(""), Just("d")], path(), 0u8..3).prop_map(
+            |(kind, element, path, producer)| Origin {
+                kind,
+                element: element.into(),
+                path,
+                producer: (kind == OriginKind::Action)
+                    .then(|| DigestFunction::Sha256.hash_bytes(&[producer])),
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// The trie's answer is the rule's, for every occurrence path and with producers
+        /// disallowed at random.
+        #[test]
+        fn select_is_choose_over_the_allowed_candidates(
+            origins in proptest::collection::vec(origin(), 1..40),
+            paths in proptest::collection::vec(path(), 1..8),
+            refused in 0u8..4,
+        ) {
+            let digest = DigestFunction::Sha256.hash_bytes(b"same content");
+            let index = OriginIndex::build(origins.iter().map(|o| (digest, o.clone())).collect());
+            let candidates = index.candidates(&digest).expect("every origin is indexed");
+            let refused = DigestFunction::Sha256.hash_bytes(&[refused]);
+            let allowed = |o: &Origin| o.producer != Some(refused);
+            for path in &paths {
+                let expected = choose(path, origins.iter().filter(|o| allowed(o)));
+                let selected = index.select(path, candidates, allowed).map(|id| index.origin(id));
+                prop_assert_eq!(selected, expected, "occurrence {}", path);
+            }
+        }
     }
 }
