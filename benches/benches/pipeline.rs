@@ -136,5 +136,53 @@ fn bench_ingest(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_index, bench_generate_instantiate, bench_hashing, bench_ingest);
+/// Generate and instantiate over 100,000 files of one content against 100,000 distinct ones:
+/// attribution of N occurrences of one digest must stay O(N log N), so the ratio stays small.
+fn bench_duplicate_content(c: &mut Criterion) {
+    let mut group = c.benchmark_group("duplicate_content");
+    group.sample_size(10);
+    // SA_BENCH_DUP_FILES for a quick look at another size.
+    let files =
+        std::env::var("SA_BENCH_DUP_FILES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    for (name, identical) in [("identical", true), ("distinct", false)] {
+        let cas = MemoryCas::new(F);
+        let case = workload::duplicate_case(&cas, files, identical).expect("the case");
+        let config = GenerateConfig::default();
+        group.bench_function(BenchmarkId::new("generate", format!("{name}/files={files}")), |b| {
+            b.iter(|| sa_generator::generate(&cas, &case.input, &config).expect("generate"))
+        });
+        let spec = sa_generator::generate(&cas, &case.input, &config).expect("generate").digest;
+        let states = || {
+            vec![sa_instantiator::ElementState {
+                name: "py.bst".into(),
+                sources: Some(case.sources2),
+                previous_key: Some("1".into()),
+                current_key: Some("2".into()),
+                previous_speculative_actions: Some(spec),
+                ..Default::default()
+            }]
+        };
+        group.bench_function(
+            BenchmarkId::new("instantiate", format!("{name}/files={files}")),
+            |b| {
+                b.iter(|| {
+                    let instantiator =
+                        Instantiator::new(&cas, states(), InstantiateConfig::default())
+                            .expect("new");
+                    instantiator.instantiate_element("py.bst", &spec).expect("instantiate")
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_index,
+    bench_generate_instantiate,
+    bench_hashing,
+    bench_ingest,
+    bench_duplicate_content
+);
 criterion_main!(benches);

@@ -633,3 +633,61 @@ pub fn states(
         })
         .collect()
 }
+
+/// A tree of `files` files (`p000/m00/__init__.py`, …), all with the same content or each its
+/// own, recorded by one action that read them all, and the same tree with every file's content
+/// changed: the duplicate-content scaling case (real Python and JavaScript trees hold tens of
+/// thousands of identical files).
+#[derive(Clone, Debug)]
+pub struct DuplicateCase {
+    /// What the generator gets: the sources and the one action.
+    pub input: sa_generator::GenerateInput,
+    /// The sources after the edit.
+    pub sources2: Digest,
+}
+
+/// Stores a [`DuplicateCase`] of `files` files in `store`.
+pub fn duplicate_case(
+    store: &(impl Cas + ?Sized),
+    files: usize,
+    identical: bool,
+) -> Result<DuplicateCase, CasError> {
+    let f = store.digest_function();
+    let tree = |edit: &str| -> Result<Digest, CasError> {
+        let mut blobs = Vec::new();
+        let mut entries = Vec::with_capacity(files);
+        for i in 0..files {
+            let content = if identical { edit.to_owned() } else { format!("{edit}{i}\n") };
+            let blob = Blob::new(f, content);
+            let path = format!("p{:03}/m{:02}/__init__.py", i / 100, i % 100);
+            entries.push(merkle::TreeFile::new(path, *blob.digest(), false));
+            blobs.push(blob);
+        }
+        blobs.sort_unstable_by(|a, b| a.digest().cmp(b.digest()));
+        blobs.dedup_by(|a, b| a.digest() == b.digest());
+        merkle::write_in_batches(store, &blobs)?;
+        merkle::build_tree(store, &entries)
+    };
+    let sources = tree("")?;
+    let sources2 = tree("# edited\n")?;
+    let command = Command {
+        arguments: vec!["python3".into(), "-m".into(), "p000".into()],
+        ..Default::default()
+    };
+    let action = Action {
+        command_digest: Some(sa_cas::write_message(store, &command)?.to_proto()),
+        input_root_digest: Some(sources.to_proto()),
+        ..Default::default()
+    };
+    let action = sa_cas::write_message(store, &action)?;
+    let input = sa_generator::GenerateInput {
+        element: sa_generator::ElementTrees {
+            name: "py.bst".into(),
+            sources: Some(sources),
+            artifact: None,
+        },
+        dependencies: Vec::new(),
+        subactions: vec![action],
+    };
+    Ok(DuplicateCase { input, sources2 })
+}

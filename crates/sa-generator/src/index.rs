@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use sa_cas::Digest;
 
-use crate::model::{Origin, OriginKind, compare_for};
+use crate::model::{Origin, OriginKind, SuffixChooser, compare_for};
 
 /// Lists longer than this get a suffix trie.
 const TRIE_THRESHOLD: usize = 8;
@@ -16,79 +16,7 @@ const TRIE_THRESHOLD: usize = 8;
 pub struct Candidates {
     ids: Vec<u32>,
     has_action: bool,
-    trie: Option<SuffixTrie>,
-}
-
-/// The candidates of one digest by path suffix: a trie of reversed path components. Once the
-/// longest common suffix with an occurrence's path is fixed (the deepest node its components
-/// reach), [`compare_for`] orders the candidates below that node by kind, element, number of
-/// components and then the origin itself, whatever the occurrence: so each node keeps the best
-/// candidate below it by that order, and a lookup is a walk down the occurrence's components.
-#[derive(Debug)]
-struct SuffixTrie {
-    /// Node 0 is the root (the empty suffix, every candidate).
-    nodes: Vec<TrieNode>,
-}
-
-#[derive(Debug)]
-struct TrieNode {
-    children: HashMap<Box<str>, u32>,
-    best: u32,
-}
-
-impl SuffixTrie {
-    fn build(ids: &[u32], origins: &[Origin]) -> SuffixTrie {
-        // The order below a fixed suffix (the tail of `compare_for`).
-        let better = |a: u32, b: u32| {
-            let (a, b) = (&origins[a as usize], &origins[b as usize]);
-            a.kind
-                .cmp(&b.kind)
-                .then_with(|| a.element.cmp(&b.element))
-                .then_with(|| components(&a.path).cmp(&components(&b.path)))
-                .then_with(|| a.cmp(b))
-                .is_lt()
-        };
-        let mut nodes = vec![TrieNode { children: HashMap::new(), best: ids[0] }];
-        for &id in ids {
-            let mut node = 0usize;
-            if better(id, nodes[0].best) {
-                nodes[0].best = id;
-            }
-            for component in origins[id as usize].path.rsplit('/') {
-                let next = match nodes[node].children.get(component) {
-                    Some(&child) => child as usize,
-                    None => {
-                        let child = nodes.len();
-                        nodes.push(TrieNode { children: HashMap::new(), best: id });
-                        let index = u32::try_from(child).expect("fewer than 2^32 trie nodes");
-                        nodes[node].children.insert(component.into(), index);
-                        child
-                    }
-                };
-                if better(id, nodes[next].best) {
-                    nodes[next].best = id;
-                }
-                node = next;
-            }
-        }
-        SuffixTrie { nodes }
-    }
-
-    /// The best candidate for an occurrence at `path` (by [`compare_for`]).
-    fn best(&self, path: &str) -> u32 {
-        let mut node = &self.nodes[0];
-        for component in path.rsplit('/') {
-            match node.children.get(component) {
-                Some(&child) => node = &self.nodes[child as usize],
-                None => break,
-            }
-        }
-        node.best
-    }
-}
-
-fn components(path: &str) -> usize {
-    path.split('/').count()
+    trie: Option<SuffixChooser>,
 }
 
 impl Candidates {
@@ -123,7 +51,8 @@ impl OriginIndex {
         }
         for candidates in by_digest.values_mut() {
             if candidates.ids.len() > TRIE_THRESHOLD {
-                candidates.trie = Some(SuffixTrie::build(&candidates.ids, &origins));
+                candidates.trie =
+                    Some(SuffixChooser::build(&candidates.ids, |id| &origins[id as usize]));
             }
         }
         OriginIndex { origins, by_digest }

@@ -3,6 +3,7 @@
 //! overlay order, and conversion to and from the wire `Overlay`.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 
 use sa_cas::{CasError, Digest, DigestFunction};
 use sa_proto::buildstream::v2::speculative_actions::Overlay;
@@ -152,4 +153,75 @@ pub fn overlay_order(a: &(Digest, &Origin), b: &(Digest, &Origin)) -> Ordering {
         .then_with(|| a.1.element.cmp(&b.1.element))
         .then_with(|| a.1.path.cmp(&b.1.path))
         .then_with(|| a.1.producer.cmp(&b.1.producer))
+}
+
+/// [`choose`] made fast for many candidates of one content: a trie of the candidates' reversed
+/// path components. Once the longest common suffix with an occurrence's path is fixed (the
+/// deepest node its components reach), [`compare_for`] orders the candidates below that node by
+/// kind, element, number of components and then the origin itself, whatever the occurrence: so
+/// each node keeps the best candidate below it by that order, and a lookup is a walk down the
+/// occurrence's components. Building is linear in the candidates' components; a lookup, in the
+/// occurrence's. The generator's index and the instantiator's rewrite both use it.
+#[derive(Debug)]
+pub struct SuffixChooser {
+    /// Node 0 is the root (the empty suffix, every candidate).
+    nodes: Vec<TrieNode>,
+}
+
+#[derive(Debug)]
+struct TrieNode {
+    children: HashMap<Box<str>, u32>,
+    best: u32,
+}
+
+impl SuffixChooser {
+    /// A chooser among the candidates `ids` (at least one), `origin` giving each one's origin.
+    pub fn build<'o>(ids: &[u32], origin: impl Fn(u32) -> &'o Origin) -> SuffixChooser {
+        // The order below a fixed suffix (the tail of `compare_for`).
+        let better = |a: u32, b: u32| {
+            let (a, b) = (origin(a), origin(b));
+            a.kind
+                .cmp(&b.kind)
+                .then_with(|| a.element.cmp(&b.element))
+                .then_with(|| components(&a.path).cmp(&components(&b.path)))
+                .then_with(|| a.cmp(b))
+                .is_lt()
+        };
+        let mut nodes = vec![TrieNode { children: HashMap::new(), best: ids[0] }];
+        for &id in ids {
+            let mut node = 0usize;
+            if better(id, nodes[0].best) {
+                nodes[0].best = id;
+            }
+            for component in origin(id).path.rsplit('/') {
+                let next = match nodes[node].children.get(component) {
+                    Some(&child) => child as usize,
+                    None => {
+                        let child = nodes.len();
+                        nodes.push(TrieNode { children: HashMap::new(), best: id });
+                        let index = u32::try_from(child).expect("fewer than 2^32 trie nodes");
+                        nodes[node].children.insert(component.into(), index);
+                        child
+                    }
+                };
+                if better(id, nodes[next].best) {
+                    nodes[next].best = id;
+                }
+                node = next;
+            }
+        }
+        SuffixChooser { nodes }
+    }
+
+    /// The best candidate for an occurrence at `path`, by [`compare_for`].
+    pub fn best(&self, path: &str) -> u32 {
+        let mut node = &self.nodes[0];
+        for component in path.rsplit('/') {
+            match node.children.get(component) {
+                Some(&child) => node = &self.nodes[child as usize],
+                None => break,
+            }
+        }
+        node.best
+    }
 }

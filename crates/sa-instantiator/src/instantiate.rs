@@ -7,10 +7,10 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use prost::Message;
 use rayon::prelude::*;
-use sa_cas::merkle::{self, Forest, TreeLimits, join};
+use sa_cas::merkle::{self, DirEntry, Forest, TreeLimits, join};
 use sa_cas::{Blob, CasError, Digest, Store};
 use sa_generator::Progress;
-use sa_generator::model::{Origin, OriginKind, compare_for};
+use sa_generator::model::{Origin, OriginKind, SuffixChooser, compare_for};
 use sa_proto::buildstream::v2::SpeculativeActions;
 use sa_proto::buildstream::v2::speculative_actions::{Overlay, SpeculativeAction};
 use sa_proto::reapi::Action;
@@ -150,7 +150,29 @@ enum Resolution {
 
 /// A rewritten subtree: the directory, its path, and the action's replacement choices for the
 /// changing digests it holds (target, overlay ids). Equal keys rewrite to equal digests.
-type MemoKey = (Digest, String, Vec<(Digest, Vec<u32>)>);
+/// A rewritten directory is shared between actions when its digest, its path and the overlay
+/// groups of the changing digests below it are the same.
+type MemoKey = (Digest, String, Vec<(Digest, u32)>);
+
+/// One action's overlays for one target digest (sorted ids), interned per element so that
+/// equal groups share an id (the memo key) and a chooser.
+#[derive(Debug)]
+struct Group {
+    id: u32,
+    ids: Vec<u32>,
+    chooser: OnceLock<SuffixChooser>,
+}
+
+/// Groups with more overlays than this choose through a [`SuffixChooser`].
+const CHOOSER_THRESHOLD: usize = 8;
+
+/// What one action's rewrite replaces: each changing target with its overlay group, and the
+/// changing targets below the input root (in target order, with their groups). Each directory's
+/// own list is its parent's, filtered: see [`Instantiator::rewrite`].
+struct Changes {
+    groups: HashMap<Digest, Arc<Group>>,
+    at_root: Vec<(Digest, u32)>,
+}
 
 type Shared<T> = Arc<OnceLock<Result<Arc<T>, Arc<CasError>>>>;
 
@@ -207,6 +229,8 @@ struct ElementWork<'f> {
     ancestors: DashMap<Digest, Arc<HashSet<Digest>>>,
     raw_dirs: DashMap<Digest, Bytes>,
     memo: DashMap<MemoKey, Digest>,
+    groups: DashMap<Vec<u32>, Arc<Group>>,
+    next_group: std::sync::atomic::AtomicU32,
     written: Mutex<Vec<Blob>>,
 }
 
@@ -522,8 +546,10 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             action: planned.base,
             source: Box::new(source),
         };
-        let root =
-            self.rewrite(work, &changing, &planned.root, String::new()).map_err(|e| match e {
+        let changes = work.changes(&changing, &planned.root);
+        let root = self
+            .rewrite(work, &changes, &planned.root, String::new(), changes.at_root.clone())
+            .map_err(|e| match e {
                 RewriteError::Store(source) => InstantiateError::Action {
                     element: element.into(),
                     action: planned.base,
@@ -599,19 +625,19 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
     }
 
     /// The digest of directory `digest` at `path` after the action's replacements.
+    ///
+    /// `signature` is the changing targets this subtree holds, with their overlay groups (the
+    /// memo key with the digest and path); each child's is computed from it, per target by
+    /// whichever is smaller, the target's ancestor set or this directory's children, so the
+    /// cost follows what changes, not the product of changes and directories.
     fn rewrite(
         &self,
         work: &ElementWork<'_>,
-        changing: &BTreeMap<Digest, &[u32]>,
+        changes: &Changes,
         digest: &Digest,
         path: String,
+        signature: Vec<(Digest, u32)>,
     ) -> Result<Digest, RewriteError> {
-        // The replacements that can matter below here: changing digests this subtree holds.
-        let signature: Vec<(Digest, Vec<u32>)> = changing
-            .iter()
-            .filter(|(target, _)| work.ancestors_of(target).contains(digest))
-            .map(|(target, ids)| (*target, ids.to_vec()))
-            .collect();
         if signature.is_empty() {
             return Ok(*digest);
         }
@@ -627,19 +653,9 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         let mut files: HashMap<&str, Digest> = HashMap::new();
         for file in &directory.files {
             let old = file.digest;
-            if let Some(ids) = changing.get(&old) {
-                let file_path = join(&path, &file.name);
-                let chosen = ids
-                    .iter()
-                    .min_by(|a, b| {
-                        compare_for(
-                            &file_path,
-                            &work.overlays[**a as usize].0,
-                            &work.overlays[**b as usize].0,
-                        )
-                    })
-                    .expect("targets have overlays");
-                if let Some(Resolution::Replace(new)) = work.resolutions[*chosen as usize].get()
+            if let Some(group) = changes.groups.get(&old) {
+                let chosen = work.choose(group, &join(&path, &file.name));
+                if let Some(Resolution::Replace(new)) = work.resolutions[chosen as usize].get()
                     && *new != old
                 {
                     files.insert(&*file.name, *new);
@@ -647,9 +663,10 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             }
         }
         let mut dirs: HashMap<&str, Digest> = HashMap::new();
-        for dir in &directory.directories {
+        let below = work.child_signatures(&directory.directories, &signature);
+        for (dir, child_signature) in directory.directories.iter().zip(below) {
             let old = dir.digest;
-            let new = self.rewrite(work, changing, &old, join(&path, &dir.name))?;
+            let new = self.rewrite(work, changes, &old, join(&path, &dir.name), child_signature)?;
             if new != old {
                 dirs.insert(&*dir.name, new);
             }
@@ -870,8 +887,88 @@ impl<'f> ElementWork<'f> {
             ancestors: DashMap::new(),
             raw_dirs: DashMap::new(),
             memo: DashMap::new(),
+            groups: DashMap::new(),
+            next_group: std::sync::atomic::AtomicU32::new(0),
             written: Mutex::new(Vec::new()),
         }
+    }
+
+    /// An action's changes: each changing target's overlay group (interned), and those its
+    /// input root holds.
+    fn changes(&self, changing: &BTreeMap<Digest, &[u32]>, root: &Digest) -> Changes {
+        let mut groups = HashMap::with_capacity(changing.len());
+        let mut at_root = Vec::new();
+        for (target, ids) in changing {
+            let group = self.intern(ids);
+            if self.ancestors_of(target).contains(root) {
+                at_root.push((*target, group.id));
+            }
+            groups.insert(*target, group);
+        }
+        Changes { groups, at_root }
+    }
+
+    /// The signature of each of `children` (see [`Instantiator::rewrite`]) from their parent's,
+    /// in target order: a target goes to the children in its ancestor set, found by walking the
+    /// smaller of that set and the children.
+    fn child_signatures(
+        &self,
+        children: &[DirEntry],
+        signature: &[(Digest, u32)],
+    ) -> Vec<Vec<(Digest, u32)>> {
+        let mut out = vec![Vec::new(); children.len()];
+        if children.is_empty() {
+            return out;
+        }
+        let mut positions: HashMap<Digest, Vec<usize>> = HashMap::with_capacity(children.len());
+        for (i, child) in children.iter().enumerate() {
+            positions.entry(child.digest).or_default().push(i);
+        }
+        for &(target, group) in signature {
+            let ancestors = self.ancestors_of(&target);
+            if ancestors.len() < children.len() {
+                for directory in ancestors.iter() {
+                    for &i in positions.get(directory).into_iter().flatten() {
+                        out[i].push((target, group));
+                    }
+                }
+            } else {
+                for (i, child) in children.iter().enumerate() {
+                    if ancestors.contains(&child.digest) {
+                        out[i].push((target, group));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn intern(&self, ids: &[u32]) -> Arc<Group> {
+        if let Some(group) = self.groups.get(ids) {
+            return group.clone();
+        }
+        // Ids only tell groups apart (in memo keys): their order does not reach any output.
+        self.groups
+            .entry(ids.to_vec())
+            .or_insert_with(|| {
+                let id = self.next_group.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Arc::new(Group { id, ids: ids.to_vec(), chooser: OnceLock::new() })
+            })
+            .clone()
+    }
+
+    /// The overlay of `group` the rule picks for a file at `path`.
+    fn choose(&self, group: &Group, path: &str) -> u32 {
+        let origin = |id: u32| &self.overlays[id as usize].0;
+        if group.ids.len() > CHOOSER_THRESHOLD {
+            let chooser = group.chooser.get_or_init(|| SuffixChooser::build(&group.ids, origin));
+            return chooser.best(path);
+        }
+        *group
+            .ids
+            .iter()
+            .min_by(|a, b| compare_for(path, origin(**a), origin(**b)))
+            .expect("targets have overlays")
     }
 
     /// Every directory whose subtree holds a file with this digest.
