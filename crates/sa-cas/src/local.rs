@@ -70,6 +70,25 @@ pub struct LocalCas {
 /// The file at a store's root naming the digest function of its blobs.
 const DIGEST_FUNCTION_FILE: &str = "digest-function";
 
+/// The `digest-function` file's text, read without following a symlink and at most 64 bytes
+/// of it (a name is a few): the store's directory is not trusted to hold what it should.
+fn read_marker(root: &Path) -> Result<String, CasError> {
+    use std::io::Read;
+    let marker = root.join(DIGEST_FUNCTION_FILE);
+    let dir = match crate::confined::ConfinedDir::open(root) {
+        Ok(dir) => dir,
+        // No store yet: no marker either.
+        Err(CasError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Err(io_error(&marker)(io::ErrorKind::NotFound.into()));
+        }
+        Err(err) => return Err(err),
+    };
+    let file = dir.open_file(DIGEST_FUNCTION_FILE)?;
+    let mut text = String::new();
+    file.take(64).read_to_string(&mut text).map_err(io_error(&marker))?;
+    Ok(text)
+}
+
 impl LocalCas {
     /// Refuses a store whose blobs are of another digest function: its `digest-function` file
     /// (written by `sa` when it makes a store) says which; a store without one that holds
@@ -77,7 +96,7 @@ impl LocalCas {
     fn check_digest_function(&self) -> Result<(), CasError> {
         let marker = self.root.join(DIGEST_FUNCTION_FILE);
         let wanted = self.config.digest_function;
-        let (holds, why) = match fs::read_to_string(&marker) {
+        let (holds, why) = match read_marker(&self.root) {
             Ok(text) => {
                 let holds = text.trim().parse::<DigestFunction>().map_err(|_| CasError::Io {
                     path: marker.clone(),
@@ -88,7 +107,7 @@ impl LocalCas {
                 })?;
                 (holds, "its digest-function file says so")
             }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            Err(CasError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
                 let objects = self.cas_objects();
                 let holds_objects = fs::read_dir(&objects)
                     .map(|mut entries| entries.next().is_some())
@@ -98,7 +117,7 @@ impl LocalCas {
                 }
                 (DigestFunction::Sha256, "a buildbox-casd or BuildStream store, which use sha256")
             }
-            Err(err) => return Err(io_error(&marker)(err)),
+            Err(err) => return Err(err),
         };
         if holds == wanted {
             Ok(())

@@ -159,7 +159,8 @@ type MemoKey = (Digest, String, Vec<(Digest, u32)>);
 #[derive(Debug)]
 struct Group {
     id: u32,
-    ids: Vec<u32>,
+    /// The same allocation as the group's key in [`ElementWork`]'s interner.
+    ids: Arc<[u32]>,
     chooser: OnceLock<SuffixChooser>,
 }
 
@@ -229,7 +230,7 @@ struct ElementWork<'f> {
     ancestors: DashMap<Digest, Arc<HashSet<Digest>>>,
     raw_dirs: DashMap<Digest, Bytes>,
     memo: DashMap<MemoKey, Digest>,
-    groups: DashMap<Vec<u32>, Arc<Group>>,
+    groups: DashMap<Arc<[u32]>, Arc<Group>>,
     next_group: std::sync::atomic::AtomicU32,
     written: Mutex<Vec<Blob>>,
 }
@@ -948,11 +949,12 @@ impl<'f> ElementWork<'f> {
             return group.clone();
         }
         // Ids only tell groups apart (in memo keys): their order does not reach any output.
+        let ids: Arc<[u32]> = ids.into();
         self.groups
-            .entry(ids.to_vec())
+            .entry(ids.clone())
             .or_insert_with(|| {
                 let id = self.next_group.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Arc::new(Group { id, ids: ids.to_vec(), chooser: OnceLock::new() })
+                Arc::new(Group { id, ids, chooser: OnceLock::new() })
             })
             .clone()
     }

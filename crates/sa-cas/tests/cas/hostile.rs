@@ -201,7 +201,8 @@ fn confined_walks_never_follow_a_planted_symlink() {
         assert!(err.to_string().contains("is a symlink where a directory is needed"), "{err}");
     }
     let err = dir.open_file("lnk").unwrap_err();
-    assert!(err.to_string().contains("is a symlink"), "{err}");
+    let err = sa_cas::error_chain(&err);
+    assert!(err.contains("is a symlink"), "{err}");
     assert!(dir.create_file("lnk", false).is_err(), "creation is exclusive, never through a link");
     dir.remove("lnk").unwrap();
     assert!(!top.path().join("lnk").exists());
@@ -269,4 +270,35 @@ fn materialize_writes_only_below_its_target_even_for_shared_subtrees() {
         .unwrap();
     assert_eq!(std::fs::read_to_string(out.path().join("t/l")).unwrap(), "x");
     assert_eq!(std::fs::read_to_string(out.path().join("t/b/s/f")).unwrap(), "x");
+}
+
+/// A store's `digest-function` file is read without following a symlink and at most 64 bytes of
+/// it: a planted symlink, a huge file or garbage is an error naming the store, never a read
+/// elsewhere or into memory without bound.
+#[test]
+fn a_hostile_digest_function_file_is_refused_not_followed_or_read_whole() {
+    use sa_cas::{LocalCas, LocalCasConfig};
+    let config = LocalCasConfig::default();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "sha256\n").unwrap();
+    let store = tempfile::tempdir().unwrap();
+    LocalCas::open(store.path(), config).unwrap();
+    let marker = store.path().join("digest-function");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "sha256\n", "a new store is marked");
+
+    std::fs::remove_file(&marker).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret"), &marker).unwrap();
+    let err = LocalCas::open(store.path(), config).unwrap_err();
+    let err = sa_cas::error_chain(&err);
+    assert!(err.contains("is a symlink"), "{err}");
+
+    std::fs::remove_file(&marker).unwrap();
+    std::fs::write(&marker, "x".repeat(10 << 20)).unwrap();
+    let err = sa_cas::error_chain(&LocalCas::open(store.path(), config).unwrap_err());
+    assert!(err.contains("is not a digest function"), "{err}");
+    assert!(err.len() < 400, "at most 64 bytes of the file are read and quoted: {err}");
+
+    std::fs::write(&marker, "md5\n").unwrap();
+    let err = sa_cas::error_chain(&LocalCas::open(store.path(), config).unwrap_err());
+    assert!(err.contains("\"md5\" is not a digest function"), "{err}");
 }
