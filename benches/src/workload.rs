@@ -176,10 +176,13 @@ fn content(path: &str, version: u32) -> Bytes {
 struct Files {
     by_path: BTreeMap<String, [Digest; 2]>,
     blobs: Vec<Blob>,
+    edit: Edit,
 }
 
 impl Files {
+    /// Adds the file at `path`; `edited` says whether [`Edit::Many`] changes it.
     fn add(&mut self, function: DigestFunction, path: &str, edited: bool) {
+        let edited = self.edit.edits(path, edited);
         let mut digests = [function.empty_digest(); 2];
         for build in [1, 2] {
             let version = if build == 2 && edited { 2 } else { 1 };
@@ -294,23 +297,73 @@ fn write_new(
     Ok(count)
 }
 
+/// What changes between the two builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Edit {
+    /// Every 50th application source and header, every 100th library header, every 10th
+    /// library source, and `twin_b.h`: most actions change.
+    Many,
+    /// One application source (`app/src/d00/f0011.c`): one action changes; the library is not
+    /// rebuilt.
+    AppSource,
+    /// One library header (`lib/include/lib/l007.h`): the library is rebuilt, and the
+    /// application's actions that include the header change.
+    LibHeader,
+}
+
+impl Edit {
+    /// The edit called `name` (`many`, `app-source`, `lib-header`).
+    pub fn named(name: &str) -> Option<Edit> {
+        match name {
+            "many" => Some(Edit::Many),
+            "app-source" => Some(Edit::AppSource),
+            "lib-header" => Some(Edit::LibHeader),
+            _ => None,
+        }
+    }
+
+    /// Whether the file at `path` changes, given the rule of [`Edit::Many`].
+    fn edits(self, path: &str, many: bool) -> bool {
+        match self {
+            Edit::Many => many,
+            Edit::AppSource => path == "app/src/d00/f0011.c",
+            Edit::LibHeader => path == "lib/include/lib/l007.h",
+        }
+    }
+
+    /// Whether the library is rebuilt.
+    fn rebuilds_lib(self) -> bool {
+        self != Edit::AppSource
+    }
+}
+
 /// Generates the workload into `store`.
 pub fn generate(
     store: &(impl Cas + ?Sized),
     profile: &Profile,
     seed: u64,
 ) -> Result<Workload, CasError> {
+    generate_edit(store, profile, seed, Edit::Many)
+}
+
+/// Generates the workload with `edit` between the builds into `store`.
+pub fn generate_edit(
+    store: &(impl Cas + ?Sized),
+    profile: &Profile,
+    seed: u64,
+    edit: Edit,
+) -> Result<Workload, CasError> {
     let f = store.digest_function();
     let p = profile;
-    let mut files = source_files(f, p);
+    let mut files = source_files(f, p, edit);
     let mut written = HashSet::new();
     let file_blobs = std::mem::take(&mut files.blobs);
     write_new(store, &mut written, file_blobs)?;
-    let (trees, dir_blobs) = element_trees(f, p, &files)?;
+    let (trees, dir_blobs) = element_trees(f, p, &files, edit)?;
     write_new(store, &mut written, dir_blobs)?;
     let steps = compile_steps(p, seed);
     let encoded = encode_actions(store, &steps, &files, &mut written)?;
-    let (build1, build2) = graphs(f, &trees, &steps, &encoded.actions);
+    let (build1, build2) = graphs(f, &trees, &steps, &encoded.actions, edit);
     let actions = encoded.actions;
     let changed = actions.iter().filter(|a| a[0] != a[1]).count();
     let stats = json!({
@@ -329,8 +382,8 @@ pub fn generate(
 /// Every source file of both builds: the base (unchanged between them), the library (every
 /// 100th header and every 10th source change) and the application (every 50th source and
 /// header change; twin_b.h changes, its byte-identical twin twin_a.h does not).
-fn source_files(f: DigestFunction, p: &Profile) -> Files {
-    let mut files = Files { by_path: BTreeMap::new(), blobs: Vec::new() };
+fn source_files(f: DigestFunction, p: &Profile, edit: Edit) -> Files {
+    let mut files = Files { by_path: BTreeMap::new(), blobs: Vec::new(), edit };
     // Base: unchanged between the builds.
     for d in 0..p.base_dirs {
         for h in 0..p.base_per_dir {
@@ -360,7 +413,8 @@ fn source_files(f: DigestFunction, p: &Profile) -> Files {
         let path = format!("app/include/common/{twin}.h");
         let same = Blob::new(f, "#pragma once\n/* a stub both twins share */\n");
         let changed = Blob::new(f, "#pragma once\n/* twin_b grew a declaration */\nint twin;\n");
-        let second = if twin == "twin_b" { *changed.digest() } else { *same.digest() };
+        let second =
+            if twin == "twin_b" && edit == Edit::Many { *changed.digest() } else { *same.digest() };
         files.by_path.insert(path, [*same.digest(), second]);
         files.blobs.extend([same, changed]);
     }
@@ -373,6 +427,7 @@ fn element_trees(
     f: DigestFunction,
     p: &Profile,
     files: &Files,
+    edit: Edit,
 ) -> Result<(BTreeMap<String, Digest>, Vec<Blob>), CasError> {
     // Element trees: sources (paths without the element prefix) and artifacts.
     let tree_of = |prefix: &str, map: &dyn Fn(&str) -> Option<String>, build: usize| {
@@ -400,7 +455,8 @@ fn element_trees(
         let mut lib_art =
             tree_of("lib/include/", &|rest| Some(format!("usr/include/{rest}")), build);
         // A derived archive: no source file has its content.
-        let archive = Blob::new(f, format!("!<arch>\nliblib build {build} of {}\n", p.lib_sources));
+        let built = if edit.rebuilds_lib() { build } else { 1 };
+        let archive = Blob::new(f, format!("!<arch>\nliblib build {built} of {}\n", p.lib_sources));
         lib_art.push(("usr/lib/liblib.a".into(), *archive.digest()));
         dir_blobs.push(archive);
         trees.insert(format!("lib{build}.artifact"), encode_tree(f, &lib_art, &mut dir_blobs)?);
@@ -529,6 +585,7 @@ fn graphs(
     trees: &BTreeMap<String, Digest>,
     steps: &[(&'static str, Step)],
     actions: &[[Digest; 2]],
+    edit: Edit,
 ) -> (Graph, Graph) {
     let subactions = |element: &str| -> Vec<Digest> {
         steps.iter().zip(actions).filter(|((e, _), _)| *e == element).map(|(_, a)| a[0]).collect()
@@ -568,7 +625,11 @@ fn graphs(
         f,
         vec![
             element("base.bst", "base-1", &[], "base2.sources", Some("base2.artifact")),
-            element("lib.bst", "lib-2", &["base.bst"], "lib2.sources", Some("lib2.artifact")),
+            if edit.rebuilds_lib() {
+                element("lib.bst", "lib-2", &["base.bst"], "lib2.sources", Some("lib2.artifact"))
+            } else {
+                element("lib.bst", "lib-1", &["base.bst"], "lib2.sources", Some("lib2.artifact"))
+            },
             element("app.bst", "app-2", &["lib.bst", "base.bst"], "app2.sources", None),
         ],
     )

@@ -19,6 +19,7 @@ const PROTOS: &[&str] = &[
     "buildstream/v2/artifact.proto",
     "buildstream/v2/speculative_actions.proto",
     "google/devtools/remoteworkers/v1test2/bots.proto",
+    "sa/v1/actions_index.proto",
 ];
 
 /// First line of every generated file.

@@ -30,6 +30,9 @@ pub(crate) struct GenerateArgs {
     /// Leave out (and report) subactions whose Action or input tree is missing or invalid.
     #[arg(long)]
     skip_broken_subactions: bool,
+    /// Do not store each output's actions index (`sa instantiate` then builds it on first use).
+    #[arg(long)]
+    no_index: bool,
 }
 
 /// A library's progress reports, moving `bar` (its length grows as work is announced).
@@ -61,6 +64,7 @@ pub(crate) fn generate(args: &StoreArgs, cmd: &GenerateArgs, ui: &mut Ui) -> Res
     let mut config = GenerateConfig {
         skip_broken_subactions: cmd.skip_broken_subactions,
         limits: args.limits.tree(),
+        skip_index: cmd.no_index,
     };
     if selected.is_empty() {
         eprintln!(
@@ -141,6 +145,22 @@ pub(crate) struct InstantiateArgs {
     /// Only these elements (repeatable); default: every element with speculative actions.
     #[arg(long, value_name = "NAME")]
     pub(crate) element: Vec<String>,
+    /// Decode each SpeculativeActions blob itself: neither read nor store its actions index
+    /// (a cache in the store, keyed by the blob, that makes an instantiation cost what the
+    /// edit costs).
+    #[arg(long)]
+    pub(crate) no_index: bool,
+}
+
+impl InstantiateArgs {
+    /// The instantiator's options these arguments and the store's limits give.
+    pub(crate) fn config(&self, args: &StoreArgs) -> InstantiateConfig {
+        InstantiateConfig {
+            limits: args.limits.tree(),
+            index: !self.no_index,
+            ..Default::default()
+        }
+    }
 }
 
 /// What `instantiate` and `prime` work on: the element states of NEXT (with the previous
@@ -217,11 +237,7 @@ pub(crate) fn instantiate(args: &StoreArgs, cmd: &InstantiateArgs, ui: &mut Ui) 
     let opened = store::open(args)?;
     ui.watch("store", &opened);
     let Plan { states, targets } = plan(args, cmd)?;
-    let instantiator = Instantiator::new(
-        &opened.store,
-        states,
-        InstantiateConfig { limits: args.limits.tree(), ..Default::default() },
-    )?;
+    let instantiator = Instantiator::new(&opened.store, states, cmd.config(args))?;
     // Advanced per action: the count of each element's actions is known once it is decoded.
     let bar = ui.progress(0, "instantiate");
     let advance = progress_of(&bar);
@@ -248,6 +264,11 @@ pub(crate) fn instantiate(args: &StoreArgs, cmd: &InstantiateArgs, ui: &mut Ui) 
         }
     }
     bar.finish_and_clear();
+    let index = instantiator.index_stats();
+    ui.count(
+        "actions index",
+        format!("{} loaded, {} built, {} rebuilt", index.loaded, index.built, index.rebuilt),
+    );
     for line in lines {
         ui.line(line)?;
     }

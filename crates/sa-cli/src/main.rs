@@ -249,6 +249,8 @@ pub(crate) struct Ui {
     json: bool,
     stats: bool,
     phases: Vec<(&'static str, std::time::Duration)>,
+    /// Other `--stats` lines, by name.
+    counts: Vec<(&'static str, String)>,
     /// The stores whose traffic `--stats` reports, by role.
     watched: Vec<Watched>,
     stdout: std::io::StdoutLock<'static>,
@@ -277,6 +279,11 @@ impl Ui {
         tracing::info!("phase {name}: {:.3}s", elapsed.as_secs_f64());
         self.phases.push((name, elapsed));
         result
+    }
+
+    /// Records a line for `--stats` (`stats: NAME: TEXT`).
+    pub(crate) fn count(&mut self, name: &'static str, text: String) {
+        self.counts.push((name, text));
     }
 
     /// Records a phase timed elsewhere (for `--stats`).
@@ -335,6 +342,9 @@ impl Ui {
                 t.action_cache_writes,
                 t.calls
             );
+        }
+        for (name, text) in &self.counts {
+            eprintln!("stats: {name}: {text}");
         }
         self.report_phases();
     }
@@ -414,6 +424,7 @@ fn main() -> ExitCode {
         json: cli.json,
         stats: cli.stats,
         phases: Vec::new(),
+        counts: Vec::new(),
         watched: Vec::new(),
         stdout: std::io::stdout().lock(),
     };

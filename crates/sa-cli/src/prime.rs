@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use sa_cas::Store;
 use sa_exec::{Executor, LocalExecutor, Outcome, RemoteExecutor, RemoteOptions};
-use sa_instantiator::{InstantiateConfig, Instantiator};
+use sa_instantiator::Instantiator;
 use sa_prime::{Event, PrimeReport, Status, StatusKind, Stores};
 use serde_json::json;
 
@@ -73,11 +73,7 @@ pub(crate) fn prime(args: &StoreArgs, cmd: &PrimeArgs, ui: &mut Ui) -> Result<()
         ui.watch("execution service", executor_cas);
     }
     let Plan { states, targets } = plan(args, &cmd.instantiate)?;
-    let instantiator = Instantiator::new(
-        &setup.build.store,
-        states,
-        InstantiateConfig { limits: args.limits.tree(), ..Default::default() },
-    )?;
+    let instantiator = Instantiator::new(&setup.build.store, states, cmd.instantiate.config(args))?;
     tracing::info!(executor = %setup.executor_description, "priming");
     let progress = ui.progress(0, "prime");
     progress.set_style(

@@ -15,6 +15,7 @@ use sa_proto::wire::{
     SPECULATIVE_ACTIONS_ACTIONS, SPECULATIVE_ACTIONS_ARTIFACT_OVERLAYS, put_length_delimited,
 };
 
+use crate::actions_index::{ActionsIndex, IndexedAction};
 use crate::index::OriginIndex;
 use crate::model::{Origin, OriginKind, overlay_order};
 
@@ -48,6 +49,9 @@ pub struct GenerateConfig {
     pub skip_broken_subactions: bool,
     /// Bounds on every tree walked.
     pub limits: TreeLimits,
+    /// Do not store the [`ActionsIndex`] of the output (the instantiator then builds it on
+    /// first use).
+    pub skip_index: bool,
 }
 
 /// A subaction left out under [`GenerateConfig::skip_broken_subactions`].
@@ -103,6 +107,9 @@ pub struct Generated {
     pub digest: Digest,
     /// The blob (wire format `buildstream.v2.SpeculativeActions`).
     pub encoded: Bytes,
+    /// Digest of the stored [`ActionsIndex`] of the blob, unless
+    /// [`GenerateConfig::skip_index`].
+    pub index: Option<Digest>,
     /// Statistics.
     pub stats: GenerateStats,
 }
@@ -226,16 +233,25 @@ pub fn generate_observed(
     let index = run.origin_index(store, &forest, &trees, &roots)?;
     let artifact_overlays = run.artifact_overlays(&forest, &index, input.element.artifact)?;
     progress(Progress::Planned(roots.len()));
-    let out = run.encode(&forest, &index, &roots, &artifact_overlays, progress);
+    let (out, indexed) = run.encode(&forest, &index, &roots, &artifact_overlays, progress);
     // The trees are done with: free them before hashing and storing the output.
     drop(forest);
     let blob = Blob::new(function, out);
     let digest = *blob.digest();
     let encoded = blob.data().clone();
-    merkle::write_in_batches(store, std::slice::from_ref(&blob)).map_err(|source| {
-        GenerateError::Store { element: run.element.into(), source: Box::new(source) }
-    })?;
-    Ok(Generated { digest, encoded, stats: run.stats })
+    let store_error = |source| GenerateError::Store {
+        element: input.element.name.clone(),
+        source: Box::new(source),
+    };
+    merkle::write_in_batches(store, std::slice::from_ref(&blob)).map_err(store_error)?;
+    let stored_index = if config.skip_index {
+        None
+    } else {
+        let table = (0..index.len() as u32).map(|id| (index.origin(id).clone(), *index.digest(id)));
+        let actions_index = ActionsIndex::new(digest, table.collect(), indexed);
+        Some(actions_index.store(store).map_err(store_error)?)
+    };
+    Ok(Generated { digest, encoded, index: stored_index, stats: run.stats })
 }
 
 /// One run of [`generate`]: the element, the options, and the statistics gathered so far.
@@ -408,11 +424,12 @@ impl Run<'_> {
         roots: &[(Digest, Digest)],
         artifact_overlays: &[(Digest, u32)],
         progress: &(dyn Fn(Progress) + Sync),
-    ) -> Vec<u8> {
+    ) -> (Vec<u8>, Vec<IndexedAction>) {
         let producer_index: HashMap<Digest, usize> =
             roots.iter().enumerate().map(|(i, (a, _))| (*a, i)).collect();
         let memo: DashMap<(Digest, String), Arc<Entry>> = DashMap::new();
         let mut out = Vec::new();
+        let mut indexed = Vec::new();
         for (chunk_index, chunk) in roots.chunks(ATTRIBUTION_CHUNK).enumerate() {
             let attributed: Vec<Attributed> = chunk
                 .par_iter()
@@ -429,7 +446,7 @@ impl Run<'_> {
                 })
                 .collect();
             progress(Progress::Done(chunk.len()));
-            for one in attributed {
+            for (one, (action, _)) in attributed.into_iter().zip(chunk) {
                 self.stats.unattributed_inputs += one.unattributed;
                 self.stats.source_overlays += one.counts[OriginKind::Source as usize];
                 self.stats.action_overlays += one.counts[OriginKind::Action as usize];
@@ -437,6 +454,7 @@ impl Run<'_> {
                 if let Some(encoded) = one.encoded {
                     self.stats.actions += 1;
                     put_length_delimited(&mut out, SPECULATIVE_ACTIONS_ACTIONS, &encoded);
+                    indexed.push(IndexedAction { base: *action, overlays: one.origin_ids });
                 }
             }
         }
@@ -444,7 +462,7 @@ impl Run<'_> {
             let overlay = index.origin(*id).to_overlay(digest).encode_to_vec();
             put_length_delimited(&mut out, SPECULATIVE_ACTIONS_ARTIFACT_OVERLAYS, &overlay);
         }
-        out
+        (out, indexed)
     }
 
     fn skip_or_fail(&mut self, action: Digest, source: CasError) -> Result<(), GenerateError> {
@@ -466,6 +484,8 @@ impl Run<'_> {
 /// overlays per origin kind, and its input files with no origin.
 struct Attributed {
     encoded: Option<Vec<u8>>,
+    /// The overlays' origin ids (each names its target too), for the [`ActionsIndex`].
+    origin_ids: Vec<u32>,
     counts: [usize; 3],
     unattributed: u64,
 }
@@ -486,13 +506,14 @@ fn attribute(
         counts[index.origin(*id).kind as usize] += 1;
     }
     if overlays.is_empty() {
-        return Attributed { encoded: None, counts, unattributed };
+        return Attributed { encoded: None, origin_ids: Vec::new(), counts, unattributed };
     }
     let message = SpeculativeAction {
         base_action_digest: Some(action.to_proto()),
         overlays: overlays.iter().map(|(d, id)| index.origin(*id).to_overlay(d)).collect(),
     };
-    Attributed { encoded: Some(message.encode_to_vec()), counts, unattributed }
+    let origin_ids = overlays.iter().map(|(_, id)| *id).collect();
+    Attributed { encoded: Some(message.encode_to_vec()), origin_ids, counts, unattributed }
 }
 
 /// The trees origins come from: the element's sources, and its dependencies' sources and

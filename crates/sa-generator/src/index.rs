@@ -31,6 +31,7 @@ impl Candidates {
 #[derive(Debug, Default)]
 pub struct OriginIndex {
     origins: Vec<Origin>,
+    digests: Vec<Digest>,
     by_digest: HashMap<Digest, Candidates>,
 }
 
@@ -41,6 +42,7 @@ impl OriginIndex {
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         entries.dedup();
         let mut origins = Vec::with_capacity(entries.len());
+        let mut digests = Vec::with_capacity(entries.len());
         let mut by_digest: HashMap<Digest, Candidates> = HashMap::new();
         for (digest, origin) in entries {
             let id = u32::try_from(origins.len()).expect("fewer than 2^32 origins");
@@ -48,6 +50,7 @@ impl OriginIndex {
             candidates.has_action |= origin.kind == OriginKind::Action;
             candidates.ids.push(id);
             origins.push(origin);
+            digests.push(digest);
         }
         for candidates in by_digest.values_mut() {
             if candidates.ids.len() > TRIE_THRESHOLD {
@@ -55,12 +58,17 @@ impl OriginIndex {
                     Some(SuffixChooser::build(&candidates.ids, |id| &origins[id as usize]));
             }
         }
-        OriginIndex { origins, by_digest }
+        OriginIndex { origins, digests, by_digest }
     }
 
     /// The origin with id `id` (from [`OriginIndex::select`]).
     pub fn origin(&self, id: u32) -> &Origin {
         &self.origins[id as usize]
+    }
+
+    /// The digest of the origin with id `id`.
+    pub fn digest(&self, id: u32) -> &Digest {
+        &self.digests[id as usize]
     }
 
     /// The origins of `digest`, if it has any.

@@ -42,11 +42,13 @@
 
 #![deny(missing_docs)]
 
+pub mod actions_index;
 mod generate;
 pub mod graph;
 mod index;
 pub mod model;
 
+pub use actions_index::{ActionsIndex, IndexedAction};
 pub use generate::{
     ElementTrees, GenerateConfig, GenerateError, GenerateInput, GenerateStats, Generated, Progress,
     SkippedSubaction, error_chain, generate, generate_observed,

@@ -9,10 +9,9 @@ use prost::Message;
 use rayon::prelude::*;
 use sa_cas::merkle::{self, DirEntry, Forest, TreeLimits, join};
 use sa_cas::{Blob, CasError, Digest, Store};
-use sa_generator::Progress;
+use sa_generator::actions_index::{IndexError, Lookup};
 use sa_generator::model::{Origin, OriginKind, SuffixChooser, compare_for};
-use sa_proto::buildstream::v2::SpeculativeActions;
-use sa_proto::buildstream::v2::speculative_actions::{Overlay, SpeculativeAction};
+use sa_generator::{ActionsIndex, IndexedAction, Progress};
 use sa_proto::reapi::Action;
 
 use crate::splice;
@@ -47,12 +46,27 @@ pub struct InstantiateConfig {
     pub limits: TreeLimits,
     /// Share rewritten subtrees between actions (off only to test that it changes nothing).
     pub memoize: bool,
+    /// Read each element's `SpeculativeActions` through its stored [`ActionsIndex`] (built and
+    /// stored on first use); off, the blob itself is decoded every time and nothing is stored
+    /// beside the instantiated actions.
+    pub index: bool,
 }
 
 impl Default for InstantiateConfig {
     fn default() -> Self {
-        InstantiateConfig { limits: TreeLimits::default(), memoize: true }
+        InstantiateConfig { limits: TreeLimits::default(), memoize: true, index: true }
     }
+}
+
+/// How the elements' [`ActionsIndex`]es were found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexStats {
+    /// Loaded from the store.
+    pub loaded: usize,
+    /// Built from the blob because none was stored.
+    pub built: usize,
+    /// Built from the blob because the stored one was unusable (each also a warning).
+    pub rebuilt: usize,
 }
 
 /// The outcome for one speculative action.
@@ -190,20 +204,14 @@ pub struct Instantiator<'s, S: Store + ?Sized> {
     artifact_overlays: DashMap<Digest, Shared<HashMap<Digest, Vec<Origin>>>>,
     /// Entries of the input roots each element's actions walk, for the run's expansion limit.
     expanded: Mutex<HashMap<String, u64>>,
+    index_stats: Mutex<IndexStats>,
 }
 
-/// One element's speculative action, decoded.
 /// An element's distinct overlays, by id: each origin with the digest it replaces.
 type Overlays = Vec<(Origin, Digest)>;
 
-/// An element's `SpeculativeActions` as [`Instantiator::decode_actions`] reads it: each
-/// action's base digest and overlay ids, and the distinct overlays the ids name.
-#[derive(Default)]
-struct DecodedActions {
-    bases: Vec<Digest>,
-    groups: Vec<Vec<u32>>,
-    overlays: Vec<(Origin, Digest)>,
-}
+/// Each overlay's resolution, once known.
+type Resolutions = Vec<OnceLock<Resolution>>;
 
 struct Planned {
     base: Digest,
@@ -211,8 +219,9 @@ struct Planned {
     /// each id names its target, so runs of equal targets are the groups (4 bytes an overlay,
     /// where a map per action cost a hundred on large elements).
     overlay_ids: Vec<u32>,
-    root: Digest,
-    raw: Bytes,
+    /// The input root and the Action blob; `None` for an action no overlay can change (see
+    /// [`Instantiator::resolve_ahead`]), whose Action and tree are never read.
+    tree: Option<(Digest, Bytes)>,
     /// Producers (base digests) of this element this action waits for.
     producers: Vec<usize>,
 }
@@ -277,7 +286,13 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             path_indexes: DashMap::new(),
             artifact_overlays: DashMap::new(),
             expanded: Mutex::new(HashMap::new()),
+            index_stats: Mutex::new(IndexStats::default()),
         })
+    }
+
+    /// How the elements' actions indexes were found so far.
+    pub fn index_stats(&self) -> IndexStats {
+        *self.index_stats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The instantiated (complete) action for a base action, once known.
@@ -306,109 +321,133 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         if !self.elements.contains_key(element) {
             return Err(InstantiateError::InvalidInput(format!("unknown element {element:?}")));
         }
-        let decoded = self.decode_actions(element, speculative_actions)?;
-        progress(Progress::Planned(decoded.bases.len()));
-        let (planned, overlays) = self.plan(element, decoded)?;
+        let (overlays, actions) = self.actions_index(element, speculative_actions)?.into_parts();
+        progress(Progress::Planned(actions.len()));
+        let resolutions = self.resolve_ahead(element, &overlays, &actions)?;
+        let planned = self.plan(element, &overlays, actions, &resolutions)?;
         let forest = self.fetch_input_trees(element, &planned)?;
-        let work = ElementWork::new(&forest, overlays);
+        let work = ElementWork::new(&forest, overlays, resolutions);
         self.run_waves(element, &work, &planned, progress)
     }
 
-    /// The element's `SpeculativeActions`, decoded one action at a time with its overlays
-    /// interned: a large element's message holds millions of overlays, which must not all be
-    /// decoded at once.
-    fn decode_actions(
+    /// The element's `SpeculativeActions` as an [`ActionsIndex`]: the stored one (with
+    /// [`InstantiateConfig::index`]), or one decoded from the blob, one action at a time (a large
+    /// element's blob holds millions of overlays), then stored for the next run.
+    fn actions_index(
         &self,
         element: &str,
         speculative_actions: &Digest,
-    ) -> Result<DecodedActions, InstantiateError> {
+    ) -> Result<ActionsIndex, InstantiateError> {
         let function = self.store.digest_function();
         let sa_error = |source| InstantiateError::SpeculativeActions {
             element: element.into(),
             digest: *speculative_actions,
             source: Box::new(source),
         };
-        let blob = self.store.read_blob(speculative_actions).map_err(sa_error)?;
-        let mut interned: HashMap<(Origin, Digest), u32> = HashMap::new();
-        let mut out = DecodedActions::default();
-        let decoded = for_each_action(&blob, |action| {
-            let base = Digest::from_proto_field(
-                function,
-                action.base_action_digest.as_ref(),
-                "SpeculativeAction.base_action_digest",
-            )
-            .map_err(sa_error)?;
-            let mut ids: Vec<u32> = Vec::with_capacity(action.overlays.len());
-            for (index, overlay) in action.overlays.iter().enumerate() {
-                let (origin, target) = Origin::from_overlay(function, overlay).map_err(|err| {
-                    InstantiateError::Overlay {
-                        element: element.into(),
-                        action: base,
-                        index,
-                        reason: err.to_string(),
-                    }
-                })?;
-                let key = (origin, target);
-                let id = match interned.get(&key) {
-                    Some(id) => *id,
-                    None => {
-                        let id =
-                            u32::try_from(out.overlays.len()).expect("fewer than 2^32 overlays");
-                        interned.insert(key.clone(), id);
-                        out.overlays.push(key);
-                        id
-                    }
-                };
-                ids.push(id);
-            }
-            out.bases.push(base);
-            out.groups.push(ids);
-            Ok(())
-        });
-        match decoded {
-            Ok(outcome) => outcome?,
-            Err(source) => {
-                return Err(sa_error(CasError::Decode {
-                    what: "SpeculativeActions",
-                    digest: *speculative_actions,
-                    source,
-                }));
+        let store_error = |what: &str, source| InstantiateError::Store {
+            what: format!("{what} the actions index of element {element:?}"),
+            source: Box::new(source),
+        };
+        let mut rebuilding = false;
+        if self.config.index {
+            match ActionsIndex::load(self.store, speculative_actions)
+                .map_err(|source| store_error("looking up", source))?
+            {
+                Lookup::Found(index) => {
+                    self.count_index(|stats| stats.loaded += 1);
+                    return Ok(index);
+                }
+                Lookup::Missing => {}
+                Lookup::Invalid(reason) => {
+                    tracing::warn!("element {element:?}: {reason}; rebuilding it");
+                    rebuilding = true;
+                }
             }
         }
-        Ok(out)
+        let blob = self.store.read_blob(speculative_actions).map_err(sa_error)?;
+        let index = ActionsIndex::from_speculative_actions(function, *speculative_actions, &blob)
+            .map_err(|err| match err {
+            IndexError::Decode(source) => sa_error(CasError::Decode {
+                what: "SpeculativeActions",
+                digest: *speculative_actions,
+                source,
+            }),
+            IndexError::Base { source, .. } => sa_error(*source),
+            IndexError::Overlay { action, index, source } => InstantiateError::Overlay {
+                element: element.into(),
+                action,
+                index,
+                reason: source.to_string(),
+            },
+        })?;
+        if self.config.index {
+            index.store(self.store).map_err(|source| store_error("storing", source))?;
+            self.count_index(
+                |stats| if rebuilding { stats.rebuilt += 1 } else { stats.built += 1 },
+            );
+        }
+        Ok(index)
     }
 
-    /// Each action's base Action (read in batches), input root, sorted overlay ids and the
-    /// producers it waits for; and the overlays the ids name.
+    fn count_index(&self, count: impl FnOnce(&mut IndexStats)) {
+        count(&mut self.index_stats.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Resolves, before any tree is read, every overlay that does not wait for a producer of
+    /// this element (those resolve in [`Instantiator::run_waves`], after their producer). An
+    /// action none of whose overlays replaces a digest, and none waiting, is then known to be
+    /// unchanged: [`Instantiator::plan`] reads neither its Action nor its input tree, so a
+    /// one-file edit costs what the actions holding that file cost.
+    fn resolve_ahead(
+        &self,
+        element: &str,
+        overlays: &Overlays,
+        actions: &[IndexedAction],
+    ) -> Result<Resolutions, InstantiateError> {
+        let bases: HashSet<Digest> = actions.iter().map(|a| a.base).collect();
+        let resolutions: Resolutions = (0..overlays.len()).map(|_| OnceLock::new()).collect();
+        let outcomes: Vec<Result<(), InstantiateError>> = overlays
+            .par_iter()
+            .zip(&resolutions)
+            .map(|((origin, target), cell)| {
+                if origin.producer.is_some_and(|p| bases.contains(&p)) {
+                    return Ok(());
+                }
+                let resolution = self.resolve(element, origin, target, 0)?;
+                let _ = cell.set(resolution);
+                Ok(())
+            })
+            .collect();
+        outcomes.into_iter().collect::<Result<(), _>>()?;
+        Ok(resolutions)
+    }
+
+    /// Each action's sorted overlay ids and the producers it waits for; and, for an action an
+    /// overlay may change, its base Action (read in batches) and input root.
     fn plan(
         &self,
         element: &str,
-        decoded: DecodedActions,
-    ) -> Result<(Vec<Planned>, Overlays), InstantiateError> {
-        let function = self.store.digest_function();
-        let DecodedActions { bases, groups, overlays } = decoded;
-        let raws = merkle::read_each(self.store, &bases);
+        overlays: &Overlays,
+        actions: Vec<IndexedAction>,
+        resolutions: &Resolutions,
+    ) -> Result<Vec<Planned>, InstantiateError> {
+        let may_change = |action: &IndexedAction| {
+            action.overlays.iter().any(|&id| match resolutions[id as usize].get() {
+                None => true,
+                Some(Resolution::Replace(new)) => *new != overlays[id as usize].1,
+                Some(Resolution::Skip | Resolution::Unresolved(_)) => false,
+            })
+        };
+        let changing: Vec<bool> = actions.par_iter().map(may_change).collect();
+        let to_read: Vec<Digest> =
+            actions.iter().zip(&changing).filter(|(_, c)| **c).map(|(a, _)| a.base).collect();
+        let mut raws = merkle::read_each(self.store, &to_read).into_iter();
         let position: HashMap<Digest, usize> =
-            bases.iter().enumerate().map(|(i, b)| (*b, i)).collect();
-        let mut planned = Vec::with_capacity(bases.len());
-        for ((base, raw), mut overlay_ids) in bases.iter().zip(raws).zip(groups) {
-            let action_error = |source| InstantiateError::Action {
-                element: element.into(),
-                action: *base,
-                source: Box::new(source),
-            };
-            let raw = raw.map_err(action_error)?;
+            actions.iter().enumerate().map(|(i, a)| (a.base, i)).collect();
+        let mut planned = Vec::with_capacity(actions.len());
+        for (action, changing) in actions.into_iter().zip(changing) {
+            let IndexedAction { base, overlays: mut overlay_ids } = action;
             overlay_ids.sort_unstable_by_key(|id| (overlays[*id as usize].1, *id));
-            overlay_ids.dedup();
-            let decoded = Action::decode(raw.clone()).map_err(|source| {
-                action_error(CasError::Decode { what: "Action", digest: *base, source })
-            })?;
-            let root = Digest::from_proto_field(
-                function,
-                decoded.input_root_digest.as_ref(),
-                "Action.input_root_digest",
-            )
-            .map_err(action_error)?;
             let mut producers: Vec<usize> = overlay_ids
                 .iter()
                 .filter_map(|id| overlays[*id as usize].0.producer)
@@ -416,9 +455,40 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
                 .collect();
             producers.sort_unstable();
             producers.dedup();
-            planned.push(Planned { base: *base, overlay_ids, root, raw, producers });
+            let tree = if changing {
+                let raw = raws.next().expect("one read per action that may change");
+                Some(self.input_root(element, &base, raw)?)
+            } else {
+                None
+            };
+            planned.push(Planned { base, overlay_ids, tree, producers });
         }
-        Ok((planned, overlays))
+        Ok(planned)
+    }
+
+    /// An Action read for rewriting: its input root and its bytes.
+    fn input_root(
+        &self,
+        element: &str,
+        base: &Digest,
+        raw: Result<Bytes, CasError>,
+    ) -> Result<(Digest, Bytes), InstantiateError> {
+        let action_error = |source| InstantiateError::Action {
+            element: element.into(),
+            action: *base,
+            source: Box::new(source),
+        };
+        let raw = raw.map_err(action_error)?;
+        let decoded = Action::decode(raw.clone()).map_err(|source| {
+            action_error(CasError::Decode { what: "Action", digest: *base, source })
+        })?;
+        let root = Digest::from_proto_field(
+            self.store.digest_function(),
+            decoded.input_root_digest.as_ref(),
+            "Action.input_root_digest",
+        )
+        .map_err(action_error)?;
+        Ok((root, raw))
     }
 
     /// Every input tree of the element's actions, fetched at once, and bounded: each action's
@@ -429,14 +499,16 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         element: &str,
         planned: &[Planned],
     ) -> Result<Forest, InstantiateError> {
-        let roots: Vec<Digest> = planned.iter().map(|p| p.root).collect();
+        let read: Vec<(&Planned, Digest)> =
+            planned.iter().filter_map(|p| p.tree.as_ref().map(|(root, _)| (p, *root))).collect();
+        let roots: Vec<Digest> = read.iter().map(|(_, root)| *root).collect();
         let fetched = merkle::fetch_forest_partial(self.store, &roots, &self.config.limits)
             .map_err(|source| InstantiateError::Store {
                 what: format!("input trees of element {element:?}"),
                 source: Box::new(source),
             })?;
         if let Some((position, source)) = fetched.broken.into_iter().next() {
-            let base = planned[position].base;
+            let base = read[position].0.base;
             return Err(InstantiateError::Action {
                 element: element.into(),
                 action: base,
@@ -444,16 +516,15 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             });
         }
         let forest = fetched.forest;
-        let expanded = planned
-            .iter()
-            .fold(0u64, |sum, p| sum.saturating_add(forest.expansion(&p.root).entries));
+        let expanded =
+            roots.iter().fold(0u64, |sum, root| sum.saturating_add(forest.expansion(root).entries));
         let run_total = {
             let mut counted = self.expanded.lock().unwrap_or_else(|e| e.into_inner());
             counted.insert(element.to_owned(), expanded);
             counted.values().fold(0u64, |sum, n| sum.saturating_add(*n))
         };
         let describe =
-            || format!("the input roots of element {element:?} ({} actions)", planned.len());
+            || format!("the input roots of element {element:?} ({} actions)", roots.len());
         self.config
             .limits
             .check_expanded(expanded, describe)
@@ -547,9 +618,15 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             action: planned.base,
             source: Box::new(source),
         };
-        let changes = work.changes(&changing, &planned.root);
+        let Some((base_root, raw)) = &planned.tree else {
+            return Err(InstantiateError::InvalidInput(format!(
+                "action {} of element {element:?} was planned unchanged but an overlay changes it",
+                planned.base
+            )));
+        };
+        let changes = work.changes(&changing, base_root);
         let root = self
-            .rewrite(work, &changes, &planned.root, String::new(), changes.at_root.clone())
+            .rewrite(work, &changes, base_root, String::new(), changes.at_root.clone())
             .map_err(|e| match e {
                 RewriteError::Store(source) => InstantiateError::Action {
                     element: element.into(),
@@ -558,13 +635,13 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
                 },
                 RewriteError::Splice(directory, reason) => action_error(
                     CasError::Malformed { what: "Directory", digest: directory, reason }
-                        .context(format!("input root {}", planned.root)),
+                        .context(format!("input root {base_root}")),
                 ),
             })?;
-        if root == planned.root {
+        if root == *base_root {
             return Ok(outcome);
         }
-        let action = splice::rewrite_action(&planned.raw, &root).map_err(|reason| {
+        let action = splice::rewrite_action(raw, &root).map_err(|reason| {
             action_error(CasError::Malformed { what: "Action", digest: planned.base, reason })
         })?;
         let blob = Blob::new(self.store.digest_function(), action);
@@ -832,13 +909,12 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         let cell = self.artifact_overlays.entry(*digest).or_default().clone();
         let result = cell.get_or_init(|| {
             let blob = self.store.read_blob(digest)?;
-            let message = SpeculativeActions::decode(blob).map_err(|source| CasError::Decode {
-                what: "SpeculativeActions",
-                digest: *digest,
-                source,
-            })?;
+            let overlays =
+                sa_generator::actions_index::artifact_overlays(&blob).map_err(|source| {
+                    CasError::Decode { what: "SpeculativeActions", digest: *digest, source }
+                })?;
             let mut map: HashMap<Digest, Vec<Origin>> = HashMap::new();
-            for (i, overlay) in message.artifact_overlays.iter().enumerate() {
+            for (i, overlay) in overlays.iter().enumerate() {
                 let (origin, target) = Origin::from_overlay(function, overlay).map_err(|err| {
                     CasError::InvalidDigest {
                         input: format!("artifact overlay {i}"),
@@ -864,7 +940,7 @@ enum RewriteError {
 }
 
 impl<'f> ElementWork<'f> {
-    fn new(forest: &'f Forest, overlays: Vec<(Origin, Digest)>) -> Self {
+    fn new(forest: &'f Forest, overlays: Overlays, resolutions: Resolutions) -> Self {
         let mut parents: HashMap<Digest, Vec<Digest>> = HashMap::new();
         let mut holders: HashMap<Digest, Vec<Digest>> = HashMap::new();
         let targets: HashSet<Digest> = overlays.iter().map(|(_, t)| *t).collect();
@@ -878,7 +954,6 @@ impl<'f> ElementWork<'f> {
                 }
             }
         }
-        let resolutions = (0..overlays.len()).map(|_| OnceLock::new()).collect();
         ElementWork {
             forest,
             overlays,
@@ -1003,78 +1078,5 @@ impl<'f> ElementWork<'f> {
         let raw = store.read_blob(digest).map_err(Box::new)?;
         self.raw_dirs.insert(*digest, raw.clone());
         Ok(raw)
-    }
-}
-
-/// Calls `each` with every `SpeculativeAction` of an encoded `SpeculativeActions`, in order,
-/// decoding one at a time. The other fields are checked (artifact overlays decode) and skipped,
-/// as a full decode would; a malformed blob is a `DecodeError`.
-fn for_each_action<E>(
-    blob: &[u8],
-    mut each: impl FnMut(SpeculativeAction) -> Result<(), E>,
-) -> Result<Result<(), E>, prost::DecodeError> {
-    use prost::encoding::{DecodeContext, WireType, check_wire_type, decode_key, skip_field};
-    use sa_proto::wire::{SPECULATIVE_ACTIONS_ACTIONS, SPECULATIVE_ACTIONS_ARTIFACT_OVERLAYS};
-    let mut buf = blob;
-    while !buf.is_empty() {
-        let (tag, wire_type) = decode_key(&mut buf)?;
-        match tag {
-            SPECULATIVE_ACTIONS_ACTIONS => {
-                check_wire_type(WireType::LengthDelimited, wire_type)?;
-                if let Err(err) = each(SpeculativeAction::decode_length_delimited(&mut buf)?) {
-                    return Ok(Err(err));
-                }
-            }
-            SPECULATIVE_ACTIONS_ARTIFACT_OVERLAYS => {
-                check_wire_type(WireType::LengthDelimited, wire_type)?;
-                Overlay::decode_length_delimited(&mut buf)?;
-            }
-            _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default())?,
-        }
-    }
-    Ok(Ok(()))
-}
-
-#[cfg(test)]
-mod tests {
-    use prost::Message;
-    use sa_proto::buildstream::v2::SpeculativeActions;
-
-    use super::*;
-
-    fn bases(blob: &[u8]) -> Result<Vec<u64>, prost::DecodeError> {
-        let mut seen = Vec::new();
-        for_each_action(blob, |a| {
-            seen.push(a.base_action_digest.map_or(0, |d| d.size_bytes as u64));
-            Ok::<(), ()>(())
-        })?
-        .expect("the callback does not fail");
-        Ok(seen)
-    }
-
-    #[test]
-    fn decodes_actions_one_by_one_in_order_and_rejects_malformed_blobs() {
-        let action = |size| SpeculativeAction {
-            base_action_digest: Some(sa_proto::reapi::Digest {
-                hash: "h".into(),
-                size_bytes: size,
-            }),
-            overlays: vec![],
-        };
-        let message = SpeculativeActions {
-            actions: vec![action(1), action(2), action(3)],
-            artifact_overlays: vec![Overlay::default()],
-        };
-        let mut blob = message.encode_to_vec();
-        // A field a newer writer added (number 7, varint) is skipped.
-        blob.extend([7 << 3, 42]);
-        assert_eq!(bases(&blob).expect("valid"), [1, 2, 3]);
-        // Truncated in the middle of an action.
-        assert!(bases(&blob[..blob.len() / 2]).is_err());
-        // Field 1 with the varint wire type.
-        assert!(bases(&[1 << 3, 5]).is_err());
-        // A callback error stops the walk and is returned as is.
-        let outcome = for_each_action(&blob, |_| Err("stop")).expect("decodes");
-        assert_eq!(outcome, Err("stop"));
     }
 }

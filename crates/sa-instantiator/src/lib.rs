@@ -56,5 +56,5 @@ mod instantiate;
 mod splice;
 
 pub use instantiate::{
-    ElementState, InstantiateConfig, InstantiateError, InstantiatedAction, Instantiator,
+    ElementState, IndexStats, InstantiateConfig, InstantiateError, InstantiatedAction, Instantiator,
 };

@@ -40,7 +40,7 @@ mod generated {
     include!("generated/mod.rs");
 }
 
-pub use generated::{build, buildstream, google};
+pub use generated::{build, buildstream, google, sa};
 
 /// Short names for the REAPI v2 package, the one every crate uses.
 pub use generated::build::bazel::remote::execution::v2 as reapi;

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod hostile;
+mod index;
 mod properties;
 mod two_builds;
 

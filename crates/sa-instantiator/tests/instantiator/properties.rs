@@ -1,9 +1,11 @@
 //! Property: over random trees with colliding contents and random edits, every complete
-//! instantiated action equals the action built directly from the edited sources.
+//! instantiated action equals the action built directly from the edited sources; and the
+//! outcomes through the stored actions index equal those of the blob decoded.
 
 use proptest::prelude::*;
 use sa_cas::{DigestFunction, MemoryCas};
-use sa_generator::{ElementTrees, GenerateConfig, GenerateInput, generate};
+use sa_generator::actions_index::Lookup;
+use sa_generator::{ActionsIndex, ElementTrees, GenerateConfig, GenerateInput, generate};
 use sa_instantiator::{ElementState, InstantiateConfig, Instantiator};
 
 use super::{Files, action, ingest};
@@ -57,8 +59,15 @@ proptest! {
         }
         let root2 = ingest(&cas, &dir.path().join("src2"), &edited);
         let state = ElementState { name: "e".into(), sources: Some(root2), ..Default::default() };
-        let instantiator = Instantiator::new(&cas, vec![state], InstantiateConfig::default()).unwrap();
+        let instantiator = Instantiator::new(&cas, vec![state.clone()], InstantiateConfig::default()).unwrap();
         let outcomes = instantiator.instantiate_element("e", &spec.digest).unwrap();
+        // The index generate stored is the blob's, and gives the blob's result.
+        let derived = ActionsIndex::from_speculative_actions(DigestFunction::Sha256, spec.digest, &spec.encoded).unwrap();
+        let Lookup::Found(stored) = ActionsIndex::load(&cas, &spec.digest).unwrap() else { panic!("stored") };
+        prop_assert_eq!(stored, derived);
+        let config = InstantiateConfig { index: false, ..Default::default() };
+        let decoded = Instantiator::new(&cas, vec![state], config).unwrap().instantiate_element("e", &spec.digest).unwrap();
+        prop_assert_eq!(&decoded, &outcomes);
         for (i, chosen) in inputs.iter().enumerate() {
             let root = ingest(&cas, &dir.path().join(format!("in2-{i}")), &subset(&edited, chosen));
             let expected = action(&cas, &format!("cc {i}"), root);

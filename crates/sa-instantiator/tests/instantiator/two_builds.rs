@@ -263,18 +263,20 @@ fn instantiated_actions_equal_the_next_builds_actions() {
 }
 
 #[test]
-fn memo_and_thread_count_do_not_change_the_result() {
+fn memo_index_and_thread_count_do_not_change_the_result() {
     let s = scenario();
-    let run = |memoize: bool, threads: usize| {
-        let config = InstantiateConfig { memoize, ..Default::default() };
-        let instantiator = Instantiator::new(&s.cas, states(&s, true), config).unwrap();
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| instantiator.instantiate_element("app.bst", &s.app_spec).unwrap())
-    };
-    let reference = run(true, 4);
-    assert_eq!(run(false, 4), reference);
-    assert_eq!(run(true, 1), reference);
-    assert_eq!(run(false, 1), reference);
+    for lib_built in [true, false] {
+        let run = |memoize: bool, index: bool, threads: usize| {
+            let config = InstantiateConfig { memoize, index, ..Default::default() };
+            let instantiator = Instantiator::new(&s.cas, states(&s, lib_built), config).unwrap();
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| instantiator.instantiate_element("app.bst", &s.app_spec).unwrap())
+        };
+        let reference = run(true, true, 4);
+        for (memoize, index, threads) in [(false, true, 4), (true, false, 1), (false, false, 1)] {
+            assert_eq!(run(memoize, index, threads), reference, "{memoize} {index} {threads}");
+        }
+    }
 }
 
 #[test]

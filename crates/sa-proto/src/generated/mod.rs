@@ -40,3 +40,8 @@ pub mod google {
         include!("google.rpc.rs");
     }
 }
+pub mod sa {
+    pub mod v1 {
+        include!("sa.v1.rs");
+    }
+}

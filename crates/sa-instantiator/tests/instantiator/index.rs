@@ -1,0 +1,244 @@
+//! The actions index: what generate stores is what the blob gives, an unchanged action is
+//! reported without reading its Action or input tree, and an index a hostile store serves is
+//! refused (a warning), rebuilt and replaced, never used.
+
+use prost::Message;
+use sa_cas::{ActionCache, Cas, Digest, DigestFunction, LocalCas, LocalCasConfig, Store};
+use sa_generator::actions_index::Lookup;
+use sa_generator::{
+    ActionsIndex, ElementTrees, GenerateConfig, GenerateInput, Generated, generate,
+};
+use sa_instantiator::{
+    ElementState, IndexStats, InstantiateConfig, InstantiatedAction, Instantiator,
+};
+use sa_proto::reapi::{ActionResult, OutputFile};
+
+use super::{action, files, ingest};
+
+const F: DigestFunction = DigestFunction::Sha256;
+
+/// Two compile steps, `a.c` and `b.c`, each with `common.h`, recorded and generated; then
+/// `b.c` is edited.
+struct Case {
+    _dir: tempfile::TempDir,
+    cas: LocalCas,
+    actions: [Digest; 2],
+    roots: [Digest; 2],
+    generated: Generated,
+    sources2: Digest,
+}
+
+fn case(config: &GenerateConfig) -> Case {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = LocalCas::open(dir.path().join("store"), LocalCasConfig::default()).unwrap();
+    let src = files(&[("a.c", "int a;"), ("b.c", "int b;"), ("common.h", "#pragma once")]);
+    let sources = ingest(&cas, &dir.path().join("src1"), &src);
+    let mut roots = [sources; 2];
+    let mut actions = [sources; 2];
+    for (i, name) in ["a.c", "b.c"].iter().enumerate() {
+        let input = files(&[(name, &src[*name]), ("common.h", &src["common.h"])]);
+        roots[i] = ingest(&cas, &dir.path().join(format!("in-{i}")), &input);
+        actions[i] = action(&cas, &format!("cc -c {name}"), roots[i]);
+    }
+    let input = GenerateInput {
+        element: ElementTrees { name: "e".into(), sources: Some(sources), artifact: None },
+        dependencies: vec![],
+        subactions: actions.to_vec(),
+    };
+    let generated = generate(&cas, &input, config).unwrap();
+    let mut edited = src.clone();
+    edited.insert("b.c".into(), "int b2;".into());
+    let sources2 = ingest(&cas, &dir.path().join("src2"), &edited);
+    Case { _dir: dir, cas, actions, roots, generated, sources2 }
+}
+
+fn instantiate(
+    cas: &(impl Store + ?Sized),
+    sources: Digest,
+    spec: &Digest,
+    index: bool,
+) -> (Vec<InstantiatedAction>, IndexStats) {
+    let state = ElementState { name: "e".into(), sources: Some(sources), ..Default::default() };
+    let config = InstantiateConfig { index, ..Default::default() };
+    let instantiator = Instantiator::new(cas, vec![state], config).unwrap();
+    let outcomes = instantiator.instantiate_element("e", spec).unwrap();
+    (outcomes, instantiator.index_stats())
+}
+
+fn object_path(cas: &LocalCas, digest: &Digest) -> std::path::PathBuf {
+    let hash = digest.hash_hex();
+    cas.root().join("cas/objects").join(&hash[..2]).join(&hash[2..])
+}
+
+#[test]
+fn the_index_generate_stores_is_the_one_derived_from_its_blob() {
+    let c = case(&GenerateConfig::default());
+    let derived =
+        ActionsIndex::from_speculative_actions(F, c.generated.digest, &c.generated.encoded)
+            .unwrap();
+    let Lookup::Found(stored) = ActionsIndex::load(&c.cas, &c.generated.digest).unwrap() else {
+        panic!("generate stores the index")
+    };
+    assert_eq!(stored, derived);
+    assert_eq!(Some(*derived.to_blob(F).digest()), c.generated.index);
+    assert_eq!(derived.actions().len(), 2);
+    // a.c and b.c each once, common.h once although both actions hold it.
+    assert_eq!(derived.overlays().len(), 3);
+}
+
+#[test]
+fn an_unchanged_action_is_reported_without_reading_its_action_or_input_tree() {
+    let c = case(&GenerateConfig::default());
+    let (expected, _) = instantiate(&c.cas, c.sources2, &c.generated.digest, false);
+    // The first action's Action and input root disappear from the store.
+    for digest in [c.actions[0], c.roots[0]] {
+        std::fs::remove_file(object_path(&c.cas, &digest)).unwrap();
+    }
+    let (outcomes, stats) = instantiate(&c.cas, c.sources2, &c.generated.digest, true);
+    assert_eq!(outcomes, expected);
+    assert_eq!(stats, IndexStats { loaded: 1, built: 0, rebuilt: 0 });
+    assert_eq!(outcomes[0].action, c.actions[0], "a.c's action is unchanged");
+    assert_eq!((outcomes[0].unchanged, outcomes[0].applied), (2, 0));
+    assert_ne!(outcomes[1].action, c.actions[1], "b.c's action changed");
+    // Without the index the blob is decoded, and the unchanged action is not read either.
+    let (decoded, stats) = instantiate(&c.cas, c.sources2, &c.generated.digest, false);
+    assert_eq!((decoded, stats), (expected, IndexStats::default()));
+}
+
+#[test]
+fn an_index_missing_from_the_store_is_built_on_first_use_then_loaded() {
+    let c = case(&GenerateConfig { skip_index: true, ..Default::default() });
+    assert_eq!(c.generated.index, None);
+    assert!(matches!(ActionsIndex::load(&c.cas, &c.generated.digest).unwrap(), Lookup::Missing));
+    let (reference, _) = instantiate(&c.cas, c.sources2, &c.generated.digest, false);
+    assert!(matches!(ActionsIndex::load(&c.cas, &c.generated.digest).unwrap(), Lookup::Missing));
+    let (first, stats) = instantiate(&c.cas, c.sources2, &c.generated.digest, true);
+    assert_eq!((first, stats.built), (reference.clone(), 1));
+    let (second, stats) = instantiate(&c.cas, c.sources2, &c.generated.digest, true);
+    assert_eq!((second, stats.loaded), (reference, 1));
+}
+
+/// Plants an ActionCache entry for the index of `spec` whose one output is `index`.
+fn plant_entry(cas: &LocalCas, spec: &Digest, outputs: Vec<(&str, Digest)>) {
+    let (key, _) = ActionsIndex::key(F, spec);
+    let output_files = outputs
+        .into_iter()
+        .map(|(path, digest)| OutputFile {
+            path: path.into(),
+            digest: Some(digest.to_proto()),
+            ..Default::default()
+        })
+        .collect();
+    cas.update_action_result(&key, &ActionResult { output_files, ..Default::default() }).unwrap();
+}
+
+/// Stores `message` as the index of `spec`.
+fn plant_index(cas: &LocalCas, spec: &Digest, message: &sa_proto::sa::v1::ActionsIndex) {
+    let digest = cas.write_blob(message.encode_to_vec().into()).unwrap();
+    plant_entry(cas, spec, vec![("actions-index", digest)]);
+}
+
+#[test]
+fn a_hostile_actions_index_is_refused_rebuilt_and_replaced() {
+    let c = case(&GenerateConfig::default());
+    let spec = c.generated.digest;
+    let (reference, _) = instantiate(&c.cas, c.sources2, &spec, false);
+    let valid = sa_proto::sa::v1::ActionsIndex::decode(
+        ActionsIndex::from_speculative_actions(F, spec, &c.generated.encoded)
+            .unwrap()
+            .to_blob(F)
+            .data()
+            .clone(),
+    )
+    .unwrap();
+    let mutated = |change: &dyn Fn(&mut sa_proto::sa::v1::ActionsIndex)| {
+        let mut message = valid.clone();
+        change(&mut message);
+        message
+    };
+    let garbage = c.cas.write_blob(vec![0xffu8; 64].into()).unwrap();
+    let absent = F.hash_bytes(b"an index nobody stored");
+    let absurd = Digest::new(F, *F.hash_bytes(b"x").hash(), 1 << 40).unwrap();
+    type Plant<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let plants: Vec<Plant<'_>> = vec![
+        ("no output", Box::new(|| plant_entry(&c.cas, &spec, vec![]))),
+        (
+            "two outputs",
+            Box::new(|| {
+                plant_entry(
+                    &c.cas,
+                    &spec,
+                    vec![("actions-index", garbage), ("actions-index", garbage)],
+                )
+            }),
+        ),
+        ("another output name", Box::new(|| plant_entry(&c.cas, &spec, vec![("../x", garbage)]))),
+        (
+            "a terabyte index",
+            Box::new(|| plant_entry(&c.cas, &spec, vec![("actions-index", absurd)])),
+        ),
+        (
+            "an index not in the CAS",
+            Box::new(|| plant_entry(&c.cas, &spec, vec![("actions-index", absent)])),
+        ),
+        ("garbage", Box::new(|| plant_entry(&c.cas, &spec, vec![("actions-index", garbage)]))),
+        (
+            "the index of another blob",
+            Box::new(|| {
+                plant_index(
+                    &c.cas,
+                    &spec,
+                    &mutated(&|m| {
+                        m.speculative_actions = Some(absent.to_proto());
+                    }),
+                )
+            }),
+        ),
+        (
+            "an overlay position out of range",
+            Box::new(|| {
+                plant_index(&c.cas, &spec, &mutated(&|m| m.actions[0].overlay_deltas.push(7)))
+            }),
+        ),
+        (
+            "a repeated overlay position",
+            Box::new(|| {
+                plant_index(&c.cas, &spec, &mutated(&|m| m.actions[0].overlay_deltas.push(0)))
+            }),
+        ),
+        (
+            "a position overflowing",
+            Box::new(|| {
+                plant_index(
+                    &c.cas,
+                    &spec,
+                    &mutated(&|m| m.actions[0].overlay_deltas.push(u32::MAX)),
+                )
+            }),
+        ),
+        (
+            "overlays out of order",
+            Box::new(|| plant_index(&c.cas, &spec, &mutated(&|m| m.overlays.swap(0, 1)))),
+        ),
+        (
+            "an invalid overlay",
+            Box::new(|| {
+                plant_index(&c.cas, &spec, &mutated(&|m| m.overlays[0].source_path.clear()))
+            }),
+        ),
+    ];
+    for (what, plant) in plants {
+        plant();
+        assert!(
+            matches!(ActionsIndex::load(&c.cas, &spec).unwrap(), Lookup::Invalid(_)),
+            "{what}: refused"
+        );
+        let (outcomes, stats) = instantiate(&c.cas, c.sources2, &spec, true);
+        assert_eq!(outcomes, reference, "{what}: the result is the blob's");
+        assert_eq!(stats, IndexStats { loaded: 0, built: 0, rebuilt: 1 }, "{what}");
+        assert!(
+            matches!(ActionsIndex::load(&c.cas, &spec).unwrap(), Lookup::Found(_)),
+            "{what}: replaced by a valid index"
+        );
+    }
+}
