@@ -1,5 +1,6 @@
 //! The pipeline's hot paths on the synthetic workload (in memory): digest index build,
-//! generate, instantiate with cold and warm memo, hashing, ingest. Input sizes are in the names.
+//! generate, instantiate with cold and warm memo, one-file edits through the actions index,
+//! hashing, ingest, duplicate content. Input sizes are in the names.
 
 use std::hint::black_box;
 
@@ -177,8 +178,47 @@ fn bench_duplicate_content(c: &mut Criterion) {
     group.finish();
 }
 
+/// Instantiating a one-file edit (medium workload) through the actions index and with the blob
+/// decoded, against the many-file edit: what an edit costs in proportion to what it changes.
+fn bench_instantiate_edit(c: &mut Criterion) {
+    let mut group = c.benchmark_group("instantiate_edit");
+    group.sample_size(10);
+    let profile = Profile::named("medium").expect("a known profile");
+    for (name, edit) in [
+        ("many", workload::Edit::Many),
+        ("app-source", workload::Edit::AppSource),
+        ("lib-header", workload::Edit::LibHeader),
+    ] {
+        let cas = MemoryCas::new(F);
+        let w = workload::generate_edit(&cas, &profile, 1, edit).expect("the workload generates");
+        let mut specs = std::collections::HashMap::new();
+        for element in workload::ELEMENTS {
+            let input = workload::generate_input(&w.build1, element);
+            let generated =
+                sa_generator::generate(&cas, &input, &GenerateConfig::default()).expect("generate");
+            specs.insert(element, generated.digest);
+        }
+        let actions = w.truth.len();
+        let changed = w.truth.iter().filter(|(a, b)| a != b).count();
+        for index in [true, false] {
+            let config = InstantiateConfig { index, ..Default::default() };
+            let id = format!("{name}/actions={actions}/changed={changed}");
+            let label = if index { "indexed" } else { "blob_decoded" };
+            group.bench_function(BenchmarkId::new(label, id), |b| {
+                b.iter(|| {
+                    let states = workload::states(&w.build1, &w.build2, &specs);
+                    let instantiator = Instantiator::new(&cas, states, config).expect("new");
+                    instantiator.instantiate_element("app.bst", &specs["app.bst"]).expect("ok")
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    bench_instantiate_edit,
     bench_index,
     bench_generate_instantiate,
     bench_hashing,

@@ -303,7 +303,7 @@ pub enum Edit {
     /// Every 50th application source and header, every 100th library header, every 10th
     /// library source, and `twin_b.h`: most actions change.
     Many,
-    /// One application source (`app/src/d00/f0011.c`): one action changes; the library is not
+    /// One application source (`app/src/d00/f0003.c`): one action changes; the library is not
     /// rebuilt.
     AppSource,
     /// One library header (`lib/include/lib/l007.h`): the library is rebuilt, and the
@@ -326,7 +326,7 @@ impl Edit {
     fn edits(self, path: &str, many: bool) -> bool {
         match self {
             Edit::Many => many,
-            Edit::AppSource => path == "app/src/d00/f0011.c",
+            Edit::AppSource => path == "app/src/d00/f0003.c",
             Edit::LibHeader => path == "lib/include/lib/l007.h",
         }
     }
