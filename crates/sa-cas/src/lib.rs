@@ -36,6 +36,7 @@ mod local;
 mod memory;
 pub mod merkle;
 mod metered;
+mod spool;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -48,4 +49,5 @@ pub use limited::Limited;
 pub use local::{LocalCas, LocalCasConfig};
 pub use memory::MemoryCas;
 pub use metered::{Meter, Metered, StoreStats};
+pub use spool::BlobSink;
 pub use store::{ActionCache, Blob, Cas, Store, read_message, write_message};

@@ -66,6 +66,10 @@ impl<S: Cas> Cas for Limited<S> {
     fn write_file(&self, digest: &Digest, path: &Path) -> Result<(), CasError> {
         self.inner.write_file(digest, path)
     }
+
+    fn spool(&self) -> Result<Box<dyn crate::BlobSink + '_>, CasError> {
+        self.inner.spool()
+    }
 }
 
 impl<S: ActionCache> ActionCache for Limited<S> {

@@ -287,6 +287,20 @@ impl LocalCas {
             .tempfile_in(tmp_dir)
             .map_err(io_error(tmp_dir))?;
         fill(tmp.as_file_mut()).map_err(io_error(tmp.path()))?;
+        self.rename_into_place(digest, kind, tmp)
+    }
+
+    /// Renames a filled temp blob to its object path.
+    fn persist_temp(&self, digest: &Digest, tmp: tempfile::NamedTempFile) -> Result<(), CasError> {
+        self.rename_into_place(digest, Kind::Blob, tmp)
+    }
+
+    fn rename_into_place(
+        &self,
+        digest: &Digest,
+        kind: Kind,
+        tmp: tempfile::NamedTempFile,
+    ) -> Result<(), CasError> {
         let (objects, mode) = match kind {
             Kind::Blob => (self.cas_objects(), 0o444),
             Kind::ActionResult => (self.ac_objects(), 0o600),
@@ -389,6 +403,18 @@ impl Cas for LocalCas {
         Ok(())
     }
 
+    fn spool(&self) -> Result<Box<dyn crate::BlobSink + '_>, CasError> {
+        let tmp = tempfile::Builder::new()
+            .prefix(TMP_PREFIX)
+            .tempfile_in(self.cas_tmp())
+            .map_err(io_error(self.cas_tmp()))?;
+        Ok(Box::new(LocalSink {
+            cas: self,
+            file: io::BufWriter::with_capacity(1 << 20, tmp),
+            hasher: self.config.digest_function.hasher(),
+        }))
+    }
+
     fn write_file(&self, digest: &Digest, path: &Path) -> Result<(), CasError> {
         check_function(self.config.digest_function, digest)?;
         if self.holds(digest)? {
@@ -413,6 +439,32 @@ impl Cas for LocalCas {
             }
             _ => err,
         })
+    }
+}
+
+/// A blob spooled into the store's own temp directory, hashed as it is written, renamed into
+/// place on commit (a temp file left by a killed process is removed on the next open).
+struct LocalSink<'a> {
+    cas: &'a LocalCas,
+    file: io::BufWriter<tempfile::NamedTempFile>,
+    hasher: crate::digest::Hasher,
+}
+
+impl crate::BlobSink for LocalSink<'_> {
+    fn write(&mut self, data: &[u8]) -> Result<(), CasError> {
+        self.hasher.update(data);
+        self.file.write_all(data).map_err(io_error(self.cas.cas_tmp()))
+    }
+
+    fn commit(self: Box<Self>) -> Result<Digest, CasError> {
+        let LocalSink { cas, file, hasher } = *self;
+        let tmp = file.into_inner().map_err(|e| io_error(cas.cas_tmp())(e.into_error()))?;
+        let digest = hasher.finish();
+        if cas.holds(&digest)? {
+            return Ok(digest);
+        }
+        cas.persist_temp(&digest, tmp)?;
+        Ok(digest)
     }
 }
 

@@ -9,6 +9,7 @@ use sa_proto::reapi::ActionResult;
 
 use crate::digest::{Digest, DigestFunction};
 use crate::error::CasError;
+use crate::spool::BlobSink;
 use crate::store::{ActionCache, Blob, Cas};
 
 /// Counts of store traffic.
@@ -143,6 +144,31 @@ impl<S: Cas> Cas for Metered<S> {
         add(&self.counters.blobs_written, 1);
         add(&self.counters.bytes_written, digest.size());
         self.inner.write_file(digest, path)
+    }
+
+    fn spool(&self) -> Result<Box<dyn BlobSink + '_>, CasError> {
+        Ok(Box::new(MeteredSink { inner: self.inner.spool()?, counters: &self.counters }))
+    }
+}
+
+/// A sink of a [`Metered`] store: counted as one blob written when committed.
+struct MeteredSink<'a> {
+    inner: Box<dyn BlobSink + 'a>,
+    counters: &'a Counters,
+}
+
+impl BlobSink for MeteredSink<'_> {
+    fn write(&mut self, data: &[u8]) -> Result<(), CasError> {
+        self.inner.write(data)
+    }
+
+    fn commit(self: Box<Self>) -> Result<Digest, CasError> {
+        let counters = self.counters;
+        let digest = self.inner.commit()?;
+        add(&counters.calls, 1);
+        add(&counters.blobs_written, 1);
+        add(&counters.bytes_written, digest.size());
+        Ok(digest)
     }
 }
 

@@ -11,6 +11,7 @@ use sa_proto::reapi::ActionResult;
 
 use crate::digest::{Digest, DigestFunction};
 use crate::error::{CasError, io_error};
+use crate::spool::BlobSink;
 
 /// A blob and its digest, which agree by construction: [`Blob::new`] hashes the data, and
 /// [`Blob::from_verified`] is for callers that have just verified it. Stores therefore do not
@@ -99,6 +100,12 @@ pub trait Cas: Send + Sync + fmt::Debug {
                 .context(format!("storing {}", path.display())));
         }
         self.write_blobs(&[blob])
+    }
+
+    /// A blob to be written in pieces, hashed as they come (see [`BlobSink`]); by default
+    /// spooled to an unnamed temp file and stored with [`Cas::write_file`].
+    fn spool(&self) -> Result<Box<dyn BlobSink + '_>, CasError> {
+        Ok(Box::new(crate::spool::FileSink::new(self)?))
     }
 
     /// Reads one blob.
@@ -198,6 +205,7 @@ macro_rules! forward_store {
             fn max_batch_bytes(&self) -> u64 { (**self).max_batch_bytes() }
             fn read_blob_to(&self, digest: &Digest, out: &mut dyn Write) -> Result<(), CasError> { (**self).read_blob_to(digest, out) }
             fn write_file(&self, digest: &Digest, path: &Path) -> Result<(), CasError> { (**self).write_file(digest, path) }
+            fn spool(&self) -> Result<Box<dyn BlobSink + '_>, CasError> { (**self).spool() }
         }
         impl<T: ActionCache + ?Sized> ActionCache for $wrapper<T> {
             fn get_action_result(&self, action: &Digest) -> Result<Option<ActionResult>, CasError> { (**self).get_action_result(action) }

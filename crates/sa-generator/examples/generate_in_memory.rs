@@ -44,7 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let generated = generate(&cas, &input, &GenerateConfig::default())?;
     println!("SpeculativeActions {} ({} overlays)", generated.digest, generated.stats.overlays());
-    for speculative in SpeculativeActions::decode(generated.encoded)?.actions {
+    for speculative in SpeculativeActions::decode(cas.read_blob(&generated.digest)?)?.actions {
         for overlay in speculative.overlays {
             let element =
                 if overlay.source_element.is_empty() { "app.bst" } else { &overlay.source_element };

@@ -3,12 +3,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use dashmap::DashMap;
 use prost::Message;
 use rayon::prelude::*;
 use sa_cas::merkle::{self, Forest, TreeLimits};
-use sa_cas::{Blob, CasError, Digest, DigestFunction, Store, merkle::join};
+use sa_cas::{BlobSink, CasError, Digest, DigestFunction, Store, merkle::join};
 use sa_proto::buildstream::v2::speculative_actions::SpeculativeAction;
 use sa_proto::reapi::Action;
 use sa_proto::wire::{
@@ -103,10 +102,9 @@ impl GenerateStats {
 /// The stored result of [`generate`].
 #[derive(Clone, Debug)]
 pub struct Generated {
-    /// Digest of the stored `SpeculativeActions` blob.
+    /// Digest of the stored `SpeculativeActions` blob (wire format
+    /// `buildstream.v2.SpeculativeActions`), written as it was encoded.
     pub digest: Digest,
-    /// The blob (wire format `buildstream.v2.SpeculativeActions`).
-    pub encoded: Bytes,
     /// Digest of the stored [`ActionsIndex`] of the blob, unless
     /// [`GenerateConfig::skip_index`].
     pub index: Option<Digest>,
@@ -233,17 +231,17 @@ pub fn generate_observed(
     let index = run.origin_index(store, &forest, &trees, &roots)?;
     let artifact_overlays = run.artifact_overlays(&forest, &index, input.element.artifact)?;
     progress(Progress::Planned(roots.len()));
-    let (out, indexed) = run.encode(&forest, &index, &roots, &artifact_overlays, progress);
-    // The trees are done with: free them before hashing and storing the output.
-    drop(forest);
-    let blob = Blob::new(function, out);
-    let digest = *blob.digest();
-    let encoded = blob.data().clone();
     let store_error = |source| GenerateError::Store {
         element: input.element.name.clone(),
         source: Box::new(source),
     };
-    merkle::write_in_batches(store, std::slice::from_ref(&blob)).map_err(store_error)?;
+    // The output goes to the store as it is encoded: a large element's is hundreds of MiB.
+    let mut sink = store.spool().map_err(store_error)?;
+    let indexed = run
+        .encode(&forest, &index, &roots, &artifact_overlays, sink.as_mut(), progress)
+        .map_err(store_error)?;
+    drop(forest);
+    let digest = sink.commit().map_err(store_error)?;
     let stored_index = if config.skip_index {
         None
     } else {
@@ -251,7 +249,7 @@ pub fn generate_observed(
         let actions_index = ActionsIndex::new(digest, table.collect(), indexed);
         Some(actions_index.store(store).map_err(store_error)?)
     };
-    Ok(Generated { digest, encoded, index: stored_index, stats: run.stats })
+    Ok(Generated { digest, index: stored_index, stats: run.stats })
 }
 
 /// One run of [`generate`]: the element, the options, and the statistics gathered so far.
@@ -423,13 +421,14 @@ impl Run<'_> {
         index: &OriginIndex,
         roots: &[(Digest, Digest)],
         artifact_overlays: &[(Digest, u32)],
+        sink: &mut dyn BlobSink,
         progress: &(dyn Fn(Progress) + Sync),
-    ) -> (Vec<u8>, Vec<IndexedAction>) {
+    ) -> Result<Vec<IndexedAction>, CasError> {
         let producer_index: HashMap<Digest, usize> =
             roots.iter().enumerate().map(|(i, (a, _))| (*a, i)).collect();
         let memo: DashMap<(Digest, String), Arc<Entry>> = DashMap::new();
-        let mut out = Vec::new();
         let mut indexed = Vec::new();
+        let mut out = Vec::new();
         for (chunk_index, chunk) in roots.chunks(ATTRIBUTION_CHUNK).enumerate() {
             let attributed: Vec<Attributed> = chunk
                 .par_iter()
@@ -457,12 +456,15 @@ impl Run<'_> {
                     indexed.push(IndexedAction { base: *action, overlays: one.origin_ids });
                 }
             }
+            sink.write(&out)?;
+            out.clear();
         }
         for (digest, id) in artifact_overlays {
             let overlay = index.origin(*id).to_overlay(digest).encode_to_vec();
             put_length_delimited(&mut out, SPECULATIVE_ACTIONS_ARTIFACT_OVERLAYS, &overlay);
         }
-        (out, indexed)
+        sink.write(&out)?;
+        Ok(indexed)
     }
 
     fn skip_or_fail(&mut self, action: Digest, source: CasError) -> Result<(), GenerateError> {

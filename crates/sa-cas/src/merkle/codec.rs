@@ -1,6 +1,8 @@
 //! The compact form walks hold ([`Dir`]), decoding outside data into it, and the one place
 //! a `Directory` is encoded and hashed.
 
+use std::sync::Arc;
+
 use prost::Message;
 use sa_proto::reapi::Directory;
 
@@ -24,8 +26,8 @@ pub struct Dir {
 /// A file of a [`Dir`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileEntry {
-    /// One safe path segment.
-    pub name: Box<str>,
+    /// One safe path segment (shared between the directories of one fetch that use it).
+    pub name: Arc<str>,
     /// The content's digest.
     pub digest: Digest,
     /// The executable bit.
@@ -35,8 +37,8 @@ pub struct FileEntry {
 /// A subdirectory of a [`Dir`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
-    /// One safe path segment.
-    pub name: Box<str>,
+    /// One safe path segment (shared between the directories of one fetch that use it).
+    pub name: Arc<str>,
     /// The subdirectory's digest.
     pub digest: Digest,
 }
@@ -44,8 +46,8 @@ pub struct DirEntry {
 /// A symlink of a [`Dir`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SymlinkEntry {
-    /// One safe path segment.
-    pub name: Box<str>,
+    /// One safe path segment (shared between the directories of one fetch that use it).
+    pub name: Arc<str>,
     /// The target, not empty, as stored (checked when materialized).
     pub target: Box<str>,
 }
@@ -70,6 +72,7 @@ pub(super) fn decode_dir(
     digest: &Digest,
     data: &[u8],
     limits: &TreeLimits,
+    names: Option<&Names>,
 ) -> Result<Dir, CasError> {
     let directory = Directory::decode(data).map_err(|source| CasError::Decode {
         what: "Directory",
@@ -77,7 +80,30 @@ pub(super) fn decode_dir(
         source,
     })?;
     check_names(digest, &directory, limits)?;
-    compact(digest.function(), digest, &directory)
+    compact(digest.function(), digest, &directory, names)
+}
+
+/// The names of the directories of one fetch, each held once: a forest repeats a few thousand
+/// names millions of times. Bounded by what the fetch holds, and dropped with it.
+#[derive(Debug, Default)]
+pub(super) struct Names(dashmap::DashSet<Arc<str>>);
+
+impl Names {
+    fn get(&self, name: &str) -> Arc<str> {
+        if let Some(found) = self.0.get(name) {
+            return found.clone();
+        }
+        let name: Arc<str> = name.into();
+        self.0.insert(name.clone());
+        name
+    }
+}
+
+fn name_of(names: Option<&Names>, name: &str) -> Arc<str> {
+    match names {
+        Some(names) => names.get(name),
+        None => name.into(),
+    }
 }
 
 /// The canonical encoding of a `Directory` as a blob (prost writes fields in tag order and
@@ -92,6 +118,7 @@ pub(super) fn compact(
     function: DigestFunction,
     digest: &Digest,
     directory: &Directory,
+    names: Option<&Names>,
 ) -> Result<Dir, CasError> {
     let invalid = |reason: String| CasError::InvalidDirectory { digest: *digest, reason };
     let files = directory
@@ -102,7 +129,7 @@ pub(super) fn compact(
                 Digest::from_proto_field(function, file.digest.as_ref(), "FileNode.digest")
                     .map_err(|err| invalid(format!("file {:?}: {err}", file.name)))?;
             Ok(FileEntry {
-                name: file.name.as_str().into(),
+                name: name_of(names, &file.name),
                 digest,
                 is_executable: file.is_executable,
             })
@@ -115,7 +142,7 @@ pub(super) fn compact(
             let digest =
                 Digest::from_proto_field(function, dir.digest.as_ref(), "DirectoryNode.digest")
                     .map_err(|err| invalid(format!("directory {:?}: {err}", dir.name)))?;
-            Ok(DirEntry { name: dir.name.as_str().into(), digest })
+            Ok(DirEntry { name: name_of(names, &dir.name), digest })
         })
         .collect::<Result<_, CasError>>()?;
     let symlinks = directory
@@ -126,7 +153,7 @@ pub(super) fn compact(
                 return Err(invalid(format!("symlink {:?} has an empty or NUL target", link.name)));
             }
             Ok(SymlinkEntry {
-                name: link.name.as_str().into(),
+                name: name_of(names, &link.name),
                 target: link.target.as_str().into(),
             })
         })

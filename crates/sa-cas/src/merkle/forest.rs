@@ -136,6 +136,7 @@ fn fetch_levels(
         roots.iter().copied().filter(|d| seen.insert(*d)).collect()
     };
     let root_set: HashSet<Digest> = frontier.iter().copied().collect();
+    let names = Names::default();
     let mut depth = 0;
     while !frontier.is_empty() {
         if depth > limits.max_depth {
@@ -152,7 +153,7 @@ fn fetch_levels(
             )));
         }
         let mut next = Vec::new();
-        for (digest, directory) in fetch_level(cas, &frontier, &parent, limits)? {
+        for (digest, directory) in fetch_level(cas, &frontier, &parent, limits, &names)? {
             for child in &directory.directories {
                 let child_digest = child.digest;
                 if !directories.contains_key(&child_digest)
@@ -177,6 +178,7 @@ fn fetch_level(
     frontier: &[Digest],
     parent: &HashMap<Digest, (Digest, String)>,
     limits: &TreeLimits,
+    names: &Names,
 ) -> Result<Vec<(Digest, Dir)>, CasError> {
     read_in_batches(cas, frontier)
         .and_then(|blobs| {
@@ -184,7 +186,7 @@ fn fetch_level(
                 .par_iter()
                 .zip(blobs.par_iter())
                 .map(|(digest, data)| {
-                    decode_dir(digest, data, limits)
+                    decode_dir(digest, data, limits, Some(names))
                         .map_err(|err| err.context(describe(parent, digest)))
                         .map(|directory| (*digest, directory))
                 })

@@ -84,7 +84,7 @@ pub fn validate_directory(
     limits: &TreeLimits,
 ) -> Result<(), CasError> {
     check_names(digest, directory, limits)?;
-    compact(function, digest, directory).map(|_| ())
+    compact(function, digest, directory, None).map(|_| ())
 }
 
 /// Every check of [`validate_directory`] but the digests and symlink targets (which

@@ -88,9 +88,10 @@ pub fn run(cas: &dyn Store, input: &GenerateInput) -> Generated {
 /// Renders a SpeculativeActions blob as lines: per action, its label (from `labels`) and one
 /// line per overlay `TYPE element:path <- content-of-target`; then `artifact` lines.
 pub fn render(cas: &dyn Store, generated: &Generated, labels: &[(&str, Digest)]) -> Vec<String> {
-    let message = SpeculativeActions::decode(generated.encoded.clone()).unwrap();
+    let encoded = cas.read_blob(&generated.digest).unwrap();
+    let message = SpeculativeActions::decode(encoded.clone()).unwrap();
     // The manual encoding is prost's encoding.
-    assert_eq!(message.encode_to_vec(), generated.encoded.to_vec());
+    assert_eq!(message.encode_to_vec(), encoded.to_vec());
     let f = cas.digest_function();
     let label = |proto: &sa_proto::reapi::Digest| {
         let digest = Digest::from_proto(f, proto).unwrap();

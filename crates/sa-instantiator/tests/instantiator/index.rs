@@ -73,9 +73,12 @@ fn object_path(cas: &LocalCas, digest: &Digest) -> std::path::PathBuf {
 #[test]
 fn the_index_generate_stores_is_the_one_derived_from_its_blob() {
     let c = case(&GenerateConfig::default());
-    let derived =
-        ActionsIndex::from_speculative_actions(F, c.generated.digest, &c.generated.encoded)
-            .unwrap();
+    let derived = ActionsIndex::from_speculative_actions(
+        F,
+        c.generated.digest,
+        &c.cas.read_blob(&c.generated.digest).unwrap(),
+    )
+    .unwrap();
     let Lookup::Found(stored) = ActionsIndex::load(&c.cas, &c.generated.digest).unwrap() else {
         panic!("generate stores the index")
     };
@@ -144,7 +147,7 @@ fn a_hostile_actions_index_is_refused_rebuilt_and_replaced() {
     let spec = c.generated.digest;
     let (reference, _) = instantiate(&c.cas, c.sources2, &spec, false);
     let valid = sa_proto::sa::v1::ActionsIndex::decode(
-        ActionsIndex::from_speculative_actions(F, spec, &c.generated.encoded)
+        ActionsIndex::from_speculative_actions(F, spec, &c.cas.read_blob(&spec).unwrap())
             .unwrap()
             .to_blob(F)
             .data()

@@ -3,7 +3,7 @@
 //! outcomes through the stored actions index equal those of the blob decoded.
 
 use proptest::prelude::*;
-use sa_cas::{DigestFunction, MemoryCas};
+use sa_cas::{Cas, DigestFunction, MemoryCas};
 use sa_generator::actions_index::Lookup;
 use sa_generator::{ActionsIndex, ElementTrees, GenerateConfig, GenerateInput, generate};
 use sa_instantiator::{ElementState, InstantiateConfig, Instantiator};
@@ -62,7 +62,7 @@ proptest! {
         let instantiator = Instantiator::new(&cas, vec![state.clone()], InstantiateConfig::default()).unwrap();
         let outcomes = instantiator.instantiate_element("e", &spec.digest).unwrap();
         // The index generate stored is the blob's, and gives the blob's result.
-        let derived = ActionsIndex::from_speculative_actions(DigestFunction::Sha256, spec.digest, &spec.encoded).unwrap();
+        let derived = ActionsIndex::from_speculative_actions(DigestFunction::Sha256, spec.digest, &cas.read_blob(&spec.digest).unwrap()).unwrap();
         let Lookup::Found(stored) = ActionsIndex::load(&cas, &spec.digest).unwrap() else { panic!("stored") };
         prop_assert_eq!(stored, derived);
         let config = InstantiateConfig { index: false, ..Default::default() };
