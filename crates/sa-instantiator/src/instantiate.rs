@@ -231,12 +231,16 @@ struct ElementWork<'f> {
     forest: &'f Forest,
     overlays: Vec<(Origin, Digest)>,
     resolutions: Vec<OnceLock<Resolution>>,
-    /// Directory → directories it appears in (within this element's input trees).
-    parents: HashMap<Digest, Vec<Digest>>,
-    /// File digest → directories that hold it directly.
-    holders: HashMap<Digest, Vec<Digest>>,
-    /// Changing digest → every directory whose subtree holds it.
-    ancestors: DashMap<Digest, Arc<HashSet<Digest>>>,
+    /// Each directory of the forest by a dense id (4 bytes where a digest takes 48: a large
+    /// element's forest holds millions of entries).
+    dir_ids: HashMap<Digest, u32>,
+    /// Directory id → ids of the directories it appears in (within this element's input trees).
+    parents: Vec<Vec<u32>>,
+    /// File digest → ids of the directories that hold it directly, for the digests that may
+    /// change (the others never need their ancestors).
+    holders: HashMap<Digest, Vec<u32>>,
+    /// Changing digest → ids of every directory whose subtree holds it, sorted.
+    ancestors: DashMap<Digest, Arc<Vec<u32>>>,
     raw_dirs: DashMap<Digest, Bytes>,
     memo: DashMap<MemoKey, Digest>,
     groups: DashMap<Arc<[u32]>, Arc<Group>>,
@@ -941,16 +945,30 @@ enum RewriteError {
 
 impl<'f> ElementWork<'f> {
     fn new(forest: &'f Forest, overlays: Overlays, resolutions: Resolutions) -> Self {
-        let mut parents: HashMap<Digest, Vec<Digest>> = HashMap::new();
-        let mut holders: HashMap<Digest, Vec<Digest>> = HashMap::new();
-        let targets: HashSet<Digest> = overlays.iter().map(|(_, t)| *t).collect();
-        for (digest, directory) in forest.directories() {
+        let may_change: HashSet<Digest> = overlays
+            .iter()
+            .zip(&resolutions)
+            .filter(|((_, target), resolution)| match resolution.get() {
+                None => true,
+                Some(Resolution::Replace(new)) => new != target,
+                Some(Resolution::Skip | Resolution::Unresolved(_)) => false,
+            })
+            .map(|((_, target), _)| *target)
+            .collect();
+        let mut digests: Vec<Digest> = forest.directories().keys().copied().collect();
+        digests.sort_unstable();
+        let dir_ids: HashMap<Digest, u32> =
+            digests.iter().enumerate().map(|(i, d)| (*d, i as u32)).collect();
+        let mut parents: Vec<Vec<u32>> = vec![Vec::new(); digests.len()];
+        let mut holders: HashMap<Digest, Vec<u32>> = HashMap::new();
+        for (id, digest) in digests.iter().enumerate() {
+            let directory = forest.get(digest).expect("listed by the forest");
             for dir in &directory.directories {
-                parents.entry(dir.digest).or_default().push(*digest);
+                parents[dir_ids[&dir.digest] as usize].push(id as u32);
             }
             for file in &directory.files {
-                if targets.contains(&file.digest) {
-                    holders.entry(file.digest).or_default().push(*digest);
+                if may_change.contains(&file.digest) {
+                    holders.entry(file.digest).or_default().push(id as u32);
                 }
             }
         }
@@ -958,6 +976,7 @@ impl<'f> ElementWork<'f> {
             forest,
             overlays,
             resolutions,
+            dir_ids,
             parents,
             holders,
             ancestors: DashMap::new(),
@@ -976,7 +995,11 @@ impl<'f> ElementWork<'f> {
         let mut at_root = Vec::new();
         for (target, ids) in changing {
             let group = self.intern(ids);
-            if self.ancestors_of(target).contains(root) {
+            if self
+                .dir_ids
+                .get(root)
+                .is_some_and(|id| self.ancestors_of(target).binary_search(id).is_ok())
+            {
                 at_root.push((*target, group.id));
             }
             groups.insert(*target, group);
@@ -996,9 +1019,13 @@ impl<'f> ElementWork<'f> {
         if children.is_empty() {
             return out;
         }
-        let mut positions: HashMap<Digest, Vec<usize>> = HashMap::with_capacity(children.len());
-        for (i, child) in children.iter().enumerate() {
-            positions.entry(child.digest).or_default().push(i);
+        let ids: Vec<Option<u32>> =
+            children.iter().map(|child| self.dir_ids.get(&child.digest).copied()).collect();
+        let mut positions: HashMap<u32, Vec<usize>> = HashMap::with_capacity(children.len());
+        for (i, id) in ids.iter().enumerate() {
+            if let Some(id) = id {
+                positions.entry(*id).or_default().push(i);
+            }
         }
         for &(target, group) in signature {
             let ancestors = self.ancestors_of(&target);
@@ -1009,8 +1036,8 @@ impl<'f> ElementWork<'f> {
                     }
                 }
             } else {
-                for (i, child) in children.iter().enumerate() {
-                    if ancestors.contains(&child.digest) {
+                for (i, id) in ids.iter().enumerate() {
+                    if id.is_some_and(|id| ancestors.binary_search(&id).is_ok()) {
                         out[i].push((target, group));
                     }
                 }
@@ -1048,23 +1075,23 @@ impl<'f> ElementWork<'f> {
             .expect("targets have overlays")
     }
 
-    /// Every directory whose subtree holds a file with this digest.
-    fn ancestors_of(&self, target: &Digest) -> Arc<HashSet<Digest>> {
+    /// The ids of every directory whose subtree holds a file with this digest, sorted.
+    fn ancestors_of(&self, target: &Digest) -> Arc<Vec<u32>> {
         if let Some(found) = self.ancestors.get(target) {
             return found.clone();
         }
-        let mut seen: HashSet<Digest> = HashSet::new();
-        let mut stack: Vec<Digest> = self.holders.get(target).cloned().unwrap_or_default();
+        let mut seen: HashSet<u32> = HashSet::new();
+        let mut stack: Vec<u32> = self.holders.get(target).cloned().unwrap_or_default();
         while let Some(dir) = stack.pop() {
-            if seen.insert(dir)
-                && let Some(parents) = self.parents.get(&dir)
-            {
-                stack.extend(parents.iter().copied());
+            if seen.insert(dir) {
+                stack.extend(self.parents[dir as usize].iter().copied());
             }
         }
-        let seen = Arc::new(seen);
-        self.ancestors.insert(*target, seen.clone());
-        seen
+        let mut found: Vec<u32> = seen.into_iter().collect();
+        found.sort_unstable();
+        let found = Arc::new(found);
+        self.ancestors.insert(*target, found.clone());
+        found
     }
 
     fn raw_directory<S: Store + ?Sized>(
