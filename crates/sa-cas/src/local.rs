@@ -460,6 +460,8 @@ impl crate::BlobSink for LocalSink<'_> {
         let LocalSink { cas, file, hasher } = *self;
         let tmp = file.into_inner().map_err(|e| io_error(cas.cas_tmp())(e.into_error()))?;
         let digest = hasher.finish();
+        // An object already there is verified as a write would (and the temp file dropped before
+        // it is written back, which costs less than renaming it over the object).
         if cas.holds(&digest)? {
             return Ok(digest);
         }

@@ -8,9 +8,9 @@ use prost::Message;
 use rayon::prelude::*;
 use sa_cas::merkle::{self, Forest, TreeLimits};
 use sa_cas::{BlobSink, CasError, Digest, DigestFunction, Store, merkle::join};
-use sa_proto::buildstream::v2::speculative_actions::SpeculativeAction;
 use sa_proto::reapi::Action;
 use sa_proto::wire::{
+    SPECULATIVE_ACTION_BASE_ACTION_DIGEST, SPECULATIVE_ACTION_OVERLAYS,
     SPECULATIVE_ACTIONS_ACTIONS, SPECULATIVE_ACTIONS_ARTIFACT_OVERLAYS, put_length_delimited,
 };
 
@@ -427,6 +427,7 @@ impl Run<'_> {
         let producer_index: HashMap<Digest, usize> =
             roots.iter().enumerate().map(|(i, (a, _))| (*a, i)).collect();
         let memo: DashMap<(Digest, String), Arc<Entry>> = DashMap::new();
+        let encodings: Encodings = (0..index.len()).map(|_| Default::default()).collect();
         let mut indexed = Vec::new();
         let mut out = Vec::new();
         for (chunk_index, chunk) in roots.chunks(ATTRIBUTION_CHUNK).enumerate() {
@@ -441,7 +442,7 @@ impl Run<'_> {
                         }
                         None => true,
                     };
-                    attribute(forest, index, &memo, action, root, allowed)
+                    attribute(forest, index, &encodings, &memo, action, root, allowed)
                 })
                 .collect();
             progress(Progress::Done(chunk.len()));
@@ -495,6 +496,7 @@ struct Attributed {
 fn attribute(
     forest: &Forest,
     index: &OriginIndex,
+    encodings: &Encodings,
     memo: &DashMap<(Digest, String), Arc<Entry>>,
     action: &Digest,
     root: &Digest,
@@ -510,13 +512,28 @@ fn attribute(
     if overlays.is_empty() {
         return Attributed { encoded: None, origin_ids: Vec::new(), counts, unattributed };
     }
-    let message = SpeculativeAction {
-        base_action_digest: Some(action.to_proto()),
-        overlays: overlays.iter().map(|(d, id)| index.origin(*id).to_overlay(d)).collect(),
-    };
+    // The message as prost writes it (fields in number order), each distinct overlay encoded
+    // once per run: millions of references share tens of thousands of overlays.
+    let mut encoded = Vec::new();
+    let base = action.to_proto().encode_to_vec();
+    put_length_delimited(&mut encoded, SPECULATIVE_ACTION_BASE_ACTION_DIGEST, &base);
+    for (digest, id) in &overlays {
+        let origin = index.origin(*id);
+        if digest == index.digest(*id) {
+            let overlay = encodings[*id as usize]
+                .get_or_init(|| origin.to_overlay(digest).encode_to_vec().into_boxed_slice());
+            put_length_delimited(&mut encoded, SPECULATIVE_ACTION_OVERLAYS, overlay);
+        } else {
+            let overlay = origin.to_overlay(digest).encode_to_vec();
+            put_length_delimited(&mut encoded, SPECULATIVE_ACTION_OVERLAYS, &overlay);
+        }
+    }
     let origin_ids = overlays.iter().map(|(_, id)| *id).collect();
-    Attributed { encoded: Some(message.encode_to_vec()), origin_ids, counts, unattributed }
+    Attributed { encoded: Some(encoded), origin_ids, counts, unattributed }
 }
+
+/// Each origin's `Overlay` encoding (with its own digest as the target), made on first use.
+type Encodings = Vec<std::sync::OnceLock<Box<[u8]>>>;
 
 /// The trees origins come from: the element's sources, and its dependencies' sources and
 /// artifacts.

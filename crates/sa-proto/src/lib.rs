@@ -53,6 +53,10 @@ pub mod wire {
     pub const SPECULATIVE_ACTIONS_ACTIONS: u32 = 1;
     /// `SpeculativeActions.artifact_overlays` (repeated `Overlay`).
     pub const SPECULATIVE_ACTIONS_ARTIFACT_OVERLAYS: u32 = 2;
+    /// `SpeculativeAction.base_action_digest`.
+    pub const SPECULATIVE_ACTION_BASE_ACTION_DIGEST: u32 = 1;
+    /// `SpeculativeAction.overlays` (repeated `Overlay`).
+    pub const SPECULATIVE_ACTION_OVERLAYS: u32 = 2;
     /// `Directory.files` (repeated `FileNode`).
     pub const DIRECTORY_FILES: u32 = 1;
     /// `Directory.directories` (repeated `DirectoryNode`).
@@ -102,7 +106,14 @@ pub mod wire {
                 ..Default::default()
             }
             .encode_to_vec();
-            assert_eq!(encoded, one_field(SPECULATIVE_ACTIONS_ARTIFACT_OVERLAYS, overlay));
+            assert_eq!(encoded, one_field(SPECULATIVE_ACTIONS_ARTIFACT_OVERLAYS, overlay.clone()));
+            let action = SpeculativeAction {
+                base_action_digest: Some(digest.clone()),
+                overlays: vec![overlay.clone()],
+            };
+            let mut expected = one_field(SPECULATIVE_ACTION_BASE_ACTION_DIGEST, digest.clone());
+            expected.extend(one_field(SPECULATIVE_ACTION_OVERLAYS, overlay));
+            assert_eq!(action.encode_to_vec(), expected);
             let file = FileNode { name: "f".into(), ..Default::default() };
             let encoded = Directory { files: vec![file.clone()], ..Default::default() };
             assert_eq!(encoded.encode_to_vec(), one_field(DIRECTORY_FILES, file));
