@@ -254,6 +254,14 @@ impl Digest {
         Ok(Digest { function, hash, size })
     }
 
+    /// The digest of a hash and size as a decoder found them (for borrowing decoders), or
+    /// `None` where [`Digest::from_proto`] would fail.
+    pub(crate) fn from_wire(function: DigestFunction, hash: &str, size_bytes: i64) -> Option<Self> {
+        let size = u64::try_from(size_bytes).ok()?;
+        let hash = parse_hash(function, hash).ok()?;
+        Some(Digest { function, hash, size })
+    }
+
     /// Converts an optional proto digest field, naming the field when it is absent.
     pub fn from_proto_field(
         function: DigestFunction,

@@ -74,6 +74,9 @@ pub(super) fn decode_dir(
     limits: &TreeLimits,
     names: Option<&Names>,
 ) -> Result<Dir, CasError> {
+    if let Some(dir) = super::fast::decode_dir_fast(digest, data, limits, names) {
+        return Ok(dir);
+    }
     let directory = Directory::decode(data).map_err(|source| CasError::Decode {
         what: "Directory",
         digest: *digest,
@@ -81,6 +84,17 @@ pub(super) fn decode_dir(
     })?;
     check_names(digest, &directory, limits)?;
     compact(digest.function(), digest, &directory, names)
+}
+
+/// The prost path's validation and conversion of a decoded Directory (for the fast path's tests).
+#[cfg(test)]
+pub(super) fn check_names_and_compact(
+    digest: &Digest,
+    directory: &Directory,
+    limits: &TreeLimits,
+) -> Result<Dir, CasError> {
+    check_names(digest, directory, limits)?;
+    compact(digest.function(), digest, directory, None)
 }
 
 /// The names of the directories of one fetch, each held once: a forest repeats a few thousand
@@ -99,7 +113,7 @@ impl Names {
     }
 }
 
-fn name_of(names: Option<&Names>, name: &str) -> Arc<str> {
+pub(super) fn name_of(names: Option<&Names>, name: &str) -> Arc<str> {
     match names {
         Some(names) => names.get(name),
         None => name.into(),

@@ -9,6 +9,7 @@
 mod batch;
 mod builder;
 mod codec;
+mod fast;
 mod forest;
 mod ingest;
 mod materialize;
