@@ -16,7 +16,7 @@ use sa_proto::wire::{
 
 use crate::actions_index::{ActionsIndex, IndexedAction};
 use crate::index::OriginIndex;
-use crate::model::{Origin, OriginKind, overlay_order};
+use crate::model::{Origin, OriginKind};
 
 /// An element's trees: its name and, where they exist, its source and artifact roots.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -730,10 +730,12 @@ fn collect(
     (overlays, unattributed)
 }
 
+/// Sorts an action's overlays in [`overlay_order`](crate::model::overlay_order) and drops repeats. Every overlay targets its
+/// origin's own digest (an origin is chosen among the candidates of the digest it replaces), so
+/// the origin's precomputed rank is the order.
 fn sort_overlays(index: &OriginIndex, overlays: &mut Vec<(Digest, u32)>) {
-    overlays.sort_unstable_by(|a, b| {
-        overlay_order(&(a.0, index.origin(a.1)), &(b.0, index.origin(b.1)))
-    });
+    debug_assert!(overlays.iter().all(|(digest, id)| digest == index.digest(*id)));
+    overlays.sort_unstable_by_key(|(_, id)| index.rank(*id));
     overlays.dedup();
 }
 

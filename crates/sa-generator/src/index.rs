@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use sa_cas::Digest;
 
-use crate::model::{Origin, OriginKind, SuffixChooser, compare_for};
+use crate::model::{Origin, OriginKind, SuffixChooser, compare_for, overlay_order};
 
 /// Lists longer than this get a suffix trie.
 const TRIE_THRESHOLD: usize = 8;
@@ -32,6 +32,8 @@ impl Candidates {
 pub struct OriginIndex {
     origins: Vec<Origin>,
     digests: Vec<Digest>,
+    /// Each origin's position in [`overlay_order`] (with its own digest as the target).
+    ranks: Vec<u32>,
     by_digest: HashMap<Digest, Candidates>,
 }
 
@@ -58,12 +60,27 @@ impl OriginIndex {
                     Some(SuffixChooser::build(&candidates.ids, |id| &origins[id as usize]));
             }
         }
-        OriginIndex { origins, digests, by_digest }
+        let mut order: Vec<u32> = (0..origins.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| {
+            let key = |id: u32| (digests[id as usize], &origins[id as usize]);
+            overlay_order(&key(a), &key(b))
+        });
+        let mut ranks = vec![0u32; order.len()];
+        for (rank, id) in order.into_iter().enumerate() {
+            ranks[id as usize] = rank as u32;
+        }
+        OriginIndex { origins, digests, ranks, by_digest }
     }
 
     /// The origin with id `id` (from [`OriginIndex::select`]).
     pub fn origin(&self, id: u32) -> &Origin {
         &self.origins[id as usize]
+    }
+
+    /// The position of the overlay of origin `id` (targeting its own digest) in
+    /// [`overlay_order`]: sorting by it sorts by that order without comparing strings.
+    pub fn rank(&self, id: u32) -> u32 {
+        self.ranks[id as usize]
     }
 
     /// The digest of the origin with id `id`.
