@@ -450,8 +450,12 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             actions.iter().enumerate().map(|(i, a)| (a.base, i)).collect();
         let mut planned = Vec::with_capacity(actions.len());
         for (action, changing) in actions.into_iter().zip(changing) {
-            let IndexedAction { base, overlays: mut overlay_ids } = action;
-            overlay_ids.sort_unstable_by_key(|id| (overlays[*id as usize].1, *id));
+            // Ascending ids are already in (target, id) order: the index's table is sorted by
+            // target first.
+            let IndexedAction { base, overlays: overlay_ids } = action;
+            debug_assert!(overlay_ids.windows(2).all(|w| {
+                (overlays[w[0] as usize].1, w[0]) < (overlays[w[1] as usize].1, w[1])
+            }));
             let mut producers: Vec<usize> = overlay_ids
                 .iter()
                 .filter_map(|id| overlays[*id as usize].0.producer)
