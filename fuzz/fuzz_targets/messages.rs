@@ -1,10 +1,11 @@
-//! Action, Command, ActionResult, SpeculativeActions and Artifact from outside: decode, and
-//! convert every digest and overlay the way the pipeline does.
+//! Action, Command, ActionResult, SpeculativeActions, Artifact and an actions index from
+//! outside: decode, and convert every digest and overlay the way the pipeline does.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use sa_cas::{Digest, DigestFunction};
+use sa_generator::ActionsIndex;
 use sa_generator::model::Origin;
 use sa_proto::buildstream::v2::{Artifact, SpeculativeActions};
 use sa_proto::reapi::{Action, ActionResult, Command};
@@ -13,7 +14,7 @@ const F: DigestFunction = DigestFunction::Sha256;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&kind, data)) = data.split_first() else { return };
-    match kind % 5 {
+    match kind % 6 {
         0 => {
             if let Ok(a) = Action::decode(data) {
                 let _ = Digest::from_proto_field(F, a.command_digest.as_ref(), "command");
@@ -42,6 +43,12 @@ fuzz_target!(|data: &[u8]| {
                     let _ = Origin::from_overlay(F, overlay);
                 }
             }
+        }
+        4 => {
+            // As the instantiator reads a stored index, and as it indexes a blob.
+            let expected = F.hash_bytes(data);
+            let _ = ActionsIndex::from_blob(F, &expected, data);
+            let _ = ActionsIndex::from_speculative_actions(F, expected, data);
         }
         _ => {
             if let Ok(a) = Artifact::decode(data) {

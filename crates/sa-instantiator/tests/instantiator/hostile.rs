@@ -44,6 +44,8 @@ proptest! {
         let _ = ActionResult::decode(data.as_slice());
         let _ = SpeculativeActions::decode(data.as_slice());
         let _ = Artifact::decode(data.as_slice());
+        let _ = sa_generator::ActionsIndex::from_blob(F, &digest, &data);
+        let _ = sa_generator::ActionsIndex::from_speculative_actions(F, digest, &data);
         let text = String::from_utf8_lossy(&data);
         let _ = Digest::parse(F, &text);
         let _ = Digest::from_proto(F, &sa_proto::reapi::Digest { hash: text.into_owned(), size_bytes: data.len() as i64 - 5 });
