@@ -21,6 +21,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "== cargo package (every crate as it would be published, built from its package)"
+# cargo verifies each package against the others built as registry crates, which it takes to
+# be immutable: a build of ours from an earlier run (same version, same checkout path) would be
+# reused, sources and all. Forget every build of our crates and their extracted packages first
+# (on a fresh clone there are none; locally, the tests below rebuild them anyway).
+for extracted in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/; do
+  rm -rf "$extracted"sa-*
+done
+rm -rf target/debug/.fingerprint/sa-*
 cargo package --workspace --locked --offline --allow-dirty --quiet
 echo "== examples (each library crate used alone)"
 for example in sa-proto:wire sa-exec:run_locally sa-generator:generate_in_memory \
