@@ -41,8 +41,11 @@ casd_dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$SA_BUILDBOX_DIR/buildbox-casd" --bind="127.0.0.1:$port" "$casd_dir" 2>/dev/null &
 casd=$!
-cargo run --quiet --locked -p sa-cas --example cas_client -- "grpc://127.0.0.1:$port" crates/sa-cli/demo \
-    | grep -q "src/main.c" || { kill "$casd"; echo "the cas_client example failed against casd" >&2; exit 1; }
+# The output is read whole before it is searched: `grep -q` on a pipe would close it at the
+# first match, and the example's next print would fail with a broken pipe.
+listed=$(cargo run --quiet --locked -p sa-cas --example cas_client -- "grpc://127.0.0.1:$port" \
+    crates/sa-cli/demo) && grep -q "src/main.c" <<<"$listed" \
+    || { kill "$casd"; echo "the cas_client example failed against casd" >&2; exit 1; }
 kill "$casd"; wait "$casd" 2>/dev/null || true; rm -rf "$casd_dir"
 echo "== fuzz (a bounded run of every target; scripts/fuzz.sh SECONDS for a campaign)"
 bash scripts/fuzz.sh "${SA_FUZZ_SECONDS:-20}"
