@@ -153,16 +153,7 @@ fn bench_duplicate_content(c: &mut Criterion) {
             b.iter(|| sa_generator::generate(&cas, &case.input, &config).expect("generate"))
         });
         let spec = sa_generator::generate(&cas, &case.input, &config).expect("generate").digest;
-        let states = || {
-            vec![sa_instantiator::ElementState {
-                name: "py.bst".into(),
-                sources: Some(case.sources2),
-                previous_key: Some("1".into()),
-                current_key: Some("2".into()),
-                previous_speculative_actions: Some(spec),
-                ..Default::default()
-            }]
-        };
+        let states = || vec![case.state(spec)];
         group.bench_function(
             BenchmarkId::new("instantiate", format!("{name}/files={files}")),
             |b| {

@@ -707,6 +707,20 @@ pub struct DuplicateCase {
     pub sources2: Digest,
 }
 
+impl DuplicateCase {
+    /// The element's state after the edit, with `spec`, its SpeculativeActions before it.
+    pub fn state(&self, spec: Digest) -> sa_instantiator::ElementState {
+        sa_instantiator::ElementState {
+            name: self.input.element.name.clone(),
+            sources: Some(self.sources2),
+            previous_key: Some("1".into()),
+            current_key: Some("2".into()),
+            previous_speculative_actions: Some(spec),
+            ..Default::default()
+        }
+    }
+}
+
 /// Stores a [`DuplicateCase`] of `files` files in `store`.
 pub fn duplicate_case(
     store: &(impl Cas + ?Sized),

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use sa_benches::workload;
 use sa_cas::{DigestFunction, MemoryCas};
 use sa_generator::GenerateConfig;
-use sa_instantiator::{ElementState, InstantiateConfig, Instantiator};
+use sa_instantiator::{InstantiateConfig, Instantiator};
 use serde_json::json;
 
 fn median(mut runs: Vec<f64>) -> f64 {
@@ -38,16 +38,9 @@ fn main() -> Result<()> {
         let spec = spec.context("generated")?;
         let mut instantiate = Vec::new();
         for _ in 0..3 {
-            let state = ElementState {
-                name: "py.bst".into(),
-                sources: Some(case.sources2),
-                previous_key: Some("1".into()),
-                current_key: Some("2".into()),
-                previous_speculative_actions: Some(spec),
-                ..Default::default()
-            };
             let start = Instant::now();
-            let instantiator = Instantiator::new(&cas, vec![state], InstantiateConfig::default())?;
+            let states = vec![case.state(spec)];
+            let instantiator = Instantiator::new(&cas, states, InstantiateConfig::default())?;
             instantiator.instantiate_element("py.bst", &spec)?;
             instantiate.push(start.elapsed().as_secs_f64());
         }

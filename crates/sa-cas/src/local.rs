@@ -290,11 +290,6 @@ impl LocalCas {
         self.rename_into_place(digest, kind, tmp)
     }
 
-    /// Renames a filled temp blob to its object path.
-    fn persist_temp(&self, digest: &Digest, tmp: tempfile::NamedTempFile) -> Result<(), CasError> {
-        self.rename_into_place(digest, Kind::Blob, tmp)
-    }
-
     fn rename_into_place(
         &self,
         digest: &Digest,
@@ -465,7 +460,7 @@ impl crate::BlobSink for LocalSink<'_> {
         if cas.holds(&digest)? {
             return Ok(digest);
         }
-        cas.persist_temp(&digest, tmp)?;
+        cas.rename_into_place(&digest, Kind::Blob, tmp)?;
         Ok(digest)
     }
 }

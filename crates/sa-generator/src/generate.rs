@@ -517,16 +517,13 @@ fn attribute(
     let mut encoded = Vec::new();
     let base = action.to_proto().encode_to_vec();
     put_length_delimited(&mut encoded, SPECULATIVE_ACTION_BASE_ACTION_DIGEST, &base);
+    // Each overlay targets its origin's own digest (see `sort_overlays`), so an origin's
+    // encoding is the overlay's.
     for (digest, id) in &overlays {
-        let origin = index.origin(*id);
-        if digest == index.digest(*id) {
-            let overlay = encodings[*id as usize]
-                .get_or_init(|| origin.to_overlay(digest).encode_to_vec().into_boxed_slice());
-            put_length_delimited(&mut encoded, SPECULATIVE_ACTION_OVERLAYS, overlay);
-        } else {
-            let overlay = origin.to_overlay(digest).encode_to_vec();
-            put_length_delimited(&mut encoded, SPECULATIVE_ACTION_OVERLAYS, &overlay);
-        }
+        let overlay = encodings[*id as usize].get_or_init(|| {
+            index.origin(*id).to_overlay(digest).encode_to_vec().into_boxed_slice()
+        });
+        put_length_delimited(&mut encoded, SPECULATIVE_ACTION_OVERLAYS, overlay);
     }
     let origin_ids = overlays.iter().map(|(_, id)| *id).collect();
     Attributed { encoded: Some(encoded), origin_ids, counts, unattributed }

@@ -436,11 +436,10 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         resolutions: &Resolutions,
     ) -> Result<Vec<Planned>, InstantiateError> {
         let may_change = |action: &IndexedAction| {
-            action.overlays.iter().any(|&id| match resolutions[id as usize].get() {
-                None => true,
-                Some(Resolution::Replace(new)) => *new != overlays[id as usize].1,
-                Some(Resolution::Skip | Resolution::Unresolved(_)) => false,
-            })
+            action
+                .overlays
+                .iter()
+                .any(|&id| may_replace(resolutions[id as usize].get(), &overlays[id as usize].1))
         };
         let changing: Vec<bool> = actions.par_iter().map(may_change).collect();
         let to_read: Vec<Digest> =
@@ -942,6 +941,16 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
     }
 }
 
+/// Whether an overlay may replace `target` with another digest: its resolution does, or it is
+/// not known yet (it waits for a producer of the element).
+fn may_replace(resolution: Option<&Resolution>, target: &Digest) -> bool {
+    match resolution {
+        None => true,
+        Some(Resolution::Replace(new)) => new != target,
+        Some(Resolution::Skip | Resolution::Unresolved(_)) => false,
+    }
+}
+
 enum RewriteError {
     Store(Box<CasError>),
     Splice(Digest, String),
@@ -952,11 +961,7 @@ impl<'f> ElementWork<'f> {
         let may_change: HashSet<Digest> = overlays
             .iter()
             .zip(&resolutions)
-            .filter(|((_, target), resolution)| match resolution.get() {
-                None => true,
-                Some(Resolution::Replace(new)) => new != target,
-                Some(Resolution::Skip | Resolution::Unresolved(_)) => false,
-            })
+            .filter(|((_, target), resolution)| may_replace(resolution.get(), target))
             .map(|((_, target), _)| *target)
             .collect();
         let mut digests: Vec<Digest> = forest.directories().keys().copied().collect();
