@@ -1,28 +1,45 @@
-//! `cargo xtask layering`: the dependency direction proto <- cas <- generator <- instantiator
-//! <- cli is a fact this check enforces, from `cargo metadata`.
+//! `cargo xtask layering`: the crates' dependency DAG is a fact this check enforces, from
+//! `cargo metadata`. Each crate lists the workspace crates it may depend on directly; a
+//! dependency on anything those reach is allowed too (sa-prime may name sa-generator, which
+//! sa-instantiator stands on), nothing else is (buck2 keeps its banned pairs in a test the same
+//! way). ARCHITECTURE.md draws the same DAG.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-/// Workspace library crates in layering order; a crate may depend only on crates before it.
-/// A new crate takes its place in this line: sa-proxy (the recording proxy) sits right above
-/// sa-cas, sa-exec (execution) above it, sa-prime (the priming loop) above the instantiator.
-pub const LAYERS: &[&str] = &[
-    "sa-proto",
-    "sa-cas",
-    "sa-proxy",
-    "sa-exec",
-    "sa-generator",
-    "sa-instantiator",
-    "sa-prime",
-    "sa-cli",
+/// Every workspace library crate and the crates it stands on directly. A new crate finds its
+/// place here; an edge not drawn here (sa-generator -> sa-exec, sa-proxy -> sa-generator) is
+/// a violation even where it would not make a cycle.
+pub const DAG: &[(&str, &[&str])] = &[
+    ("sa-proto", &[]),
+    ("sa-cas", &["sa-proto"]),
+    ("sa-proxy", &["sa-proto", "sa-cas"]),
+    ("sa-exec", &["sa-proto", "sa-cas"]),
+    ("sa-generator", &["sa-proto", "sa-cas"]),
+    ("sa-instantiator", &["sa-generator"]),
+    ("sa-prime", &["sa-exec", "sa-instantiator"]),
+    ("sa-cli", &["sa-proxy", "sa-prime"]),
 ];
 
-/// Crates outside the line: they may depend on any layer, and no layer may depend on them.
+/// Crates outside the DAG: they may depend on any crate, and no crate may depend on them.
 pub const TOOLS: &[&str] = &["sa-benches", "xtask"];
+
+/// The crates `name` may depend on: what it stands on, and all those reach.
+pub fn allowed(name: &str) -> Option<BTreeSet<&'static str>> {
+    let direct = |crate_name: &str| DAG.iter().find(|(n, _)| *n == crate_name).map(|(_, d)| *d);
+    let mut reached = BTreeSet::new();
+    let mut todo: Vec<&'static str> = direct(name)?.to_vec();
+    while let Some(next) = todo.pop() {
+        if reached.insert(next) {
+            todo.extend(direct(next).unwrap_or_default());
+        }
+    }
+    Some(reached)
+}
 
 /// Fails naming every upward or unknown dependency between workspace crates.
 pub fn check(root: &Path) -> Result<()> {
@@ -54,6 +71,7 @@ pub fn check(root: &Path) -> Result<()> {
             (name, deps)
         })
         .collect();
+    dag_is_acyclic()?;
     let violations = violations(&edges);
     if violations.is_empty() {
         Ok(())
@@ -64,24 +82,36 @@ pub fn check(root: &Path) -> Result<()> {
 
 /// The layering violations among `(crate, workspace dependencies)` pairs.
 pub fn violations(edges: &[(String, Vec<String>)]) -> Vec<String> {
-    let rank = |name: &str| LAYERS.iter().position(|layer| *layer == name);
+    let placed = |name: &str| DAG.iter().any(|(n, _)| *n == name);
     let mut found = Vec::new();
     for (name, deps) in edges {
         let is_tool = TOOLS.contains(&name.as_str());
-        let Some(own) = rank(name).or(if is_tool { Some(usize::MAX) } else { None }) else {
+        let allowed = allowed(name);
+        if allowed.is_none() && !is_tool {
             found.push(format!("{name} is not placed in the layering (xtask/src/layering.rs)"));
             continue;
-        };
+        }
         for dep in deps {
-            match rank(dep) {
-                Some(dep_rank) if dep_rank < own => {}
-                Some(_) => found.push(format!("{name} depends on {dep}, which is not below it")),
-                None if TOOLS.contains(&dep.as_str()) => {
-                    found.push(format!("{name} depends on the tool crate {dep}"))
-                }
-                None => found.push(format!("{name} depends on {dep}, which is not placed")),
+            if TOOLS.contains(&dep.as_str()) {
+                found.push(format!("{name} depends on the tool crate {dep}"));
+            } else if !placed(dep) {
+                found.push(format!("{name} depends on {dep}, which is not placed"));
+            } else if let Some(allowed) = &allowed
+                && !allowed.contains(dep.as_str())
+            {
+                found.push(format!("{name} depends on {dep}, which is not below it in the DAG"));
             }
         }
     }
     found
+}
+
+/// Every edge of the DAG closes nothing into a cycle (each crate's reach excludes itself).
+pub fn dag_is_acyclic() -> Result<()> {
+    for (name, _) in DAG {
+        if allowed(name).is_some_and(|reach| reach.contains(name)) {
+            bail!("the layering DAG has a cycle through {name}");
+        }
+    }
+    Ok(())
 }

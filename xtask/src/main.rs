@@ -4,8 +4,8 @@
 //! - `codegen [--check]`: regenerate `crates/sa-proto/src/generated` from the vendored protos
 //!   (pure Rust: protox compiles the protos, tonic-prost-build emits the code); `--check` fails
 //!   when the checked-in code differs from what would be generated.
-//! - `layering`: fail if any workspace crate depends upward in proto <- cas <- exec <-
-//!   generator <- instantiator <- cli.
+//! - `layering`: fail if any workspace crate depends on one its place in the crates' DAG
+//!   (`layering::DAG`) does not reach.
 //! - `workload --profile small|medium|large --out DIR [--seed N]`: the synthetic two-build
 //!   workload (runs the `sa-workload` binary of sa-benches in release mode).
 //! - `bench-report [--profiles medium,large] [--runs N]`: writes BENCHMARKS.md.

@@ -26,7 +26,27 @@ fn edges(pairs: &[(&str, &[&str])]) -> Vec<(String, Vec<String>)> {
 #[test]
 fn layering_rejects_upward_dependency() {
     let found = layering::violations(&edges(&[("sa-cas", &["sa-proto", "sa-generator"])]));
-    assert_eq!(found, ["sa-cas depends on sa-generator, which is not below it"]);
+    assert_eq!(found, ["sa-cas depends on sa-generator, which is not below it in the DAG"]);
+}
+
+#[test]
+fn layering_rejects_edges_a_line_would_accept() {
+    // Below in the old line (proto <- cas <- proxy <- exec <- generator), not in the DAG.
+    let found = layering::violations(&edges(&[
+        ("sa-generator", &["sa-exec"]),
+        ("sa-generator", &["sa-proxy"]),
+        ("sa-exec", &["sa-proxy"]),
+        ("sa-proxy", &["sa-exec"]),
+    ]));
+    assert_eq!(
+        found,
+        [
+            "sa-generator depends on sa-exec, which is not below it in the DAG",
+            "sa-generator depends on sa-proxy, which is not below it in the DAG",
+            "sa-exec depends on sa-proxy, which is not below it in the DAG",
+            "sa-proxy depends on sa-exec, which is not below it in the DAG",
+        ]
+    );
 }
 
 #[test]
@@ -39,7 +59,7 @@ fn layering_rejects_self_and_sideways_and_unplaced() {
     assert_eq!(
         found,
         [
-            "sa-generator depends on sa-generator, which is not below it",
+            "sa-generator depends on sa-generator, which is not below it in the DAG",
             "sa-cli depends on the tool crate xtask",
             "sa-mystery is not placed in the layering (xtask/src/layering.rs)",
         ]
@@ -47,14 +67,18 @@ fn layering_rejects_self_and_sideways_and_unplaced() {
 }
 
 #[test]
-fn layering_accepts_the_designed_line() {
+fn layering_accepts_the_designed_dag_and_its_reach() {
     let found = layering::violations(&edges(&[
         ("sa-proto", &[]),
         ("sa-cas", &["sa-proto"]),
+        ("sa-proxy", &["sa-cas", "sa-proto"]),
+        ("sa-exec", &["sa-cas", "sa-proto"]),
         ("sa-generator", &["sa-cas", "sa-proto"]),
         ("sa-instantiator", &["sa-generator", "sa-cas"]),
-        ("sa-cli", &["sa-instantiator", "sa-generator", "sa-cas", "sa-proto"]),
+        ("sa-prime", &["sa-exec", "sa-instantiator", "sa-generator", "sa-cas"]),
+        ("sa-cli", &["sa-prime", "sa-proxy", "sa-exec", "sa-instantiator", "sa-generator"]),
         ("sa-benches", &["sa-cli", "sa-cas"]),
     ]));
     assert!(found.is_empty(), "{found:?}");
+    layering::dag_is_acyclic().expect("the DAG has no cycle");
 }

@@ -2,7 +2,7 @@
 //! graph: read every subaction's Action and every distinct Directory of their input trees and
 //! of the elements' trees once, in batches, and decode them. Prints what it read as JSON.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use prost::Message;
@@ -21,7 +21,7 @@ fn main() -> Result<()> {
     }
     let store = LocalCas::open(PathBuf::from(cas), LocalCasConfig::default())?;
     let f = DigestFunction::Sha256;
-    let graph = Graph::load(Path::new(graph), f, u64::MAX)?;
+    let graph = Graph::parse(&std::fs::read_to_string(graph)?, f)?;
     let mut actions = Vec::new();
     let mut roots = Vec::new();
     for element in &graph.elements {

@@ -60,7 +60,7 @@ fn digest_of(proto: Option<&sa_proto::reapi::Digest>) -> Result<Digest> {
 }
 
 fn read_floor(cas: &Path, graph: &Path) -> Result<serde_json::Value> {
-    let graph = Graph::load(graph, F, u64::MAX)?;
+    let graph = Graph::parse(&std::fs::read_to_string(graph)?, F)?;
     let mut roots: Vec<Digest> = Vec::new();
     let mut actions: Vec<Digest> = Vec::new();
     for element in &graph.elements {
@@ -107,7 +107,7 @@ fn output_floor(bytes: usize, dir: &Path) -> Result<serde_json::Value> {
 }
 
 fn speculative_floor(cas: &Path, graph: &Path) -> Result<serde_json::Value> {
-    let graph = Graph::load(graph, F, u64::MAX)?;
+    let graph = Graph::parse(&std::fs::read_to_string(graph)?, F)?;
     let blobs: Vec<Digest> = graph.elements.iter().filter_map(|e| e.speculative_actions).collect();
     let counts: Vec<(usize, usize)> = blobs
         .par_iter()

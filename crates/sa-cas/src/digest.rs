@@ -212,6 +212,18 @@ pub struct Digest {
 }
 
 impl Digest {
+    /// Checks that content which hashed to `actual` is this digest's: `SizeMismatch` when the
+    /// sizes differ, `DigestMismatch` when the hashes do. Every comparison of content with
+    /// the digest it came under goes through here.
+    pub fn verify(&self, actual: &Digest) -> Result<(), crate::CasError> {
+        if actual.size() != self.size() {
+            Err(crate::CasError::SizeMismatch { digest: *self, actual: actual.size() })
+        } else if actual != self {
+            Err(crate::CasError::DigestMismatch { expected: *self, actual: *actual })
+        } else {
+            Ok(())
+        }
+    }
     /// A digest from its parts; fails when `size` does not fit an `int64`.
     pub fn new(
         function: DigestFunction,

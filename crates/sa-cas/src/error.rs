@@ -89,7 +89,7 @@ pub enum CasError {
         reason: String,
     },
     /// A local store holds blobs of another digest function than the one asked for.
-    #[error("the store at {} holds {holds} blobs ({why}), not {wanted} (see --digest-function)", path.display())]
+    #[error("the store at {} holds {holds} blobs ({why}), not {wanted}", path.display())]
     StoreDigestFunction {
         /// The store's directory.
         path: PathBuf,

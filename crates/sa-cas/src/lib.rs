@@ -27,6 +27,8 @@
 
 #![deny(missing_docs)]
 
+mod action;
+mod bounded;
 mod confined;
 mod digest;
 mod error;
@@ -41,6 +43,8 @@ mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use action::DecodedAction;
+pub use bounded::{BoundedReadError, read_bounded, read_bounded_text};
 pub use confined::{ConfinedDir, EntryKind, Missing, segments};
 pub use digest::{CopyError, Digest, DigestFunction, HASH_LEN, Hasher};
 pub use error::{CasError, ResultExt, error_chain};

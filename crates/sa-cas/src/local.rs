@@ -387,15 +387,11 @@ impl Cas for LocalCas {
             CopyError::Read(err) => io_error(&path)(err),
             CopyError::Write(err) => io_error("<output>")(err),
         })?;
-        if actual.size() != digest.size() {
-            let err = CasError::SizeMismatch { digest: *digest, actual: actual.size() };
-            return Err(self.corrupt(err, &path));
+        match digest.verify(&actual) {
+            Err(err @ CasError::SizeMismatch { .. }) => Err(self.corrupt(err, &path)),
+            Err(err) if self.config.verify_reads => Err(self.corrupt(err, &path)),
+            _ => Ok(()),
         }
-        if self.config.verify_reads && actual != *digest {
-            let err = CasError::DigestMismatch { expected: *digest, actual };
-            return Err(self.corrupt(err, &path));
-        }
-        Ok(())
     }
 
     fn spool(&self) -> Result<Box<dyn crate::BlobSink + '_>, CasError> {

@@ -29,6 +29,14 @@ impl Blob {
         Blob { digest: function.hash_bytes(&data), data }
     }
 
+    /// `data` hashed and checked against `expected`: the one "hash, compare, mismatch" check
+    /// (a size that differs is `SizeMismatch`, a hash `DigestMismatch`).
+    pub fn verified(expected: &Digest, data: impl Into<Bytes>) -> Result<Blob, CasError> {
+        let blob = Blob::new(expected.function(), data);
+        expected.verify(blob.digest())?;
+        Ok(blob)
+    }
+
     /// A blob whose digest the caller has just computed or verified.
     pub fn from_verified(digest: Digest, data: Bytes) -> Blob {
         debug_assert_eq!(digest.size(), data.len() as u64, "blob size and digest disagree");
@@ -93,12 +101,10 @@ pub trait Cas: Send + Sync + fmt::Debug {
 
     /// Stores a file whose digest the caller computed; the content is verified on the way in.
     fn write_file(&self, digest: &Digest, path: &Path) -> Result<(), CasError> {
+        check_function(self.digest_function(), digest)?;
         let data = std::fs::read(path).map_err(io_error(path))?;
-        let blob = Blob::new(self.digest_function(), data);
-        if blob.digest() != digest {
-            return Err(CasError::DigestMismatch { expected: *digest, actual: *blob.digest() }
-                .context(format!("storing {}", path.display())));
-        }
+        let blob = Blob::verified(digest, data)
+            .map_err(|err| err.context(format!("storing {}", path.display())))?;
         self.write_blobs(&[blob])
     }
 
@@ -187,10 +193,7 @@ pub(crate) fn check_content(digest: &Digest, data: &[u8], verify: bool) -> Resul
         return Err(CasError::SizeMismatch { digest: *digest, actual: data.len() as u64 });
     }
     if verify {
-        let actual = digest.function().hash_bytes(data);
-        if actual != *digest {
-            return Err(CasError::DigestMismatch { expected: *digest, actual });
-        }
+        digest.verify(&digest.function().hash_bytes(data))?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! provisioned or started, the harness panics with the reason: tests never skip silently.
 
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -43,6 +44,8 @@ pub struct Casd {
     port: u16,
     log: PathBuf,
     extra: Vec<String>,
+    /// Stopped or killed (and reaped): its process group is never signalled again.
+    ended: bool,
 }
 
 impl Casd {
@@ -88,8 +91,10 @@ impl Casd {
     pub fn restart(&mut self) {
         self.kill();
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        // The old handle's Drop kills a process that is already gone: harmless.
-        *self = Casd::start_on(&self.store, &extra, Some(self.port));
+        let new = Casd::start_on(&self.store, &extra, Some(self.port));
+        // The old handle is `ended`: dropping it signals nothing (its group id may belong to
+        // another process by now).
+        *self = new;
     }
 
     fn start_on(store: &Path, extra: &[&str], fixed_port: Option<u16>) -> Casd {
@@ -104,6 +109,8 @@ impl Casd {
             let log_file = std::fs::File::create(&log).expect("creating the casd log");
             let path = format!("{}:{}", bb.display(), std::env::var("PATH").unwrap_or_default());
             let child = Command::new(bb.join("buildbox-casd"))
+                // Its own process group: its FUSE staging helper and runners go with it.
+                .process_group(0)
                 .arg(format!("--bind=127.0.0.1:{port}"))
                 .arg("--log-level=warning")
                 .args(extra)
@@ -117,7 +124,7 @@ impl Casd {
                     panic!("cannot start {}: {err}", bb.join("buildbox-casd").display())
                 });
             let extra = extra.iter().map(|e| (*e).to_owned()).collect();
-            let mut casd = Casd { child, store: store.clone(), port, log, extra };
+            let mut casd = Casd { child, store: store.clone(), port, log, extra, ended: false };
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -158,16 +165,82 @@ impl Casd {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Kills casd now (the store stays).
+    /// Kills casd now, as a crash would (the store stays): SIGKILL to its process group, so
+    /// its FUSE helper and runners go too, and every mount left under its store unmounted.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !std::mem::replace(&mut self.ended, true) {
+            stop_process_group(&mut self.child, Duration::ZERO);
+        }
+        unmount_below(&self.store);
+    }
+
+    /// Stops casd as a supervisor would: SIGTERM, a bounded wait, then SIGKILL to the group;
+    /// mounts left under its store are unmounted.
+    pub fn stop(&mut self) {
+        if !std::mem::replace(&mut self.ended, true) {
+            stop_process_group(&mut self.child, Duration::from_secs(5));
+        }
+        unmount_below(&self.store);
     }
 }
 
 impl Drop for Casd {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
+    }
+}
+
+/// Ends a child started as the leader of its own process group: SIGTERM to the leader and a
+/// wait of at most `grace` (none: straight to SIGKILL), then SIGKILL to the whole group, which
+/// also ends helpers that outlive the leader; reaps the leader.
+pub fn stop_process_group(child: &mut Child, grace: Duration) {
+    use rustix::process::{Pid, Signal, kill_process, kill_process_group};
+    let pid = Pid::from_child(child);
+    if child.try_wait().ok().flatten().is_none() && !grace.is_zero() {
+        let _ = kill_process(pid, Signal::TERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // The group may outlive its leader (a FUSE helper): end it whatever became of the leader.
+    let _ = kill_process_group(pid, Signal::KILL);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The mount points below `dir` (from `/proc/self/mountinfo`, deepest first).
+pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut found: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        // mountinfo escapes space, tab, newline and backslash as octal.
+        .map(|point| PathBuf::from(point.replace("\\040", " ").replace("\\011", "\t")))
+        .filter(|point| point.starts_with(dir) && point != dir)
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
+}
+
+/// Unmounts (lazily: a helper may still hold it) every mount below `dir`.
+pub fn unmount_below(dir: &Path) {
+    for point in mounts_below(dir) {
+        let unmounted = Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&point)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            || Command::new("umount")
+                .arg("-l")
+                .arg(&point)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        if !unmounted {
+            eprintln!("harness: cannot unmount {}", point.display());
+        }
     }
 }
 
@@ -649,6 +722,8 @@ pub struct BuildGrid {
     log: PathBuf,
     port: u16,
     instance: String,
+    /// Killed (and reaped): its process group is never signalled again.
+    ended: bool,
 }
 
 impl BuildGrid {
@@ -715,6 +790,7 @@ instances:
             log,
             port,
             instance: instance.into(),
+            ended: false,
         };
         wait_for_port(port, &mut grid.child, "bgd", &grid.log, Duration::from_secs(90));
         grid
@@ -725,13 +801,15 @@ instances:
     pub fn restart(&mut self) {
         self.kill();
         self.child = spawn_bgd(&buildgrid_tools(), &self.config, &self.log);
+        self.ended = false;
         wait_for_port(self.port, &mut self.child, "bgd", &self.log, Duration::from_secs(90));
     }
 
-    /// Kills BuildGrid now.
+    /// Kills BuildGrid now, as a crash would (SIGKILL to its process group).
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !std::mem::replace(&mut self.ended, true) {
+            stop_process_group(&mut self.child, Duration::ZERO);
+        }
     }
 
     /// The endpoint, `grpc://127.0.0.1:PORT`.
@@ -762,6 +840,7 @@ fn spawn_bgd(tools: &BuildGridTools, config: &Path, log: &Path) -> Child {
         .open(log)
         .expect("opening BuildGrid's log");
     Command::new(&tools.bgd)
+        .process_group(0)
         .args(["server", "start"])
         .arg(config)
         .stdin(Stdio::null())
@@ -773,6 +852,9 @@ fn spawn_bgd(tools: &BuildGridTools, config: &Path, log: &Path) -> Child {
 
 impl Drop for BuildGrid {
     fn drop(&mut self) {
-        self.kill();
+        // Gracefully first: its worker processes and database connections end with it.
+        if !std::mem::replace(&mut self.ended, true) {
+            stop_process_group(&mut self.child, Duration::from_secs(5));
+        }
     }
 }

@@ -11,8 +11,10 @@ use sa_generator::{ElementTrees, GenerateConfig, GenerateInput};
 use sa_instantiator::{ElementState, InstantiateConfig, InstantiatedAction, Instantiator};
 use serde_json::json;
 
+use crate::args::StoreArgs;
 use crate::graph::{self, Element};
-use crate::{StoreArgs, Ui, store};
+use crate::store;
+use crate::ui::Ui;
 
 #[derive(Debug, Args)]
 pub(crate) struct GenerateArgs {

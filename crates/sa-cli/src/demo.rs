@@ -13,8 +13,9 @@ use sa_cas::merkle::{self, TreeLimits};
 use sa_cas::{Digest, DigestFunction, LocalCas, LocalCasConfig};
 use serde_json::{Value, json};
 
+use crate::args::StoreArgs;
 use crate::graph::{Element, Graph};
-use crate::{StoreArgs, Ui};
+use crate::ui::Ui;
 
 macro_rules! example_files {
     ($($path:literal),* $(,)?) => {
@@ -283,10 +284,12 @@ impl Demo {
 
 pub(crate) fn demo(args: &StoreArgs, cmd: &DemoArgs, ui: &mut Ui) -> Result<()> {
     if args.remote.is_some() {
-        crate::usage!("sa demo runs on a local store of its own: drop --remote (or SA_REMOTE)");
+        crate::exit::usage!(
+            "sa demo runs on a local store of its own: drop --remote (or SA_REMOTE)"
+        );
     }
     if cmd.jobs == 0 {
-        crate::usage!("--jobs must be at least 1");
+        crate::exit::usage!("--jobs must be at least 1");
     }
     let work = WorkDir::new(cmd.workdir.as_deref())?;
     let store_dir = work.path.join("store");

@@ -11,7 +11,9 @@ use sa_proto::buildstream::v2::{Artifact, SpeculativeActions};
 use sa_proto::reapi::{self, Action, ActionResult, Command, Directory, Tree};
 use serde_json::{Value, json};
 
-use crate::{StoreArgs, Ui, store};
+use crate::args::StoreArgs;
+use crate::store;
+use crate::ui::Ui;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Kind {

@@ -5,13 +5,15 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::Args;
 use sa_cas::Store;
-use sa_exec::{Executor, LocalExecutor, Outcome, RemoteExecutor, RemoteOptions};
+use sa_exec::{Executor, LocalExecutor, RemoteExecutor, RemoteOptions};
 use sa_instantiator::Instantiator;
 use sa_prime::{Event, PrimeReport, Status, StatusKind, Stores};
 use serde_json::json;
 
+use crate::args::StoreArgs;
 use crate::commands::{InstantiateArgs, Plan, plan};
-use crate::{StoreArgs, Ui, store};
+use crate::store;
+use crate::ui::Ui;
 
 #[derive(Debug, Args)]
 pub(crate) struct PrimeArgs {
@@ -31,7 +33,7 @@ pub(crate) struct PrimeArgs {
     /// /usr read-only, no network), on the host unsandboxed (none), or bwrap where installed
     /// (auto).
     #[arg(long, value_enum, default_value = "auto")]
-    sandbox: crate::SandboxChoice,
+    sandbox: crate::args::SandboxChoice,
     /// Actions executing at once [default: 64 on an execution service, the number of CPUs
     /// with --local].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -141,13 +143,17 @@ fn setup(args: &StoreArgs, cmd: &PrimeArgs, timeout: Duration) -> Result<Setup> 
     };
     if cmd.local {
         if args.remote.is_some() {
-            crate::usage!("sa prime takes --local or an execution service (--remote, --executor)");
+            crate::exit::usage!(
+                "sa prime takes --local or an execution service (--remote, --executor)"
+            );
         }
         if cmd.no_wait {
-            crate::usage!("--no-wait needs an execution service: --local runs every action here");
+            crate::exit::usage!(
+                "--no-wait needs an execution service: --local runs every action here"
+            );
         }
         let build = store::open_local_store(args)?;
-        let config = crate::exec_config(args, cmd.sandbox, timeout)?;
+        let config = crate::args::exec_config(args, cmd.sandbox, timeout)?;
         let jobs = cmd.jobs.map_or_else(
             || std::thread::available_parallelism().map_or(2, |n| n.get()),
             |j| j as usize,
@@ -160,7 +166,7 @@ fn setup(args: &StoreArgs, cmd: &PrimeArgs, timeout: Duration) -> Result<Setup> 
         });
     }
     match (&args.cas, &args.remote, &cmd.executor) {
-        (_, None, None) => crate::usage!(
+        (_, None, None) => crate::exit::usage!(
             "sa prime needs an execution service (--remote URL, --executor URL) or --local"
         ),
         // A remote store only: read and write it, execute on it or on --executor.
@@ -270,11 +276,4 @@ fn print_report(ui: &mut Ui, report: &PrimeReport, executor: &str) -> Result<()>
         ))?;
     }
     Ok(())
-}
-
-/// Executes one action and returns its outcome (for `record`).
-pub(crate) fn execute_one(executor: &dyn Executor, action: &sa_cas::Digest) -> Outcome {
-    let mut outcome = None;
-    executor.execute_all(std::slice::from_ref(action), &mut |f| outcome = Some(f.outcome));
-    outcome.unwrap_or_else(|| Outcome::Failed(format!("Execute {action}: no outcome")))
 }

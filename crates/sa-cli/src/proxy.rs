@@ -7,12 +7,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use sa_cas::{ActionCache, Digest, merkle, read_message};
-use sa_proto::reapi::Action;
+use sa_cas::{ActionCache, Digest, merkle};
 use serde_json::{Value, json};
 
+use crate::args::StoreArgs;
 use crate::graph::{Element, Graph};
-use crate::{StoreArgs, Ui, store};
+use crate::store;
+use crate::ui::Ui;
 
 #[derive(Debug, Args)]
 pub(crate) struct ProxyArgs {
@@ -209,14 +210,9 @@ fn from_recording(args: &StoreArgs, cmd: &FromRecordingArgs, ui: &mut Ui) -> Res
     let mut roots = Vec::with_capacity(actions.len());
     let mut outputs = Vec::with_capacity(actions.len());
     for action in &actions {
-        let decoded: Action = read_message(store, action, "Action")
-            .with_context(|| format!("recorded action {action}"))?;
-        let root = Digest::from_proto_field(
-            function,
-            decoded.input_root_digest.as_ref(),
-            "Action.input_root_digest",
-        )
-        .with_context(|| format!("recorded action {action}"))?;
+        let root = sa_cas::DecodedAction::read(store, action)
+            .with_context(|| format!("recorded action {action}"))?
+            .input_root;
         roots.push(root);
         let result = store.get_action_result(action)?.with_context(|| {
             format!("recorded action {action} has no ActionResult in {}", opened.description)

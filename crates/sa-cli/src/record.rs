@@ -20,7 +20,8 @@ use clap::Args;
 use sa_cas::{Cas, Digest, merkle, write_message};
 use sa_proto::reapi::{Action, ActionResult, Command, command::EnvironmentVariable};
 
-use crate::{StoreArgs, store};
+use crate::args::StoreArgs;
+use crate::store;
 
 /// The environment every recorded Command carries, whatever the host's: the same compile has
 /// the same Action digest on every machine with the same toolchain, so caches are shared.
@@ -86,7 +87,7 @@ pub(crate) struct RecordArgs {
     /// where installed (auto). Outputs of cached results are only ever written to the
     /// declared output paths.
     #[arg(long, value_enum, default_value = "auto")]
-    sandbox: crate::SandboxChoice,
+    sandbox: crate::args::SandboxChoice,
     /// Deadline of one compile, in seconds.
     #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     timeout: u64,
@@ -465,7 +466,7 @@ impl Recorded<'_> {
         let cas = &opened.store;
         let Some(grpc) = &opened.grpc else {
             let timeout = Duration::from_secs(self.cmd.timeout);
-            let config = crate::exec_config(args, self.cmd.sandbox, timeout)?;
+            let config = crate::args::exec_config(args, self.cmd.sandbox, timeout)?;
             let executed = sa_exec::execute_cached(cas, action, &config)?;
             if executed.cached
                 && let Err(err) = sa_exec::write_outputs(cas, command, &executed.result, self.cwd)
@@ -475,7 +476,7 @@ impl Recorded<'_> {
                 // the entry and any corrupt object.
                 tracing::warn!(
                     "action {action}: the cached result is unusable, compiling instead: {}",
-                    sa_generator::error_chain(&err)
+                    sa_cas::error_chain(&err)
                 );
                 return Ok((sa_exec::execute(cas, action, &config)?, false));
             }
@@ -487,7 +488,7 @@ impl Recorded<'_> {
             ..Default::default()
         };
         let executor = sa_exec::RemoteExecutor::new(grpc.connection().clone(), options);
-        match crate::prime::execute_one(&executor, action) {
+        match sa_exec::Executor::execute_one(&executor, action) {
             sa_exec::Outcome::Cached(result) => Ok((result, true)),
             sa_exec::Outcome::Executed(result) => Ok((result, false)),
             sa_exec::Outcome::Failed(why) => bail!("{why}"),

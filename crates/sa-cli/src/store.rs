@@ -8,7 +8,7 @@ use sa_cas::{
     DigestFunction, GrpcCas, GrpcConfig, Limited, LocalCas, LocalCasConfig, Metered, Store,
 };
 
-use crate::StoreArgs;
+use crate::args::StoreArgs;
 
 /// The store a command works on, with in-memory reads bounded by `--max-blob-bytes` and
 /// metered for `--stats`.
@@ -60,7 +60,7 @@ pub(crate) fn grpc_config(args: &StoreArgs, endpoint: &str) -> Result<GrpcConfig
     config.rpc_timeout = std::time::Duration::from_secs(args.rpc_timeout);
     for header in &args.remote_header {
         let Some((key, value)) = header.split_once('=') else {
-            crate::usage!(
+            crate::exit::usage!(
                 "--remote-header {:?}: expected KEY=VALUE",
                 header.split('=').next().unwrap_or_default()
             );
@@ -71,7 +71,7 @@ pub(crate) fn grpc_config(args: &StoreArgs, endpoint: &str) -> Result<GrpcConfig
     config.tls_client_identity = match (&args.tls_client_cert, &args.tls_client_key) {
         (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
         (None, None) => None,
-        _ => crate::usage!("--tls-client-cert and --tls-client-key go together"),
+        _ => crate::exit::usage!("--tls-client-cert and --tls-client-key go together"),
     };
     Ok(config)
 }

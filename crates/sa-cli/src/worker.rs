@@ -9,7 +9,8 @@ use clap::Args;
 use sa_cas::GrpcCas;
 use sa_exec::{BotOptions, BotWorker};
 
-use crate::{StoreArgs, store};
+use crate::args::StoreArgs;
+use crate::store;
 
 #[derive(Debug, Args)]
 pub(crate) struct WorkerArgs {
@@ -22,7 +23,7 @@ pub(crate) struct WorkerArgs {
     /// Run each command in a bubblewrap sandbox (only its input root writable, /usr read-only,
     /// no network), on the host unsandboxed (none), or bwrap where installed (auto).
     #[arg(long, value_enum, default_value = "auto")]
-    sandbox: crate::SandboxChoice,
+    sandbox: crate::args::SandboxChoice,
     /// Deadline of an action that sets none, in seconds.
     #[arg(long, default_value_t = 600, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -31,12 +32,14 @@ pub(crate) struct WorkerArgs {
 
 pub(crate) fn worker(args: &StoreArgs, cmd: &WorkerArgs) -> Result<()> {
     let Some(endpoint) = &args.remote else {
-        crate::usage!("sa worker needs --remote URL: the execution service whose leases it runs");
+        crate::exit::usage!(
+            "sa worker needs --remote URL: the execution service whose leases it runs"
+        );
     };
     let mut properties = Vec::new();
     for property in &cmd.property {
         let Some((key, value)) = property.split_once('=') else {
-            crate::usage!("--property {property:?}: expected KEY=VALUE");
+            crate::exit::usage!("--property {property:?}: expected KEY=VALUE");
         };
         properties.push((key.to_owned(), value.to_owned()));
     }
@@ -50,7 +53,7 @@ pub(crate) fn worker(args: &StoreArgs, cmd: &WorkerArgs) -> Result<()> {
         }
     };
     let timeout = Duration::from_secs(cmd.timeout);
-    let exec = crate::exec_config(args, cmd.sandbox, timeout)?;
+    let exec = crate::args::exec_config(args, cmd.sandbox, timeout)?;
     let mut config = store::grpc_config(args, endpoint)?;
     // A long poll waits for work: give it longer than one RPC.
     config.rpc_timeout = config.rpc_timeout.max(Duration::from_secs(60));

@@ -54,6 +54,14 @@ pub trait Executor: Send + Sync + fmt::Debug {
     /// every action has its outcome.
     fn execute_all(&self, actions: &[Digest], done: &mut dyn FnMut(Finished));
 
+    /// Executes one action and returns its outcome (an executor that broke its contract and
+    /// delivered none is `Failed`, naming the action).
+    fn execute_one(&self, action: &Digest) -> Outcome {
+        let mut outcome = None;
+        self.execute_all(std::slice::from_ref(action), &mut |f| outcome = Some(f.outcome));
+        outcome.unwrap_or_else(|| Outcome::Failed(format!("Execute {action}: no outcome")))
+    }
+
     /// Counters of the work done so far (retries, resumed streams).
     fn counters(&self) -> ExecutorCounters {
         ExecutorCounters::default()

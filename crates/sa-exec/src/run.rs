@@ -12,7 +12,8 @@ use std::os::unix::process::CommandExt;
 
 use sa_cas::merkle::{self, MaterializeOptions, TreeLimits};
 use sa_cas::{
-    Cas, CasError, ConfinedDir, Digest, EntryKind, Missing, Store, read_message, write_message,
+    Cas, CasError, ConfinedDir, DecodedAction, Digest, EntryKind, Missing, Store, read_message,
+    write_message,
 };
 
 use crate::cleanup::{GroupGuard, ScratchGuard};
@@ -208,7 +209,6 @@ impl Job {
         config: &ExecConfig,
     ) -> Result<Job, ExecError> {
         let id = *action;
-        let function = store.digest_function();
         let malformed = move |source: CasError| match source.root_cause() {
             CasError::Decode { .. }
             | CasError::InvalidDigest { .. }
@@ -218,19 +218,8 @@ impl Job {
             _ => store_error(id)(source),
         };
         let invalid = move |reason: String| ExecError::InvalidAction { action: id, reason };
-        let decoded: Action = read_message(store, action, "Action").map_err(malformed)?;
-        let command_digest = Digest::from_proto_field(
-            function,
-            decoded.command_digest.as_ref(),
-            "Action.command_digest",
-        )
-        .map_err(malformed)?;
-        let root_digest = Digest::from_proto_field(
-            function,
-            decoded.input_root_digest.as_ref(),
-            "Action.input_root_digest",
-        )
-        .map_err(malformed)?;
+        let DecodedAction { action: decoded, command: command_digest, input_root: root_digest } =
+            DecodedAction::read(store, action).map_err(malformed)?;
         let command: Command =
             read_message(store, &command_digest, "Command").map_err(malformed)?;
         if command.arguments.is_empty() {

@@ -7,8 +7,9 @@ use dashmap::DashMap;
 use prost::Message;
 use rayon::prelude::*;
 use sa_cas::merkle::{self, Forest, TreeLimits};
-use sa_cas::{BlobSink, CasError, Digest, DigestFunction, Store, merkle::join};
-use sa_proto::reapi::Action;
+use sa_cas::{
+    BlobSink, CasError, DecodedAction, Digest, DigestFunction, Store, error_chain, merkle::join,
+};
 use sa_proto::wire::{
     SPECULATIVE_ACTION_BASE_ACTION_DIGEST, SPECULATIVE_ACTION_OVERLAYS,
     SPECULATIVE_ACTIONS_ACTIONS, SPECULATIVE_ACTIONS_ARTIFACT_OVERLAYS, put_length_delimited,
@@ -593,20 +594,8 @@ fn check_input(input: &GenerateInput, function: DigestFunction) -> Result<(), Ge
     Ok(())
 }
 
-pub use sa_cas::error_chain;
-
 fn input_root(function: DigestFunction, digest: &Digest, data: &[u8]) -> Result<Digest, CasError> {
-    let action = Action::decode(data).map_err(|source| CasError::Decode {
-        what: "Action",
-        digest: *digest,
-        source,
-    })?;
-    Digest::from_proto_field(
-        function,
-        action.input_root_digest.as_ref(),
-        "Action.input_root_digest",
-    )
-    .map_err(|err| err.context(format!("Action {digest}")))
+    Ok(DecodedAction::decode(function, digest, data)?.input_root)
 }
 
 fn action_outputs(

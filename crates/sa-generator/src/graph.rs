@@ -10,7 +10,6 @@
 //! ```
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 
 use sa_cas::{Digest, DigestFunction};
 use serde::{Serialize, Serializer};
@@ -18,15 +17,29 @@ use serde_json::{Map, Value};
 
 /// What is wrong with a graph, naming the element and the key.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct GraphError(String);
+pub enum GraphError {
+    /// The graph breaks a rule of the format (the message names the element and the key).
+    #[error("{0}")]
+    Invalid(String),
+    /// The graph names a digest function other than the one it is read with.
+    #[error("the graph uses {named}, the store uses {wanted}")]
+    DigestFunction {
+        /// The graph's function.
+        named: DigestFunction,
+        /// The function it was read with (the store's).
+        wanted: DigestFunction,
+    },
+    /// A selection names an element the graph does not have.
+    #[error("unknown element {0:?}")]
+    UnknownElement(String),
+}
 
 macro_rules! bail {
-    ($($arg:tt)*) => { return Err(GraphError(format!($($arg)*))) };
+    ($($arg:tt)*) => { return Err(GraphError::Invalid(format!($($arg)*))) };
 }
 
 fn error(message: impl Into<String>) -> GraphError {
-    GraphError(message.into())
+    GraphError::Invalid(message.into())
 }
 
 fn digest_text<S: Serializer>(digest: &Option<Digest>, serializer: S) -> Result<S::Ok, S::Error> {
@@ -112,27 +125,6 @@ impl Graph {
         Graph::validated(function, elements)
     }
 
-    /// Reads and validates the graph file at `path` (at most `max_bytes`, so that a hostile
-    /// file cannot exhaust memory); digests use `function` unless the file names another,
-    /// which is then an error.
-    pub fn load(
-        path: &Path,
-        function: DigestFunction,
-        max_bytes: u64,
-    ) -> Result<Graph, GraphError> {
-        let io = |err: std::io::Error| error(format!("reading graph {}: {err}", path.display()));
-        let size = std::fs::metadata(path).map_err(io)?.len();
-        if size > max_bytes {
-            bail!(
-                "graph {}: {size} bytes, more than --max-graph-bytes {max_bytes}",
-                path.display()
-            );
-        }
-        let text = std::fs::read_to_string(path).map_err(io)?;
-        Graph::parse(&text, function)
-            .map_err(|err| error(format!("graph {}: {err}", path.display())))
-    }
-
     /// Parses and validates a graph.
     pub fn parse(text: &str, function: DigestFunction) -> Result<Graph, GraphError> {
         let value: Value =
@@ -149,7 +141,7 @@ impl Graph {
             let named: DigestFunction =
                 named.parse().map_err(|err| error(format!("key \"digest_function\": {err}")))?;
             if named != function {
-                bail!("the graph uses {named}, the store uses {function} (see --digest-function)");
+                return Err(GraphError::DigestFunction { named, wanted: function });
             }
         }
         let elements = match top.get("elements") {
@@ -247,7 +239,7 @@ impl Graph {
         let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
         for name in &wanted {
             if !self.index.contains_key(*name) {
-                bail!("unknown element {name:?} (--element)");
+                return Err(GraphError::UnknownElement((*name).to_owned()));
             }
         }
         Ok(self

@@ -51,6 +51,6 @@ pub mod model;
 pub use actions_index::{ActionsIndex, IndexedAction};
 pub use generate::{
     ElementTrees, GenerateConfig, GenerateError, GenerateInput, GenerateStats, Generated, Progress,
-    SkippedSubaction, error_chain, generate, generate_observed,
+    SkippedSubaction, generate, generate_observed,
 };
 pub use index::{Candidates, OriginIndex};

@@ -5,14 +5,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use prost::Message;
 use rayon::prelude::*;
 use sa_cas::merkle::{self, DirEntry, Forest, TreeLimits, join};
-use sa_cas::{Blob, CasError, Digest, Store};
+use sa_cas::{Blob, CasError, DecodedAction, Digest, Store};
 use sa_generator::actions_index::{IndexError, Lookup};
 use sa_generator::model::{Origin, OriginKind, SuffixChooser, compare_for};
 use sa_generator::{ActionsIndex, IndexedAction, Progress};
-use sa_proto::reapi::Action;
 
 use crate::splice;
 
@@ -486,15 +484,9 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             source: Box::new(source),
         };
         let raw = raw.map_err(action_error)?;
-        let decoded = Action::decode(raw.clone()).map_err(|source| {
-            action_error(CasError::Decode { what: "Action", digest: *base, source })
-        })?;
-        let root = Digest::from_proto_field(
-            self.store.digest_function(),
-            decoded.input_root_digest.as_ref(),
-            "Action.input_root_digest",
-        )
-        .map_err(action_error)?;
+        let root = DecodedAction::decode(self.store.digest_function(), base, raw.clone())
+            .map_err(action_error)?
+            .input_root;
         Ok((root, raw))
     }
 

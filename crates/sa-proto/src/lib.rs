@@ -11,7 +11,7 @@
 //! - `buildstream/v2/speculative_actions.proto`, with `OverlayType.ACTION = 2` and
 //!   `Overlay.source_action_digest = 3` from the branch's later commits.
 //!
-//! Every `bytes` field is a [`bytes::Bytes`], so blobs are shared rather than copied.
+//! Every `bytes` field is a [`prost::bytes::Bytes`], so blobs are shared rather than copied.
 //!
 //! ```
 //! use prost::Message;

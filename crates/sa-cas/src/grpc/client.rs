@@ -368,14 +368,7 @@ impl GrpcCas {
             (None, other) => other,
         })?;
         let state = state.into_inner();
-        let actual = state.hasher.finish();
-        if actual.size() != digest.size() {
-            return Err(CasError::SizeMismatch { digest: *digest, actual: actual.size() });
-        }
-        if actual != *digest {
-            return Err(CasError::DigestMismatch { expected: *digest, actual });
-        }
-        Ok(())
+        digest.verify(&state.hasher.finish())
     }
 
     /// Uploads a blob through ByteStream Write, reading it chunk by chunk from `source`.
@@ -560,11 +553,8 @@ impl Cas for GrpcCas {
         check_function(self.config.digest_function, digest)?;
         if digest.size() <= self.max_batch_bytes / 2 {
             let data = std::fs::read(path).map_err(io_error(path))?;
-            let blob = Blob::new(self.config.digest_function, data);
-            if blob.digest() != digest {
-                return Err(CasError::DigestMismatch { expected: *digest, actual: *blob.digest() }
-                    .context(format!("storing {}", path.display())));
-            }
+            let blob = Blob::verified(digest, data)
+                .map_err(|err| err.context(format!("storing {}", path.display())))?;
             return self.write_blobs(&[blob]);
         }
         let path_buf = path.to_path_buf();

@@ -126,7 +126,6 @@ fn upload(
     digests: &[Digest],
     dir_blobs: Vec<Blob>,
 ) -> Result<(), CasError> {
-    let function = cas.digest_function();
     let mut wanted: Vec<Digest> = dir_blobs.iter().map(|b| *b.digest()).collect();
     wanted.extend(digests.iter().copied());
     let missing: HashSet<Digest> = cas.find_missing(&wanted)?.into_iter().collect();
@@ -159,13 +158,7 @@ fn upload(
                 open_below(top, rel)?
                     .read_to_end(&mut data)
                     .map_err(io_error(&top.child_path(rel)))?;
-                let blob = Blob::new(function, data);
-                if blob.digest() != digest {
-                    let mismatch =
-                        CasError::DigestMismatch { expected: *digest, actual: *blob.digest() };
-                    return Err(mismatch.context(changed(rel)));
-                }
-                Ok(blob)
+                Blob::verified(digest, data).map_err(|mismatch| mismatch.context(changed(rel)))
             })
             .collect::<Result<Vec<_>, CasError>>()?;
         cas.write_blobs(&blobs)

@@ -4,8 +4,7 @@ use sa_cas::{Cas, CasError, DigestFunction, LocalCas, LocalCasConfig, MemoryCas,
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use sa_generator::{
-    GenerateConfig, GenerateError, GenerateInput, Progress, error_chain, generate,
-    generate_observed,
+    GenerateConfig, GenerateError, GenerateInput, Progress, generate, generate_observed,
 };
 
 use super::{action, element, render, result, run, tree};
@@ -218,7 +217,7 @@ fn missing_action_is_an_error_naming_it_unless_skipped() {
     };
     let err = generate_err(&cas, &input);
     assert_eq!(
-        error_chain(&err),
+        sa_cas::error_chain(&err),
         format!("subaction {absent} of element \"e\": Action {absent}: missing blob {absent}")
     );
     let config = GenerateConfig { skip_broken_subactions: true, ..Default::default() };
@@ -238,7 +237,7 @@ fn corrupt_action_and_missing_input_directory_are_named() {
         dependencies: vec![],
         subactions: vec![garbage],
     };
-    let err = error_chain(&generate_err(&cas, &input));
+    let err = sa_cas::error_chain(&generate_err(&cas, &input));
     assert!(
         err.starts_with(&format!(
             "subaction {garbage} of element \"e\": blob {garbage} is not a valid Action"
@@ -264,7 +263,7 @@ fn corrupt_action_and_missing_input_directory_are_named() {
     };
     let err = generate_err(&cas, &input);
     assert_eq!(
-        error_chain(&err),
+        sa_cas::error_chain(&err),
         format!(
             "subaction {act} of element \"e\": input root of Action {act}: Directory {missing_dir} at include/ below root {root}: missing blob {missing_dir}"
         )
@@ -294,7 +293,7 @@ fn unsafe_name_in_an_input_tree_is_an_error() {
         dependencies: vec![],
         subactions: vec![act],
     };
-    let err = error_chain(&generate_err(&cas, &input));
+    let err = sa_cas::error_chain(&generate_err(&cas, &input));
     assert!(
         err.ends_with(&format!("invalid Directory {root}: file name \"..\" is not allowed")),
         "{err}"
@@ -314,7 +313,9 @@ fn missing_dependency_tree_is_an_error_naming_the_dependency() {
     assert!(
         matches!(&err, GenerateError::Tree { element, what: "artifact", .. } if element == "lib.bst")
     );
-    assert!(error_chain(&err).starts_with(&format!("artifact {gone} of element \"lib.bst\"")));
+    assert!(
+        sa_cas::error_chain(&err).starts_with(&format!("artifact {gone} of element \"lib.bst\""))
+    );
 }
 
 #[test]

@@ -29,7 +29,7 @@ fn generate_over(cas: &(impl Store + ?Sized), root: Digest) -> Result<(), String
     };
     sa_generator::generate(cas, &input, &GenerateConfig::default())
         .map(|_| ())
-        .map_err(|e| sa_generator::error_chain(&e))
+        .map_err(|e| sa_cas::error_chain(&e))
 }
 
 proptest! {

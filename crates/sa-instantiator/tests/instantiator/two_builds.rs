@@ -5,7 +5,8 @@
 use sa_cas::{Cas, CasError, Digest, DigestFunction, LocalCas, LocalCasConfig, MemoryCas, Store};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use sa_generator::{ElementTrees, GenerateConfig, GenerateInput, Progress, error_chain, generate};
+use sa_cas::error_chain;
+use sa_generator::{ElementTrees, GenerateConfig, GenerateInput, Progress, generate};
 use sa_instantiator::{ElementState, InstantiateConfig, InstantiateError, Instantiator};
 
 use super::{Files, action, execute, files, ingest};
