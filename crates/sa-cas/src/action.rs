@@ -12,8 +12,9 @@ use crate::{Cas, CasError, Digest, DigestFunction};
 pub struct DecodedAction {
     /// The message as decoded (timeouts, platform, `do_not_cache`, …).
     pub action: Action,
-    /// `command_digest`.
-    pub command: Digest,
+    /// `command_digest`, when present (an Action to run needs one: [`DecodedAction::command`];
+    /// one that is only rewritten or attributed does not).
+    pub command: Option<Digest>,
     /// `input_root_digest`.
     pub input_root: Digest,
 }
@@ -35,9 +36,17 @@ impl DecodedAction {
             Digest::from_proto_field(function, proto, name)
                 .map_err(|err| err.context(format!("Action {digest}")))
         };
-        let command = field(action.command_digest.as_ref(), "Action.command_digest")?;
+        let command = match action.command_digest {
+            Some(_) => Some(field(action.command_digest.as_ref(), "Action.command_digest")?),
+            None => None,
+        };
         let input_root = field(action.input_root_digest.as_ref(), "Action.input_root_digest")?;
         Ok(DecodedAction { action, command, input_root })
+    }
+
+    /// The command digest of an Action to run: missing is `MissingField`.
+    pub fn command(&self) -> Result<Digest, CasError> {
+        self.command.ok_or(CasError::MissingField("Action.command_digest"))
     }
 
     /// Reads and decodes the Action `digest` from `cas`.

@@ -48,7 +48,10 @@ pub use bounded::{BoundedReadError, read_bounded, read_bounded_text};
 pub use confined::{ConfinedDir, EntryKind, Missing, segments};
 pub use digest::{CopyError, Digest, DigestFunction, HASH_LEN, Hasher};
 pub use error::{CasError, ResultExt, error_chain};
-pub use grpc::{Backoff, GrpcCas, GrpcConfig, GrpcConnection, is_transient, lazy_channel};
+pub use grpc::{
+    Backoff, Exhausted, GrpcCas, GrpcConfig, GrpcConnection, Retry, RetryLimit, RetryPolicy,
+    is_transient, lazy_channel, retry_call,
+};
 pub use limited::Limited;
 pub use local::{LocalCas, LocalCasConfig};
 pub use memory::MemoryCas;

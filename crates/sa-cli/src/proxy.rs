@@ -34,6 +34,66 @@ pub(crate) struct ProxyArgs {
     /// PEM private key of --listen-tls-cert.
     #[arg(long, value_name = "PEM", requires = "listen_tls_cert")]
     listen_tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    limits: ServiceLimitArgs,
+}
+
+/// What clients may make the proxy hold (anyone who can connect is a client).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Service limits")]
+pub(crate) struct ServiceLimitArgs {
+    /// Connections served at once; past it the longest-idle connection is closed, or the new
+    /// one when every connection has calls open.
+    #[arg(long, default_value_t = 1024, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Calls open at once on one connection.
+    #[arg(long, default_value_t = 128, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams_per_connection: u32,
+    /// Bytes of recorded requests (Execute, GetActionResult) buffered at once over all calls
+    /// (default 64 MiB); a call past it is answered RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_recorded_bytes: u64,
+    /// A connection that opens no call within this many seconds is closed.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    handshake_timeout: f64,
+    /// A connection with no call open for this many seconds is closed (clients reconnect).
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    idle_timeout: f64,
+}
+
+impl ServiceLimitArgs {
+    pub(crate) fn limits(&self) -> Result<sa_proxy::ProxyLimits> {
+        let seconds = |value: f64, flag: &str| {
+            std::time::Duration::try_from_secs_f64(value)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .with_context(|| format!("{flag} {value}: expected a positive number of seconds"))
+        };
+        Ok(sa_proxy::ProxyLimits {
+            max_connections: self.max_connections as usize,
+            max_streams_per_connection: self.max_streams_per_connection,
+            recorded_budget_bytes: usize::try_from(self.max_recorded_bytes).unwrap_or(usize::MAX),
+            handshake_timeout: seconds(self.handshake_timeout, "--handshake-timeout")?,
+            idle_timeout: seconds(self.idle_timeout, "--idle-timeout")?,
+            ..sa_proxy::ProxyLimits::default()
+        })
+    }
+}
+
+/// Raises this process's soft limit of open files to its hard limit: a service holds a
+/// descriptor per connection, and the usual soft limit of 1024 is a few hundred idle clients.
+pub(crate) fn raise_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(err) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!("raising the open-file limit: {err}");
+        }
+    }
 }
 
 pub(crate) fn proxy(args: &StoreArgs, cmd: &ProxyArgs, ui: &mut Ui) -> Result<()> {
@@ -41,6 +101,8 @@ pub(crate) fn proxy(args: &StoreArgs, cmd: &ProxyArgs, ui: &mut Ui) -> Result<()
     let listen = sa_proxy::Listen::parse(&cmd.listen)?;
     let mut config = sa_proxy::ProxyConfig::new(upstream, cmd.record.clone());
     config.listen_tls = cmd.listen_tls_cert.clone().zip(cmd.listen_tls_key.clone());
+    config.limits = cmd.limits.limits()?;
+    raise_file_limit();
     let proxy = sa_proxy::Proxy::start(&listen, config)
         .with_context(|| format!("starting the proxy to {}", cmd.upstream))?;
     let line = if ui.json() {

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prost::Message;
-use sa_cas::{Backoff, Cas, CasError, Digest, GrpcCas, GrpcConnection, is_transient};
+use sa_cas::{
+    Cas, CasError, Digest, Exhausted, GrpcCas, GrpcConnection, RetryLimit, RetryPolicy, retry_call,
+};
 use sa_proto::google::devtools::remoteworkers::v1test2::bots_client::BotsClient;
 use sa_proto::google::devtools::remoteworkers::v1test2::{
     BotSession, BotStatus, CreateBotSessionRequest, Device, Lease, LeaseState,
@@ -173,38 +175,28 @@ impl BotWorker {
         })
     }
 
-    /// One Bots call, retried while the service is unavailable (up to about a minute).
+    /// One Bots call, retried while the service is unavailable (up to about a minute: 20
+    /// retries of the one policy).
     fn call<F, Fut>(&self, call: &'static str, make: F) -> Result<BotSession, BotError>
     where
         F: Fn(BotsClient<tonic::transport::Channel>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<BotSession>, Status>>,
     {
-        let mut config = self.connection.config().clone();
-        config.max_retries = 20;
-        let mut backoff = Backoff::new(&config);
-        loop {
-            let client = BotsClient::new(self.connection.channel());
-            let result =
-                self.connection.runtime().block_on(make(client, self.options.poll_timeout));
-            let status = match result {
-                Ok(response) => return Ok(response.into_inner()),
-                Err(status) => status,
-            };
-            let retry = is_transient(&status) || status.code() == Code::DeadlineExceeded;
-            match retry.then(|| backoff.next_delay()).flatten() {
-                Some(delay) => {
-                    tracing::debug!(call, code = ?status.code(), ?delay, "retrying");
-                    std::thread::sleep(delay);
-                }
-                None => {
-                    return Err(BotError::Rpc {
-                        call,
-                        code: status.code(),
-                        message: status.message().to_owned(),
-                    });
-                }
-            }
-        }
+        let policy = RetryPolicy {
+            limit: RetryLimit::Retries(20),
+            ..RetryPolicy::calls(self.connection.config())
+        };
+        let attempt =
+            || make(BotsClient::new(self.connection.channel()), self.options.poll_timeout);
+        self.connection
+            .runtime()
+            .block_on(retry_call(policy, call, attempt))
+            .map(tonic::Response::into_inner)
+            .map_err(|Exhausted { status, attempts_note }| BotError::Rpc {
+                call,
+                code: status.code(),
+                message: format!("{}{attempts_note}", status.message()),
+            })
     }
 
     /// Runs a lease and marks it COMPLETED: status OK with the `ActionResult` in `result`, or

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use sa_cas::{Backoff, Digest, GrpcConnection, Store, is_transient};
+use sa_cas::{Digest, GrpcConnection, Retry, RetryLimit, RetryPolicy, Store};
 use sa_proto::google::longrunning::{Operation, operation};
 use sa_proto::reapi::execution_client::ExecutionClient;
 use sa_proto::reapi::{ActionResult, ExecuteRequest, ExecuteResponse, WaitExecutionRequest};
@@ -290,8 +290,12 @@ impl Call {
         let action = self.action;
         let deadline = started + self.options.timeout;
         let mut operation_name: Option<String> = None;
-        let mut backoff = self.backoff();
-        let mut last_progress = Instant::now();
+        let mut retry = Retry::new(RetryPolicy {
+            limit: RetryLimit::QuietFor(self.options.retry_window),
+            // DEADLINE_EXCEEDED is the execution's own deadline here: final.
+            retry_deadline_exceeded: false,
+            ..RetryPolicy::calls(self.connection.config())
+        });
         let mut permit = Some(permit);
         loop {
             let now = Instant::now();
@@ -308,8 +312,7 @@ impl Call {
             };
             if operation_name != before {
                 // The service answered (named the operation): that is progress.
-                last_progress = Instant::now();
-                backoff = self.backoff();
+                retry.progressed();
             }
             let status = match broken {
                 Broken::Ended => Status::unavailable("the stream ended before the result"),
@@ -322,7 +325,7 @@ impl Call {
                 operation_name = None;
                 continue;
             }
-            if !is_transient(&status) {
+            if !retry.policy().is_retryable(&status) {
                 let verb = if before.is_some() { "WaitExecution" } else { "Execute" };
                 return Outcome::Failed(format!(
                     "{verb} {action}: {:?}: {}",
@@ -330,16 +333,14 @@ impl Call {
                     status.message()
                 ));
             }
-            let waited = last_progress.elapsed();
-            let delay = backoff.next_delay().unwrap_or(Duration::from_secs(5));
-            if waited + delay > self.options.retry_window {
+            let Some(delay) = retry.after(&status) else {
                 return Outcome::Failed(format!(
                     "Execute {action}: {:?}: {} (retried for {:.0?} without progress)",
                     status.code(),
                     status.message(),
-                    waited
+                    retry.quiet_for()
                 ));
-            }
+            };
             if operation_name.is_some() {
                 self.counters.resumed.fetch_add(1, Ordering::Relaxed);
             }
@@ -371,12 +372,6 @@ impl Call {
 
     async fn acquire(&self) -> tokio::sync::OwnedSemaphorePermit {
         self.limit.semaphore.clone().acquire_owned().await.expect("never closed")
-    }
-
-    fn backoff(&self) -> Backoff {
-        let mut config = self.connection.config().clone();
-        config.max_retries = u32::MAX;
-        Backoff::new(&config)
     }
 
     /// One Execute (no operation yet) or WaitExecution (resuming `operation`) stream, read

@@ -218,8 +218,9 @@ impl Job {
             _ => store_error(id)(source),
         };
         let invalid = move |reason: String| ExecError::InvalidAction { action: id, reason };
-        let DecodedAction { action: decoded, command: command_digest, input_root: root_digest } =
-            DecodedAction::read(store, action).map_err(malformed)?;
+        let read = DecodedAction::read(store, action).map_err(malformed)?;
+        let command_digest = read.command().map_err(malformed)?;
+        let DecodedAction { action: decoded, input_root: root_digest, .. } = read;
         let command: Command =
             read_message(store, &command_digest, "Command").map_err(malformed)?;
         if command.arguments.is_empty() {

@@ -25,14 +25,13 @@ use serde_json::{Map, Value};
 use tonic::body::Body;
 use tower::{Service, ServiceExt};
 
+use crate::limits::{Admitted, Budget, Connections, ProxyLimits, Share, StreamGuard, Throttled};
 use crate::recording::Recorder;
 
 const EXECUTE: &str = "/build.bazel.remote.execution.v2.Execution/Execute";
 const WAIT_EXECUTION: &str = "/build.bazel.remote.execution.v2.Execution/WaitExecution";
 const GET_ACTION_RESULT: &str = "/build.bazel.remote.execution.v2.ActionCache/GetActionResult";
 const METADATA_HEADER: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
-/// The most bytes of a recorded request read whole (they are a digest and a few fields).
-const MAX_RECORDED_REQUEST: usize = 4 << 20;
 /// The most unfinished Executes remembered for their WaitExecution.
 const MAX_OPERATIONS: usize = 65_536;
 /// The most bytes of partial response messages held while watching an Execute stream.
@@ -82,12 +81,14 @@ pub struct ProxyConfig {
     /// PEM files of a certificate (chain) and its key: clients then connect with TLS
     /// (`grpcs://`), TCP listeners only.
     pub listen_tls: Option<(PathBuf, PathBuf)>,
+    /// What clients may make the proxy hold.
+    pub limits: ProxyLimits,
 }
 
 impl ProxyConfig {
     /// Forward to `upstream`, record into `record_dir`, listen without TLS.
     pub fn new(upstream: GrpcConfig, record_dir: PathBuf) -> ProxyConfig {
-        ProxyConfig { upstream, record_dir, listen_tls: None }
+        ProxyConfig { upstream, record_dir, listen_tls: None, limits: ProxyLimits::default() }
     }
 }
 
@@ -150,6 +151,13 @@ struct State {
     recorder: Recorder,
     /// Operation name → what its Execute was about, for WaitExecution.
     operations: Mutex<HashMap<String, Call>>,
+    limits: ProxyLimits,
+    /// Bytes of recorded requests buffered now.
+    budget: Arc<Budget>,
+    connections: Arc<Connections>,
+    /// Accept failures (out of file descriptors) and refused connections, said once a while.
+    accept_errors: Throttled,
+    refused: Throttled,
 }
 
 /// A running proxy; dropping it stops it.
@@ -191,6 +199,11 @@ impl Proxy {
             headers,
             recorder,
             operations: Mutex::new(HashMap::new()),
+            budget: Budget::new(config.limits.recorded_budget_bytes),
+            connections: Connections::new(config.limits.max_connections),
+            accept_errors: Throttled::new(std::time::Duration::from_secs(10)),
+            refused: Throttled::new(std::time::Duration::from_secs(10)),
+            limits: config.limits.clone(),
         });
         let acceptor = match &config.listen_tls {
             Some((cert, key)) => Some(tls_acceptor(cert, key)?),
@@ -254,27 +267,36 @@ async fn accept_tcp(
     state: Arc<State>,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
+    let mut pause = AcceptPause::default();
     loop {
-        tokio::select! {
+        let accepted = tokio::select! {
             _ = &mut stopped => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    match &acceptor {
-                        None => serve(hyper_util::rt::TokioIo::new(stream), state.clone()),
-                        Some(acceptor) => {
-                            let (acceptor, state) = (acceptor.clone(), state.clone());
-                            tokio::spawn(async move {
-                                match acceptor.accept(stream).await {
-                                    Ok(tls) => serve(hyper_util::rt::TokioIo::new(tls), state),
-                                    Err(err) => tracing::debug!("TLS handshake with {peer}: {err}"),
-                                }
-                            });
-                        }
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                pause.failed(&state, &err).await;
+                continue;
+            }
+        };
+        pause.reset();
+        let Some(admitted) = admit(&state) else { continue };
+        let _ = stream.set_nodelay(true);
+        match &acceptor {
+            None => serve(hyper_util::rt::TokioIo::new(stream), state.clone(), admitted),
+            Some(acceptor) => {
+                let (acceptor, state) = (acceptor.clone(), state.clone());
+                tokio::spawn(async move {
+                    // A handshake that never finishes holds its place only so long.
+                    let timeout = state.limits.handshake_timeout;
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve(hyper_util::rt::TokioIo::new(tls), state, admitted),
+                        Ok(Err(err)) => tracing::debug!("TLS handshake with {peer}: {err}"),
+                        Err(_) => tracing::debug!("TLS handshake with {peer}: timed out"),
                     }
-                }
-                Err(err) => tracing::warn!("accepting a connection: {err}"),
-            },
+                });
+            }
         }
     }
 }
@@ -284,29 +306,122 @@ async fn accept_unix(
     state: Arc<State>,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
+    let mut pause = AcceptPause::default();
     loop {
-        tokio::select! {
+        let accepted = tokio::select! {
             _ = &mut stopped => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => serve(hyper_util::rt::TokioIo::new(stream), state.clone()),
-                Err(err) => tracing::warn!("accepting a connection: {err}"),
-            },
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                pause.reset();
+                if let Some(admitted) = admit(&state) {
+                    serve(hyper_util::rt::TokioIo::new(stream), state.clone(), admitted);
+                }
+            }
+            Err(err) => pause.failed(&state, &err).await,
         }
     }
 }
 
-fn serve<I>(io: I, state: Arc<State>)
+/// A place for a new connection, or `None` (the connection is dropped, said once a while)
+/// when every place is taken by a busy connection.
+fn admit(state: &Arc<State>) -> Option<Admitted> {
+    let admitted = state.connections.admit();
+    if admitted.is_none()
+        && let Some(more) = state.refused.check()
+    {
+        tracing::warn!(
+            "refusing connections: all {} connections have calls open ({more} more refused \
+             since the last line)",
+            state.limits.max_connections
+        );
+    }
+    admitted
+}
+
+/// The pause after a failed accept: out of file descriptors (or another resource), the
+/// listener would fail again at once, so the loop waits, 10 ms doubling to 1 s, and makes room
+/// by closing the longest-idle connection; the failure is said once every 10 s, never in a
+/// loop.
+#[derive(Debug, Default)]
+struct AcceptPause {
+    next: Option<std::time::Duration>,
+}
+
+impl AcceptPause {
+    async fn failed(&mut self, state: &State, err: &std::io::Error) {
+        /// EMFILE and ENFILE (Linux): the process's or the system's file table is full.
+        const OUT_OF_DESCRIPTORS: [i32; 2] = [24, 23];
+        let out_of_descriptors =
+            err.raw_os_error().is_some_and(|code| OUT_OF_DESCRIPTORS.contains(&code));
+        let evicted = out_of_descriptors && state.connections.evict_idle();
+        if let Some(more) = state.accept_errors.check() {
+            tracing::warn!(
+                "accepting a connection: {err}{}; pausing accepts ({more} more failures since \
+                 the last line)",
+                if evicted { "; closed the longest-idle connection" } else { "" }
+            );
+        }
+        let pause = self.next.unwrap_or(std::time::Duration::from_millis(10));
+        self.next = Some((pause * 2).min(std::time::Duration::from_secs(1)));
+        tokio::time::sleep(pause).await;
+    }
+
+    fn reset(&mut self) {
+        self.next = None;
+    }
+}
+
+fn serve<I>(io: I, state: Arc<State>, admitted: Admitted)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
-        let service = hyper::service::service_fn(move |request| handle(request, state.clone()));
+        let conn = admitted.conn.clone();
+        let limits = state.limits.clone();
+        let service = {
+            let conn = conn.clone();
+            hyper::service::service_fn(move |request| {
+                let guard = StreamGuard::open(&conn);
+                handle(request, state.clone(), guard)
+            })
+        };
         let connection =
             hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .max_concurrent_streams(limits.max_streams_per_connection)
+                .max_header_list_size(limits.max_header_list_bytes)
+                .keep_alive_interval(limits.keepalive_interval)
+                .keep_alive_timeout(limits.keepalive_interval)
                 .serve_connection(io, service);
-        if let Err(err) = connection.await {
-            tracing::debug!("connection ended: {err}");
+        let mut connection = std::pin::pin!(connection);
+        let tick = (limits.handshake_timeout.min(limits.idle_timeout) / 4)
+            .clamp(std::time::Duration::from_millis(50), std::time::Duration::from_secs(1));
+        let ended = loop {
+            tokio::select! {
+                ended = connection.as_mut() => break Some(ended),
+                () = conn.close.notified() => break None,
+                () = tokio::time::sleep(tick) => {
+                    if conn.expired(limits.handshake_timeout, limits.idle_timeout) {
+                        break None;
+                    }
+                }
+            }
+        };
+        match ended {
+            Some(Err(err)) => tracing::debug!("connection ended: {err}"),
+            Some(Ok(())) => {}
+            // A client that never opened a call: closed at once.
+            None if !conn.ever_opened() => {}
+            // Evicted or idle: GOAWAY, then a short grace for what is in flight, then closed.
+            None => {
+                connection.as_mut().graceful_shutdown();
+                let grace = std::time::Duration::from_secs(1);
+                let _ = tokio::time::timeout(grace, connection).await;
+            }
         }
+        drop(admitted);
     });
 }
 
@@ -326,6 +441,7 @@ fn status_response(code: tonic::Code, message: String) -> Response<Body> {
 async fn handle(
     request: Request<Incoming>,
     state: Arc<State>,
+    guard: StreamGuard,
 ) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path().to_owned();
     let (mut parts, incoming) = request.into_parts();
@@ -333,28 +449,26 @@ async fn handle(
         parts.headers.insert(name.clone(), value.clone());
     }
     let recorded = matches!(path.as_str(), EXECUTE | WAIT_EXECUTION | GET_ACTION_RESULT);
+    let mut share = Share::new(&state.budget);
     let (body, call) = if recorded {
-        let limited = http_body_util::Limited::new(incoming, MAX_RECORDED_REQUEST);
-        let bytes = match limited.collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(err) => {
-                return Ok(status_response(
-                    tonic::Code::ResourceExhausted,
-                    format!("sa proxy: reading the {path} request: {err}"),
-                ));
-            }
+        let bytes = match read_recorded(incoming, &state, &mut share).await {
+            Ok(bytes) => bytes,
+            Err(status) => return Ok(guarded(status.into_http(), guard, share)),
         };
         let call = describe(&path, &bytes, &parts.headers, &state);
         (Body::new(http_body_util::Full::new(bytes)), call)
     } else {
         (Body::new(incoming), None)
     };
+    // Recorded as cancelled if the client goes away before the upstream answers.
+    let mut pending = Pending { call, state: state.clone() };
     let upstream_request = Request::from_parts(parts, body);
     let mut channel = state.channel.clone();
     let response = match channel.ready().await {
         Ok(ready) => ready.call(upstream_request).await,
         Err(err) => Err(err),
     };
+    let call = pending.call.take();
     let response = match response {
         Ok(response) => response,
         Err(err) => {
@@ -364,18 +478,15 @@ async fn handle(
                 text = format!("{text}: {cause}");
                 source = cause.source();
             }
-            return Ok(finish_early(
-                call,
-                &state,
-                status_response(
-                    tonic::Code::Unavailable,
-                    format!("sa proxy: upstream {}: {text}", state.upstream),
-                ),
-            ));
+            let response = status_response(
+                tonic::Code::Unavailable,
+                format!("sa proxy: upstream {}: {text}", state.upstream),
+            );
+            return Ok(guarded(finish_early(call, &state, response), guard, share));
         }
     };
-    match call {
-        None => Ok(response),
+    let response = match call {
+        None => response,
         Some(call) => {
             let header_status = grpc_status(response.headers());
             let (parts, body) = response.into_parts();
@@ -388,8 +499,88 @@ async fn handle(
                 outcome: None,
                 recorded: false,
             };
-            Ok(Response::from_parts(parts, Body::new(watched)))
+            Response::from_parts(parts, Body::new(watched))
         }
+    };
+    Ok(guarded(response, guard, share))
+}
+
+/// Reads a recorded call's request whole: at most `max_recorded_request_bytes`, each byte
+/// taken from the shared budget as it arrives (a client that sends much and never ends holds
+/// no more than the budget lets it).
+async fn read_recorded(
+    mut incoming: Incoming,
+    state: &State,
+    share: &mut Share,
+) -> Result<Bytes, tonic::Status> {
+    let max = state.limits.max_recorded_request_bytes;
+    let mut bytes = BytesMut::new();
+    while let Some(frame) = incoming.frame().await {
+        let frame = frame.map_err(|err| {
+            tonic::Status::cancelled(format!("sa proxy: reading the request: {err}"))
+        })?;
+        let Ok(data) = frame.into_data() else { continue };
+        if bytes.len() + data.len() > max {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "sa proxy: a recorded request may have at most {max} bytes"
+            )));
+        }
+        if !state.budget.take(share, data.len()) {
+            return Err(tonic::Status::resource_exhausted(
+                "sa proxy: too many recorded requests in flight; retry",
+            ));
+        }
+        bytes.extend_from_slice(&data);
+    }
+    Ok(bytes.freeze())
+}
+
+/// A recorded call waiting for the upstream's answer: dropped with its call still in it (the
+/// client went away, the proxy stopped), it is recorded as CANCELLED.
+struct Pending {
+    call: Option<Call>,
+    state: Arc<State>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            write_line(&self.state, &call, tonic::Code::Cancelled as i32, false, None);
+        }
+    }
+}
+
+/// The response with the stream's guard and budget share in its body: the stream counts as
+/// open, and its recorded request as buffered, until the body ends or is dropped.
+fn guarded(response: Response<Body>, guard: StreamGuard, share: Share) -> Response<Body> {
+    let (parts, inner) = response.into_parts();
+    Response::from_parts(parts, Body::new(Guarded { inner, _guard: guard, _share: share }))
+}
+
+/// A body that holds its stream's [`StreamGuard`] and [`Share`].
+struct Guarded {
+    inner: Body,
+    _guard: StreamGuard,
+    _share: Share,
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -30,7 +30,9 @@
 #![deny(missing_docs)]
 
 mod forward;
+mod limits;
 mod recording;
 
 pub use forward::{Listen, Proxy, ProxyConfig, ProxyError};
+pub use limits::ProxyLimits;
 pub use recording::{Recorder, read_recording};

@@ -28,8 +28,8 @@ use crate::merkle::batch_ranges;
 
 use super::connection::connect_error;
 use super::{
-    BATCH_HEADROOM, Backoff, CHUNK, FIND_MISSING_CHUNK, GrpcConfig, GrpcConnection, MAX_MESSAGE,
-    is_transient,
+    BATCH_HEADROOM, CHUNK, Exhausted, FIND_MISSING_CHUNK, GrpcConfig, GrpcConnection, MAX_MESSAGE,
+    RetryPolicy, retry_call,
 };
 use crate::store::{ActionCache, Blob, Cas, check_content, check_function, to_look_up};
 
@@ -215,35 +215,28 @@ impl GrpcCas {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let mut backoff = Backoff::new(&self.config);
-        loop {
+        let attempt = || async {
             let permit = self.semaphore.acquire().await.expect("the semaphore is never closed");
             self.rpcs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let result =
                 tokio::time::timeout(self.config.rpc_timeout, make(self.channel.clone())).await;
             drop(permit);
-            let status = match result {
-                Ok(Ok(response)) => return Ok(response.into_inner()),
-                Ok(Err(status)) => status,
-                Err(_) => Status::deadline_exceeded(format!(
+            match result {
+                Ok(Ok(response)) => Ok(response.into_inner()),
+                Ok(Err(status)) => Err(status),
+                Err(_) => Err(Status::deadline_exceeded(format!(
                     "no answer within {:?}",
                     self.config.rpc_timeout
-                )),
-            };
-            let retryable = status.code() == Code::DeadlineExceeded || is_transient(&status);
-            let Some(delay) = retryable.then(|| backoff.next_delay()).flatten() else {
-                let message = format!("{}{}", status.message(), backoff.attempts_note());
-                return Err(CasError::Rpc { operation, code: status.code(), message });
-            };
-            // Said at the default level: minutes of silence look like a hang.
-            tracing::warn!(
-                "{operation}: {:?}: {}; retrying ({}, next in {delay:.1?})",
-                status.code(),
-                status.message(),
-                backoff.progress()
-            );
-            tokio::time::sleep(delay).await;
-        }
+                ))),
+            }
+        };
+        retry_call(RetryPolicy::calls(&self.config), operation, attempt).await.map_err(
+            |Exhausted { status, attempts_note }| CasError::Rpc {
+                operation,
+                code: status.code(),
+                message: format!("{}{attempts_note}", status.message()),
+            },
+        )
     }
 
     fn batch_read(&self, digests: &[Digest]) -> Result<Vec<Bytes>, CasError> {

@@ -13,7 +13,7 @@ use crate::digest::DigestFunction;
 use crate::error::CasError;
 
 use super::retry::is_transient_connect;
-use super::{Backoff, GrpcConfig};
+use super::{GrpcConfig, Retry, RetryPolicy};
 use crate::error::error_chain;
 
 /// A connection to a REAPI server: its channel, the configured headers and deadline, and the
@@ -227,21 +227,21 @@ async fn open_channel(config: &GrpcConfig) -> Result<Channel, CasError> {
     };
     // Refused, reset or aborted while connecting: a server starting or restarting. Retry with
     // the calls' backoff; anything else (TLS verification, a bad address) is final.
-    let mut backoff = Backoff::new(config);
+    let mut retry = Retry::new(RetryPolicy::calls(config));
     loop {
         let err = match endpoint.connect().await {
             Ok(channel) => return Ok(channel),
             Err(err) => err,
         };
-        let Some(delay) = is_transient_connect(&err).then(|| backoff.next_delay()).flatten() else {
-            let reason = format!("{}{}", error_chain(&err), backoff.attempts_note());
+        let Some(delay) = retry.after_failure(is_transient_connect(&err)) else {
+            let reason = format!("{}{}", error_chain(&err), retry.attempts_note());
             return Err(connect_error(config, reason));
         };
         tracing::warn!(
             "connecting to {}: {}; retrying ({}, next in {delay:.1?})",
             config.endpoint,
             error_chain(&err),
-            backoff.progress()
+            retry.progress()
         );
         tokio::time::sleep(delay).await;
     }

@@ -1,7 +1,10 @@
-//! When and how often calls are retried: one [`Backoff`] schedule and the statuses that are
+//! When and how often calls are retried: the one policy ([`RetryPolicy`], [`Retry`] and
+//! [`retry_call`]) every retry loop of the workspace follows (store calls, connections,
+//! `Execute` streams, Bots calls), one [`Backoff`] schedule and the statuses that are
 //! transient.
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use tonic::{Code, Status};
 
@@ -21,7 +24,7 @@ pub struct Backoff {
 impl Backoff {
     /// A schedule from a config's `retry_delay` and `max_retries`.
     pub fn new(config: &GrpcConfig) -> Backoff {
-        Backoff { next: config.retry_delay, retries_left: config.max_retries, attempts: 1 }
+        Retry::schedule(&RetryPolicy::calls(config))
     }
 
     /// The pause before another attempt, or `None` when no retry is left.
@@ -45,6 +48,152 @@ impl Backoff {
         } else {
             String::new()
         }
+    }
+}
+
+/// How long a caller keeps trying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryLimit {
+    /// At most this many retries after the first attempt.
+    Retries(u32),
+    /// Until this long passes without progress (see [`Retry::progressed`]).
+    QuietFor(Duration),
+}
+
+/// Which failures are retried, how soon and for how long: the one retry policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The first pause (then doubling, capped at 5 s, with jitter: [`Backoff`]).
+    pub first_delay: Duration,
+    /// When to give up.
+    pub limit: RetryLimit,
+    /// Whether DEADLINE_EXCEEDED is retried: yes for a call's own per-attempt deadline (store
+    /// and Bots calls), no where it is the work's own deadline (an execution's).
+    pub retry_deadline_exceeded: bool,
+}
+
+impl RetryPolicy {
+    /// Store calls and connections: `config.max_retries` retries from `config.retry_delay`,
+    /// DEADLINE_EXCEEDED retried.
+    pub fn calls(config: &GrpcConfig) -> RetryPolicy {
+        RetryPolicy {
+            first_delay: config.retry_delay,
+            limit: RetryLimit::Retries(config.max_retries),
+            retry_deadline_exceeded: true,
+        }
+    }
+
+    /// Whether a failed attempt that ended with `status` may be made again.
+    pub fn is_retryable(&self, status: &Status) -> bool {
+        is_transient(status)
+            || (self.retry_deadline_exceeded && status.code() == Code::DeadlineExceeded)
+    }
+}
+
+/// One call's retries under a [`RetryPolicy`]: ask [`Retry::after`] when an attempt fails.
+#[derive(Debug)]
+pub struct Retry {
+    policy: RetryPolicy,
+    backoff: Backoff,
+    last_progress: Instant,
+}
+
+impl Retry {
+    /// The retries of a call about to make its first attempt.
+    pub fn new(policy: RetryPolicy) -> Retry {
+        Retry { policy, backoff: Retry::schedule(&policy), last_progress: Instant::now() }
+    }
+
+    fn schedule(policy: &RetryPolicy) -> Backoff {
+        let retries = match policy.limit {
+            RetryLimit::Retries(n) => n,
+            RetryLimit::QuietFor(_) => u32::MAX,
+        };
+        Backoff { next: policy.first_delay, retries_left: retries, attempts: 1 }
+    }
+
+    /// The policy followed.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    /// The work moved on (a service answered): the schedule and the quiet time start again.
+    pub fn progressed(&mut self) {
+        self.backoff = Retry::schedule(&self.policy);
+        self.last_progress = Instant::now();
+    }
+
+    /// The pause before the next attempt after one that failed with `status`, or `None` when
+    /// the failure is final (not retryable, or the limit is reached).
+    pub fn after(&mut self, status: &Status) -> Option<Duration> {
+        self.after_failure(self.policy.is_retryable(status))
+    }
+
+    /// [`Retry::after`] for failures that are not statuses (a connection that could not be
+    /// made): `transient` says whether another attempt may meet it.
+    pub fn after_failure(&mut self, transient: bool) -> Option<Duration> {
+        if !transient {
+            return None;
+        }
+        let delay = self.backoff.next_delay()?;
+        match self.policy.limit {
+            RetryLimit::QuietFor(window) if self.quiet_for() + delay > window => None,
+            _ => Some(delay),
+        }
+    }
+
+    /// How long since the call last made progress (or started).
+    pub fn quiet_for(&self) -> Duration {
+        self.last_progress.elapsed()
+    }
+
+    /// `attempt N of M` for the attempt about to be made.
+    pub fn progress(&self) -> String {
+        self.backoff.progress()
+    }
+
+    /// ` (after N attempts)` once a call was retried; empty otherwise.
+    pub fn attempts_note(&self) -> String {
+        self.backoff.attempts_note()
+    }
+}
+
+/// A call that failed for good: its last status, and how many attempts it took.
+#[derive(Debug)]
+pub struct Exhausted {
+    /// The last attempt's status.
+    pub status: Status,
+    /// ` (after N attempts)`, or empty when there was one.
+    pub attempts_note: String,
+}
+
+/// Makes `attempt` until it succeeds or `policy` gives up, pausing between attempts; each
+/// retry is logged (at warn: minutes of silence look like a hang) with `what`.
+pub async fn retry_call<T, F, Fut>(
+    policy: RetryPolicy,
+    what: &str,
+    mut attempt: F,
+) -> Result<T, Exhausted>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let mut retry = Retry::new(policy);
+    loop {
+        let status = match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(status) => status,
+        };
+        let Some(delay) = retry.after(&status) else {
+            return Err(Exhausted { status, attempts_note: retry.attempts_note() });
+        };
+        tracing::warn!(
+            "{what}: {:?}: {}; retrying ({}, next in {delay:.1?})",
+            status.code(),
+            status.message(),
+            retry.progress()
+        );
+        tokio::time::sleep(delay).await;
     }
 }
 

@@ -3,6 +3,7 @@
 // Test helpers unwrap: a failure is a panic naming the line, which is what a test wants.
 #![allow(clippy::unwrap_used)]
 
+mod abuse;
 mod bazel;
 mod buildgrid;
 mod demo;
