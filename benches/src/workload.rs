@@ -598,7 +598,7 @@ fn graphs(
             artifact: artifact.map(|a| trees[a]),
             build_deps: deps.iter().map(|d| (*d).to_owned()).collect(),
             subactions: Vec::new(),
-            speculative_actions: None,
+            ..Default::default()
         };
     let build1 = Graph::new(
         f,
@@ -656,43 +656,25 @@ pub fn element<'a>(graph: &'a Graph, name: &str) -> &'a Element {
     graph.get(name).expect("the element is in the graph")
 }
 
-/// An element's trees in a workload's graph.
-pub fn trees(graph: &Graph, name: &str) -> sa_generator::ElementTrees {
-    let e = element(graph, name);
-    sa_generator::ElementTrees { name: name.into(), sources: e.sources, artifact: e.artifact }
-}
-
-/// What `sa generate` gives the generator for an element of build 1.
+/// What `sa generate` gives the generator for an element of build 1 (the one mapping,
+/// [`sa_generator::GenerateInput::from_graph`]).
 pub fn generate_input(graph: &Graph, name: &str) -> sa_generator::GenerateInput {
-    let e = element(graph, name);
-    sa_generator::GenerateInput {
-        element: trees(graph, name),
-        dependencies: e.build_deps.iter().map(|d| trees(graph, d)).collect(),
-        subactions: e.subactions.clone(),
-    }
+    sa_generator::GenerateInput::from_graph(graph, name).expect("the element is in the graph")
 }
 
 /// What `sa instantiate` gives the instantiator: build 2's states with build 1's keys and
-/// SpeculativeActions (`specs`, by element).
+/// SpeculativeActions (`specs`, by element), through the one mapping
+/// ([`sa_instantiator::ElementState::from_graphs`]).
 pub fn states(
     build1: &Graph,
     build2: &Graph,
     specs: &std::collections::HashMap<&str, Digest>,
 ) -> Vec<sa_instantiator::ElementState> {
-    ELEMENTS
-        .iter()
-        .map(|name| {
-            let now = element(build2, name);
-            sa_instantiator::ElementState {
-                name: (*name).into(),
-                sources: now.sources,
-                artifact: now.artifact,
-                previous_key: element(build1, name).cache_key.clone(),
-                current_key: now.cache_key.clone(),
-                previous_speculative_actions: specs.get(name).copied(),
-            }
-        })
-        .collect()
+    let mut previous = build1.clone();
+    for element in &mut previous.elements {
+        element.speculative_actions = specs.get(element.name.as_str()).copied();
+    }
+    sa_instantiator::ElementState::from_graphs(build2, &previous)
 }
 
 /// A tree of `files` files (`p000/m00/__init__.py`, …), all with the same content or each its

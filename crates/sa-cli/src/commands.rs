@@ -7,7 +7,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use sa_cas::merkle;
 use sa_cas::{ActionCache, Digest};
-use sa_generator::{ElementTrees, GenerateConfig, GenerateInput};
+use sa_generator::{GenerateConfig, GenerateInput};
 use sa_instantiator::{ElementState, InstantiateConfig, InstantiatedAction, Instantiator};
 use serde_json::json;
 
@@ -46,14 +46,6 @@ fn progress_of(bar: &indicatif::ProgressBar) -> impl Fn(sa_generator::Progress) 
     }
 }
 
-fn trees(element: &Element) -> ElementTrees {
-    ElementTrees {
-        name: element.name.clone(),
-        sources: element.sources,
-        artifact: element.artifact,
-    }
-}
-
 pub(crate) fn generate(args: &StoreArgs, cmd: &GenerateArgs, ui: &mut Ui) -> Result<()> {
     let opened = store::open(args)?;
     ui.watch("store", &opened);
@@ -80,15 +72,8 @@ pub(crate) fn generate(args: &StoreArgs, cmd: &GenerateArgs, ui: &mut Ui) -> Res
     let advance = progress_of(&bar);
     let mut lines = Vec::new();
     for element in &selected {
-        let input = GenerateInput {
-            element: trees(element),
-            dependencies: element
-                .build_deps
-                .iter()
-                .map(|d| trees(graph.get(d).expect("dependencies were validated")))
-                .collect(),
-            subactions: element.subactions.clone(),
-        };
+        let input =
+            GenerateInput::from_graph(&graph, &element.name).expect("selected from the graph");
         let generated = ui
             .phase("generate", || {
                 sa_generator::generate_observed(&opened.store, &input, &config, &advance)
@@ -122,8 +107,10 @@ pub(crate) fn generate(args: &StoreArgs, cmd: &GenerateArgs, ui: &mut Ui) -> Res
                 stats.artifact_overlays, stats.artifact_file_overlays, stats.unattributed_inputs, stats.skipped.len(), generated.digest
             ));
         }
-        graph.get_mut(&element.name).expect("selected from the graph").speculative_actions =
-            Some(generated.digest);
+        let out = graph.get_mut(&element.name).expect("selected from the graph");
+        out.speculative_actions = Some(generated.digest);
+        // The user's graph binds the index to the blob (the trust root, not the ActionCache).
+        out.actions_index = generated.index;
     }
     bar.finish_and_clear();
     if let Some(output) = &cmd.output {
@@ -176,21 +163,7 @@ pub(crate) struct Plan {
 pub(crate) fn plan(args: &StoreArgs, cmd: &InstantiateArgs) -> Result<Plan> {
     let next = graph::load(&cmd.graph, args)?;
     let previous = graph::load(&cmd.previous, args)?;
-    let states = next
-        .elements
-        .iter()
-        .map(|e| {
-            let before = previous.get(&e.name);
-            ElementState {
-                name: e.name.clone(),
-                sources: e.sources,
-                artifact: e.artifact,
-                previous_key: before.and_then(|b| b.cache_key.clone()),
-                current_key: e.cache_key.clone(),
-                previous_speculative_actions: before.and_then(|b| b.speculative_actions),
-            }
-        })
-        .collect();
+    let states = ElementState::from_graphs(&next, &previous);
     let with_spec: HashMap<&str, Digest> = previous
         .elements
         .iter()

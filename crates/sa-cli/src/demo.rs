@@ -271,7 +271,7 @@ impl Demo {
                 build_deps: e.deps.iter().map(|d| (*d).to_owned()).collect(),
                 artifact: built.map(|b| b[e.name].artifact),
                 subactions: built.map(|b| b[e.name].subactions.clone()).unwrap_or_default(),
-                speculative_actions: None,
+                ..Default::default()
             })
             .collect();
         let path = self.work.join(name);

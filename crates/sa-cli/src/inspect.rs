@@ -163,18 +163,21 @@ fn unknown_fields<M: Message + Default>(data: &[u8]) -> Value {
     unknown.into()
 }
 
-/// `(number, wire type)` of each top-level field, in order; stops at the first malformed key.
-fn top_level_fields(mut data: &[u8]) -> Vec<(u32, u8)> {
-    use prost::encoding::{DecodeContext, decode_key, skip_field};
-    let mut fields = Vec::new();
-    while !data.is_empty() {
-        let Ok((number, wire_type)) = decode_key(&mut data) else { break };
-        fields.push((number, wire_type as u8));
-        if skip_field(wire_type, number, &mut data, DecodeContext::default()).is_err() {
-            break;
-        }
-    }
-    fields
+/// `(number, wire type)` of each top-level field, in order; stops at the first malformed one.
+fn top_level_fields(data: &[u8]) -> Vec<(u32, u8)> {
+    use sa_proto::wire::{self, Value};
+    wire::fields(data)
+        .map_while(Result::ok)
+        .map(|field| {
+            let wire_type = match field.value {
+                Value::Varint(_) => 0,
+                Value::Fixed64(_) => 1,
+                Value::Bytes(_) => 2,
+                Value::Fixed32(_) => 5,
+            };
+            (field.number, wire_type)
+        })
+        .collect()
 }
 
 fn overlay_json(o: &Overlay) -> Value {

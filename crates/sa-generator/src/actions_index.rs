@@ -334,6 +334,96 @@ impl ActionsIndex {
         Ok(digest)
     }
 
+    /// The index blob `index`, named by a source the caller trusts (the graph `sa generate`
+    /// wrote, which binds the index to the blob): read from the CAS, which checks it is that
+    /// blob, and checked like any index. Missing or invalid is said, never used.
+    pub fn load_named(
+        store: &(impl Store + ?Sized),
+        speculative_actions: &Digest,
+        index: &Digest,
+    ) -> Result<Lookup, CasError> {
+        let named =
+            || format!("the actions index {index} the graph names for {speculative_actions}");
+        let limit = speculative_actions.size().saturating_add(SLACK_BYTES);
+        if index.size() > limit {
+            return Ok(Lookup::Invalid(format!("{} is larger than {limit} bytes", named())));
+        }
+        let data = match store.read_blob(index) {
+            Ok(data) => data,
+            Err(CasError::NotFound(_)) => return Ok(Lookup::Missing),
+            Err(e @ (CasError::DigestMismatch { .. } | CasError::SizeMismatch { .. })) => {
+                return Ok(Lookup::Invalid(format!("{}: {e}", named())));
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(match ActionsIndex::from_blob(store.digest_function(), speculative_actions, &data) {
+            Ok(index) => Lookup::Found(index),
+            Err(reason) => Lookup::Invalid(format!("{}: {reason}", named())),
+        })
+    }
+
+    /// Checks the index against the encoded `SpeculativeActions` it claims to index: the same
+    /// actions (base digests) in the same order, each with as many distinct overlays, found
+    /// by walking the blob's fields without decoding an overlay. What an index that someone
+    /// with write access to the ActionCache made up must pass before it decides what runs:
+    /// a base digest swapped for another Action, an action dropped or added, overlays dropped.
+    pub fn check_against(&self, function: DigestFunction, blob: &[u8]) -> Result<(), String> {
+        use sa_proto::wire::{
+            self, SPECULATIVE_ACTION_BASE_ACTION_DIGEST, SPECULATIVE_ACTION_OVERLAYS,
+            SPECULATIVE_ACTIONS_ACTIONS,
+        };
+        let mut position = 0;
+        for field in wire::fields(blob) {
+            let field = field.map_err(|e| format!("the blob does not decode: {e}"))?;
+            let Some(action) =
+                field.bytes().filter(|_| field.number == SPECULATIVE_ACTIONS_ACTIONS)
+            else {
+                continue;
+            };
+            let mut base = None;
+            let mut overlays = std::collections::HashSet::new();
+            for inner in wire::fields(action) {
+                let inner = inner.map_err(|e| format!("action {position}: {e}"))?;
+                match (inner.number, inner.bytes()) {
+                    (SPECULATIVE_ACTION_BASE_ACTION_DIGEST, Some(digest)) => base = Some(digest),
+                    (SPECULATIVE_ACTION_OVERLAYS, Some(overlay)) => {
+                        overlays.insert(overlay);
+                    }
+                    _ => {}
+                }
+            }
+            let Some(indexed) = self.actions.get(position) else {
+                return Err(format!("the blob has more than the {} actions indexed", position));
+            };
+            let base = base
+                .and_then(|b| sa_proto::reapi::Digest::decode(b).ok())
+                .and_then(|b| Digest::from_proto(function, &b).ok())
+                .ok_or(format!("action {position} of the blob has no valid base digest"))?;
+            if base != indexed.base {
+                return Err(format!(
+                    "action {position} is {base} in the blob, {} in the index",
+                    indexed.base
+                ));
+            }
+            if overlays.len() != indexed.overlays.len() {
+                return Err(format!(
+                    "action {position} ({base}) has {} distinct overlays in the blob, {} in the \
+                     index",
+                    overlays.len(),
+                    indexed.overlays.len()
+                ));
+            }
+            position += 1;
+        }
+        if position != self.actions.len() {
+            return Err(format!(
+                "the blob has {position} actions, the index {}",
+                self.actions.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// The stored index of `speculative_actions`. A store that cannot be read is an error;
     /// an entry or index that is missing, corrupt, too large or for another blob is
     /// [`Lookup::Missing`] or [`Lookup::Invalid`] (rebuild it).

@@ -41,6 +41,30 @@ pub struct GenerateInput {
     pub subactions: Vec<Digest>,
 }
 
+impl GenerateInput {
+    /// The input of `name` in a build graph: its trees, its direct dependencies' trees, its
+    /// subactions; `None` when the graph has no such element. The one mapping from a graph to
+    /// the generator.
+    pub fn from_graph(graph: &crate::graph::Graph, name: &str) -> Option<GenerateInput> {
+        let trees = |e: &crate::graph::Element| ElementTrees {
+            name: e.name.clone(),
+            sources: e.sources,
+            artifact: e.artifact,
+        };
+        let element = graph.get(name)?;
+        Some(GenerateInput {
+            element: trees(element),
+            dependencies: element
+                .build_deps
+                .iter()
+                .filter_map(|d| graph.get(d))
+                .map(trees)
+                .collect(),
+            subactions: element.subactions.clone(),
+        })
+    }
+}
+
 /// Options of [`generate`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GenerateConfig {

@@ -6,7 +6,8 @@
 //! ```json
 //! {"digest_function": "sha256", "elements": [
 //!   {"name": "lib.bst", "cache_key": "…", "sources": "HASH/SIZE", "artifact": "HASH/SIZE",
-//!    "build_deps": [], "subactions": ["HASH/SIZE"], "speculative_actions": "HASH/SIZE"}]}
+//!    "build_deps": [], "subactions": ["HASH/SIZE"], "speculative_actions": "HASH/SIZE",
+//!    "actions_index": "HASH/SIZE"}]}
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -80,6 +81,12 @@ pub struct Element {
     /// Its stored `SpeculativeActions`.
     #[serde(serialize_with = "digest_text", skip_serializing_if = "Option::is_none")]
     pub speculative_actions: Option<Digest>,
+    /// The actions index `sa generate` stored for `speculative_actions`. The graph is the
+    /// user's own file, so this binds the index to the blob: the instantiator uses it as is,
+    /// where an index found through the ActionCache (which anyone who can write the cache
+    /// chooses) is checked against the blob first.
+    #[serde(serialize_with = "digest_text", skip_serializing_if = "Option::is_none")]
+    pub actions_index: Option<Digest>,
 }
 
 /// A validated build graph: unique names, known dependencies, no cycle, one digest function.
@@ -102,6 +109,7 @@ const ELEMENT_KEYS: &[&str] = &[
     "build_deps",
     "subactions",
     "speculative_actions",
+    "actions_index",
 ];
 
 impl Graph {
@@ -258,7 +266,7 @@ impl Graph {
 
 /// Every digest an element names.
 fn element_digests(element: &Element) -> impl Iterator<Item = &Digest> {
-    [&element.sources, &element.artifact, &element.speculative_actions]
+    [&element.sources, &element.artifact, &element.speculative_actions, &element.actions_index]
         .into_iter()
         .flatten()
         .chain(&element.subactions)
@@ -331,6 +339,7 @@ fn parse_element(
         sources: digest("sources")?,
         artifact: digest("artifact")?,
         speculative_actions: digest("speculative_actions")?,
+        actions_index: digest("actions_index")?,
         build_deps,
         subactions,
         name,

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use sa_cas::merkle::{self, DirEntry, Forest, TreeLimits, join};
 use sa_cas::{Blob, CasError, DecodedAction, Digest, Store};
 use sa_generator::actions_index::{IndexError, Lookup};
+use sa_generator::graph::Graph;
 use sa_generator::model::{Origin, OriginKind, SuffixChooser, compare_for};
 use sa_generator::{ActionsIndex, IndexedAction, Progress};
 
@@ -29,9 +30,34 @@ pub struct ElementState {
     pub current_key: Option<String>,
     /// The `SpeculativeActions` generated at its previous build (for its `artifact_overlays`).
     pub previous_speculative_actions: Option<Digest>,
+    /// The actions index of `previous_speculative_actions` as the previous build's graph names
+    /// it (trusted, as the graph is); without one, an index found through the ActionCache is
+    /// checked against the blob before use.
+    pub previous_actions_index: Option<Digest>,
 }
 
 impl ElementState {
+    /// The state of every element of `next`, with its previous key, `SpeculativeActions` and
+    /// actions index from `previous` (the graph `sa generate --output` wrote): the one mapping
+    /// from two builds' graphs to the instantiator.
+    pub fn from_graphs(next: &Graph, previous: &Graph) -> Vec<ElementState> {
+        next.elements
+            .iter()
+            .map(|e| {
+                let before = previous.get(&e.name);
+                ElementState {
+                    name: e.name.clone(),
+                    sources: e.sources,
+                    artifact: e.artifact,
+                    previous_key: before.and_then(|b| b.cache_key.clone()),
+                    current_key: e.cache_key.clone(),
+                    previous_speculative_actions: before.and_then(|b| b.speculative_actions),
+                    previous_actions_index: before.and_then(|b| b.actions_index),
+                }
+            })
+            .collect()
+    }
+
     fn unchanged(&self) -> bool {
         matches!((&self.previous_key, &self.current_key), (Some(p), Some(c)) if p == c)
     }
@@ -351,10 +377,36 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             source: Box::new(source),
         };
         let mut rebuilding = false;
+        let mut blob = None;
         if self.config.index {
-            match ActionsIndex::load(self.store, speculative_actions)
-                .map_err(|source| store_error("looking up", source))?
-            {
+            let named = self
+                .elements
+                .get(element)
+                .filter(|state| state.previous_speculative_actions == Some(*speculative_actions))
+                .and_then(|state| state.previous_actions_index);
+            let lookup = match named {
+                // The graph binds it to the blob: used as it is.
+                Some(index) => ActionsIndex::load_named(self.store, speculative_actions, &index),
+                // Whoever can write the ActionCache chooses this one: checked against the blob.
+                None => ActionsIndex::load(self.store, speculative_actions),
+            }
+            .map_err(|source| store_error("looking up", source))?;
+            let lookup = match (lookup, named) {
+                (Lookup::Found(index), None) => {
+                    let data = self.store.read_blob(speculative_actions).map_err(sa_error)?;
+                    let checked = index.check_against(function, &data);
+                    blob = Some(data);
+                    match checked {
+                        Ok(()) => Lookup::Found(index),
+                        Err(reason) => Lookup::Invalid(format!(
+                            "the actions index in the ActionCache for {speculative_actions} does \
+                             not match the blob: {reason}"
+                        )),
+                    }
+                }
+                (lookup, _) => lookup,
+            };
+            match lookup {
                 Lookup::Found(index) => {
                     self.count_index(|stats| stats.loaded += 1);
                     return Ok(index);
@@ -366,7 +418,10 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
                 }
             }
         }
-        let blob = self.store.read_blob(speculative_actions).map_err(sa_error)?;
+        let blob = match blob {
+            Some(blob) => blob,
+            None => self.store.read_blob(speculative_actions).map_err(sa_error)?,
+        };
         let index = ActionsIndex::from_speculative_actions(function, *speculative_actions, &blob)
             .map_err(|err| match err {
             IndexError::Decode(source) => sa_error(CasError::Decode {

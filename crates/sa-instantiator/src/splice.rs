@@ -7,56 +7,16 @@
 //! messages around it); everything else is copied, in its original order.
 
 use prost::Message;
-use prost::encoding::{WireType, decode_key, decode_varint};
 use sa_cas::Digest;
 use sa_proto::wire::{
-    ACTION_INPUT_ROOT_DIGEST, DIRECTORY_DIRECTORIES, DIRECTORY_FILES, NODE_DIGEST, NODE_NAME,
-    put_length_delimited,
+    self, ACTION_INPUT_ROOT_DIGEST, DIRECTORY_DIRECTORIES, DIRECTORY_FILES, Field, NODE_DIGEST,
+    NODE_NAME, put_length_delimited,
 };
 
-/// A field as it appears in the buffer.
-struct RawField<'a> {
-    number: u32,
-    /// The whole field, key included.
-    bytes: &'a [u8],
-    /// For length-delimited fields, the payload.
-    payload: Option<&'a [u8]>,
-}
-
-/// Splits a message into its fields. Fails on malformed input.
-fn fields(mut buf: &[u8]) -> Result<Vec<RawField<'_>>, String> {
-    let mut out = Vec::new();
-    while !buf.is_empty() {
-        let start = buf;
-        let (number, wire_type) = decode_key(&mut buf).map_err(|e| e.to_string())?;
-        let payload = match wire_type {
-            WireType::Varint => {
-                decode_varint(&mut buf).map_err(|e| e.to_string())?;
-                None
-            }
-            WireType::SixtyFourBit => {
-                buf = buf.get(8..).ok_or("truncated fixed64")?;
-                None
-            }
-            WireType::ThirtyTwoBit => {
-                buf = buf.get(4..).ok_or("truncated fixed32")?;
-                None
-            }
-            WireType::LengthDelimited => {
-                let len = decode_varint(&mut buf).map_err(|e| e.to_string())?;
-                let len = usize::try_from(len).map_err(|_| "length overflows")?;
-                let payload = buf.get(..len).ok_or("truncated length-delimited field")?;
-                buf = &buf[len..];
-                Some(payload)
-            }
-            WireType::StartGroup | WireType::EndGroup => {
-                return Err("groups are not supported".into());
-            }
-        };
-        let used = start.len() - buf.len();
-        out.push(RawField { number, bytes: &start[..used], payload });
-    }
-    Ok(out)
+/// The fields of a message ([`sa_proto::wire::fields`], the one walker). Fails on malformed
+/// input.
+fn fields(buf: &[u8]) -> Result<Vec<Field<'_>>, String> {
+    wire::fields(buf).collect::<Result<_, _>>().map_err(|e| e.to_string())
 }
 
 /// Rewrites a node (FileNode or DirectoryNode): its `digest = 2` replaced by `digest`.
@@ -64,11 +24,11 @@ fn replace_node_digest(node: &[u8], digest: &Digest) -> Result<Vec<u8>, String> 
     let mut out = Vec::with_capacity(node.len() + 8);
     let mut replaced = false;
     for field in fields(node)? {
-        if field.number == NODE_DIGEST && field.payload.is_some() && !replaced {
+        if field.number == NODE_DIGEST && field.bytes().is_some() && !replaced {
             put_length_delimited(&mut out, NODE_DIGEST, &digest.to_proto().encode_to_vec());
             replaced = true;
         } else {
-            out.extend_from_slice(field.bytes);
+            out.extend_from_slice(field.raw);
         }
     }
     if !replaced {
@@ -86,7 +46,7 @@ pub(crate) fn rewrite_directory(
 ) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(blob.len() + 64);
     for field in fields(blob)? {
-        let replacement = match (field.number, field.payload) {
+        let replacement = match (field.number, field.bytes()) {
             (DIRECTORY_FILES, Some(node)) => files(&node_name(node)?).map(|d| (node, d)),
             (DIRECTORY_DIRECTORIES, Some(node)) => dirs(&node_name(node)?).map(|d| (node, d)),
             _ => None,
@@ -95,7 +55,7 @@ pub(crate) fn rewrite_directory(
             Some((node, digest)) => {
                 put_length_delimited(&mut out, field.number, &replace_node_digest(node, &digest)?)
             }
-            None => out.extend_from_slice(field.bytes),
+            None => out.extend_from_slice(field.raw),
         }
     }
     Ok(out)
@@ -104,7 +64,7 @@ pub(crate) fn rewrite_directory(
 fn node_name(node: &[u8]) -> Result<String, String> {
     for field in fields(node)? {
         if field.number == NODE_NAME {
-            let payload = field.payload.ok_or("node name is not a string")?;
+            let payload = field.bytes().ok_or("node name is not a string")?;
             return String::from_utf8(payload.to_vec())
                 .map_err(|_| "node name is not UTF-8".into());
         }
@@ -118,12 +78,12 @@ pub(crate) fn rewrite_action(blob: &[u8], input_root: &Digest) -> Result<Vec<u8>
     let mut out = Vec::with_capacity(blob.len() + 8);
     let mut replaced = false;
     for field in fields(blob)? {
-        if field.number == ACTION_INPUT_ROOT_DIGEST && field.payload.is_some() && !replaced {
+        if field.number == ACTION_INPUT_ROOT_DIGEST && field.bytes().is_some() && !replaced {
             let digest = input_root.to_proto().encode_to_vec();
             put_length_delimited(&mut out, ACTION_INPUT_ROOT_DIGEST, &digest);
             replaced = true;
         } else {
-            out.extend_from_slice(field.bytes);
+            out.extend_from_slice(field.raw);
         }
     }
     if !replaced {

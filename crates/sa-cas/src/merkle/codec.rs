@@ -6,7 +6,7 @@ use std::sync::Arc;
 use prost::Message;
 use sa_proto::reapi::Directory;
 
-use super::names::*;
+use super::names::{TreeLimits, check_names};
 use crate::digest::{Digest, DigestFunction};
 use crate::error::CasError;
 use crate::store::Blob;
@@ -173,4 +173,17 @@ pub(super) fn compact(
         })
         .collect::<Result<_, CasError>>()?;
     Ok(Dir { files, directories, symlinks })
+}
+
+/// Checks that a decoded `Directory` is canonical and safe: every name one safe segment,
+/// each list sorted by name with no duplicates, no name in two lists, valid digests, non-empty
+/// symlink targets.
+pub fn validate_directory(
+    function: DigestFunction,
+    digest: &Digest,
+    directory: &Directory,
+    limits: &TreeLimits,
+) -> Result<(), CasError> {
+    check_names(digest, directory, limits)?;
+    compact(function, digest, directory, None).map(|_| ())
 }

@@ -5,27 +5,19 @@
 //! prost would refuse or read differently, any invalid entry) is `None`, and the caller takes
 //! the prost path, which also words the error.
 
-use std::collections::HashSet;
-
-use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+use sa_proto::wire::{
+    self, DIGEST_HASH, DIGEST_SIZE_BYTES, DIRECTORY_DIRECTORIES, DIRECTORY_FILES,
+    DIRECTORY_NODE_PROPERTIES, DIRECTORY_SYMLINKS, FILE_NODE_IS_EXECUTABLE,
+    FILE_NODE_NODE_PROPERTIES, NODE_DIGEST, NODE_NAME, SYMLINK_NODE_NODE_PROPERTIES,
+    SYMLINK_NODE_TARGET, Value,
+};
 
 use super::codec::{Dir, DirEntry, FileEntry, Names, SymlinkEntry};
-use super::names::{TreeLimits, check_name};
+use super::names::{TreeLimits, check_entry_names};
 use crate::digest::{Digest, DigestFunction};
 
-/// A length-delimited payload.
-fn bytes<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let len = usize::try_from(decode_varint(buf).ok()?).ok()?;
-    if len > buf.len() {
-        return None;
-    }
-    let (payload, rest) = buf.split_at(len);
-    *buf = rest;
-    Some(payload)
-}
-
-fn text<'a>(buf: &mut &'a [u8]) -> Option<&'a str> {
-    std::str::from_utf8(bytes(buf)?).ok()
+fn text(payload: &[u8]) -> Option<&str> {
+    std::str::from_utf8(payload).ok()
 }
 
 /// Sets a singular field once; a second occurrence sends the blob to the prost path.
@@ -37,28 +29,23 @@ fn once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
     Some(())
 }
 
-/// The fields of a node this decoder reads, each at most once; unknown fields are skipped as
-/// prost skips them.
-fn fields<'a>(
-    mut buf: &'a [u8],
-    mut each: impl FnMut(u32, WireType, &mut &'a [u8]) -> Option<bool>,
-) -> Option<()> {
-    while !buf.is_empty() {
-        let (tag, wire_type) = decode_key(&mut buf).ok()?;
-        if !each(tag, wire_type, &mut buf)? {
-            skip_field(wire_type, tag, &mut buf, DecodeContext::default()).ok()?;
-        }
+/// Calls `each` with every field of a message ([`wire::fields`], the one walker); `None` from
+/// either (a malformed buffer, a field this decoder leaves to prost) is `None`.
+fn fields<'a>(buf: &'a [u8], mut each: impl FnMut(u32, Value<'a>) -> Option<()>) -> Option<()> {
+    for field in wire::fields(buf) {
+        let field = field.ok()?;
+        each(field.number, field.value)?;
     }
     Some(())
 }
 
 fn digest(function: DigestFunction, buf: &[u8]) -> Option<Digest> {
     let (mut hash, mut size) = (None, None);
-    fields(buf, |tag, wire_type, buf| match (tag, wire_type) {
-        (1, WireType::LengthDelimited) => once(&mut hash, text(buf)?).map(|()| true),
-        (2, WireType::Varint) => once(&mut size, decode_varint(buf).ok()? as i64).map(|()| true),
-        (1 | 2, _) => None,
-        _ => Some(false),
+    fields(buf, |number, value| match (number, value) {
+        (DIGEST_HASH, Value::Bytes(b)) => once(&mut hash, text(b)?),
+        (DIGEST_SIZE_BYTES, Value::Varint(v)) => once(&mut size, v as i64),
+        (DIGEST_HASH | DIGEST_SIZE_BYTES, _) => None,
+        _ => Some(()),
     })?;
     Digest::from_wire(function, hash.unwrap_or(""), size.unwrap_or(0))
 }
@@ -73,24 +60,33 @@ pub(super) fn decode_dir_fast(
     let function = digest_of_blob.function();
     let name = |n: &str| super::codec::name_of(names, n);
     let mut dir = Dir::default();
-    fields(data, |tag, wire_type, buf| {
-        if wire_type != WireType::LengthDelimited {
-            return if (1..=3).contains(&tag) || tag == 5 { None } else { Some(false) };
-        }
-        let node = bytes(buf)?;
-        match tag {
-            1 => {
+    fields(data, |number, value| {
+        let node = match (number, value) {
+            (_, Value::Bytes(node)) => node,
+            (
+                DIRECTORY_FILES
+                | DIRECTORY_DIRECTORIES
+                | DIRECTORY_SYMLINKS
+                | DIRECTORY_NODE_PROPERTIES,
+                _,
+            ) => return None,
+            _ => return Some(()),
+        };
+        match number {
+            DIRECTORY_FILES => {
                 let (mut n, mut d, mut exec) = (None, None, None);
-                fields(node, |tag, wire_type, buf| match (tag, wire_type) {
-                    (1, WireType::LengthDelimited) => once(&mut n, text(buf)?).map(|()| true),
-                    (2, WireType::LengthDelimited) => {
-                        once(&mut d, digest(function, bytes(buf)?)?).map(|()| true)
-                    }
-                    (4, WireType::Varint) => {
-                        once(&mut exec, decode_varint(buf).ok()? != 0).map(|()| true)
-                    }
-                    (1 | 2 | 4 | 6, _) => None,
-                    _ => Some(false),
+                fields(node, |number, value| match (number, value) {
+                    (NODE_NAME, Value::Bytes(b)) => once(&mut n, text(b)?),
+                    (NODE_DIGEST, Value::Bytes(b)) => once(&mut d, digest(function, b)?),
+                    (FILE_NODE_IS_EXECUTABLE, Value::Varint(v)) => once(&mut exec, v != 0),
+                    (
+                        NODE_NAME
+                        | NODE_DIGEST
+                        | FILE_NODE_IS_EXECUTABLE
+                        | FILE_NODE_NODE_PROPERTIES,
+                        _,
+                    ) => None,
+                    _ => Some(()),
                 })?;
                 dir.files.push(FileEntry {
                     name: name(n.unwrap_or("")),
@@ -98,25 +94,23 @@ pub(super) fn decode_dir_fast(
                     is_executable: exec.unwrap_or(false),
                 });
             }
-            2 => {
+            DIRECTORY_DIRECTORIES => {
                 let (mut n, mut d) = (None, None);
-                fields(node, |tag, wire_type, buf| match (tag, wire_type) {
-                    (1, WireType::LengthDelimited) => once(&mut n, text(buf)?).map(|()| true),
-                    (2, WireType::LengthDelimited) => {
-                        once(&mut d, digest(function, bytes(buf)?)?).map(|()| true)
-                    }
-                    (1 | 2, _) => None,
-                    _ => Some(false),
+                fields(node, |number, value| match (number, value) {
+                    (NODE_NAME, Value::Bytes(b)) => once(&mut n, text(b)?),
+                    (NODE_DIGEST, Value::Bytes(b)) => once(&mut d, digest(function, b)?),
+                    (NODE_NAME | NODE_DIGEST, _) => None,
+                    _ => Some(()),
                 })?;
                 dir.directories.push(DirEntry { name: name(n.unwrap_or("")), digest: d? });
             }
-            3 => {
+            DIRECTORY_SYMLINKS => {
                 let (mut n, mut target) = (None, None);
-                fields(node, |tag, wire_type, buf| match (tag, wire_type) {
-                    (1, WireType::LengthDelimited) => once(&mut n, text(buf)?).map(|()| true),
-                    (2, WireType::LengthDelimited) => once(&mut target, text(buf)?).map(|()| true),
-                    (1 | 2 | 4, _) => None,
-                    _ => Some(false),
+                fields(node, |number, value| match (number, value) {
+                    (NODE_NAME, Value::Bytes(b)) => once(&mut n, text(b)?),
+                    (SYMLINK_NODE_TARGET, Value::Bytes(b)) => once(&mut target, text(b)?),
+                    (NODE_NAME | SYMLINK_NODE_TARGET | SYMLINK_NODE_NODE_PROPERTIES, _) => None,
+                    _ => Some(()),
                 })?;
                 let target = target.unwrap_or("");
                 if target.is_empty() || target.contains('\0') {
@@ -125,39 +119,21 @@ pub(super) fn decode_dir_fast(
                 dir.symlinks
                     .push(SymlinkEntry { name: name(n.unwrap_or("")), target: target.into() });
             }
-            5 => return None,
-            _ => return Some(false),
+            DIRECTORY_NODE_PROPERTIES => return None,
+            _ => {}
         }
-        Some(true)
+        Some(())
     })?;
     let entries = dir.files.len() + dir.directories.len() + dir.symlinks.len();
     if entries > limits.max_entries {
         return None;
     }
-    fn sorted<'a>(names: impl Iterator<Item = &'a str>) -> Option<()> {
-        let mut previous: Option<&str> = None;
-        for name in names {
-            check_name(name).ok()?;
-            if previous.is_some_and(|p| p >= name) {
-                return None;
-            }
-            previous = Some(name);
-        }
-        Some(())
-    }
-    sorted(dir.files.iter().map(|f| &*f.name))?;
-    sorted(dir.directories.iter().map(|d| &*d.name))?;
-    sorted(dir.symlinks.iter().map(|s| &*s.name))?;
-    if !dir.directories.is_empty() || !dir.symlinks.is_empty() {
-        let mut seen = HashSet::with_capacity(entries);
-        let all = dir.files.iter().map(|f| &*f.name);
-        let all = all.chain(dir.directories.iter().map(|d| &*d.name));
-        for n in all.chain(dir.symlinks.iter().map(|s| &*s.name)) {
-            if !seen.insert(n) {
-                return None;
-            }
-        }
-    }
+    check_entry_names(
+        dir.files.iter().map(|f| &*f.name),
+        dir.directories.iter().map(|d| &*d.name),
+        dir.symlinks.iter().map(|s| &*s.name),
+    )
+    .ok()?;
     Some(dir)
 }
 

@@ -17,7 +17,9 @@ mod names;
 
 pub use batch::{batch_ranges, read_each, read_in_batches, write_in_batches};
 pub use builder::DirectoryBuilder;
-pub use codec::{Dir, DirEntry, FileEntry, SymlinkEntry, decode_directory, directory_blob};
+pub use codec::{
+    Dir, DirEntry, FileEntry, SymlinkEntry, decode_directory, directory_blob, validate_directory,
+};
 pub use forest::{
     Expansion, Forest, PartialForest, TreeFile, fetch_forest, fetch_forest_partial, fetch_tree,
     join,
@@ -26,4 +28,4 @@ pub use ingest::{build_tree, ingest, ingest_dir};
 pub use materialize::{
     DEFAULT_MAX_MATERIALIZE_BYTES, MaterializeOptions, materialize, materialize_in,
 };
-pub use names::{DEFAULT_MAX_EXPANDED_ENTRIES, TreeLimits, check_name, validate_directory};
+pub use names::{DEFAULT_MAX_EXPANDED_ENTRIES, TreeLimits, check_name};

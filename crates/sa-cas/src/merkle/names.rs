@@ -5,8 +5,7 @@ use std::collections::HashSet;
 
 use sa_proto::reapi::Directory;
 
-use super::codec::*;
-use crate::digest::{Digest, DigestFunction};
+use crate::digest::Digest;
 use crate::error::CasError;
 
 /// Bounds on the trees this module accepts; exceeding one is an error, not an out-of-memory kill.
@@ -74,20 +73,46 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Checks that a decoded `Directory` is canonical and safe: every name one safe segment,
-/// each list sorted by name with no duplicates, no name in two lists, valid digests, non-empty
-/// symlink targets.
-pub fn validate_directory(
-    function: DigestFunction,
-    digest: &Digest,
-    directory: &Directory,
-    limits: &TreeLimits,
-) -> Result<(), CasError> {
-    check_names(digest, directory, limits)?;
-    compact(function, digest, directory, None).map(|_| ())
+/// The canonical-name rule of a Directory, the one both decoders follow: every name one safe
+/// segment ([`check_name`]), each list sorted by name with no duplicates, no name in two
+/// lists. The lists are files, directories and symlinks.
+pub(super) fn check_entry_names<'a>(
+    files: impl Iterator<Item = &'a str> + Clone,
+    directories: impl Iterator<Item = &'a str> + Clone,
+    symlinks: impl Iterator<Item = &'a str> + Clone,
+) -> Result<(), String> {
+    fn sorted<'a>(kind: &str, names: impl Iterator<Item = &'a str>) -> Result<usize, String> {
+        let mut previous: Option<&str> = None;
+        let mut count = 0;
+        for name in names {
+            check_name(name).map_err(|reason| format!("{kind} {reason}"))?;
+            if let Some(previous) = previous {
+                if previous == name {
+                    return Err(format!("{kind} {name:?} appears twice"));
+                }
+                if previous > name {
+                    return Err(format!("{kind}s not sorted: {previous:?} before {name:?}"));
+                }
+            }
+            previous = Some(name);
+            count += 1;
+        }
+        Ok(count)
+    }
+    let file_count = sorted("file", files.clone())?;
+    let others = sorted("directory", directories.clone())? + sorted("symlink", symlinks.clone())?;
+    if others > 0 {
+        let mut names = HashSet::with_capacity(file_count + others);
+        for name in files.chain(directories).chain(symlinks) {
+            if !names.insert(name) {
+                return Err(format!("name {name:?} is used by two kinds of entry"));
+            }
+        }
+    }
+    Ok(())
 }
 
-/// Every check of [`validate_directory`] but the digests and symlink targets (which
+/// Every check of [`super::validate_directory`] but the digests and symlink targets (which
 /// [`compact`] checks while converting).
 pub(super) fn check_names(
     digest: &Digest,
@@ -102,34 +127,11 @@ pub(super) fn check_names(
             limits.max_entries
         )));
     }
-    fn sorted<'a>(kind: &str, names: impl Iterator<Item = &'a str>) -> Result<(), String> {
-        let mut previous: Option<&str> = None;
-        for name in names {
-            check_name(name).map_err(|reason| format!("{kind} {reason}"))?;
-            if let Some(previous) = previous {
-                if previous == name {
-                    return Err(format!("{kind} {name:?} appears twice"));
-                }
-                if previous > name {
-                    return Err(format!("{kind}s not sorted: {previous:?} before {name:?}"));
-                }
-            }
-            previous = Some(name);
-        }
-        Ok(())
-    }
-    sorted("file", directory.files.iter().map(|f| f.name.as_str())).map_err(invalid)?;
-    sorted("directory", directory.directories.iter().map(|d| d.name.as_str())).map_err(invalid)?;
-    sorted("symlink", directory.symlinks.iter().map(|s| s.name.as_str())).map_err(invalid)?;
-    if !directory.directories.is_empty() || !directory.symlinks.is_empty() {
-        let mut names = HashSet::with_capacity(entries);
-        let all = directory.files.iter().map(|f| &f.name);
-        let all = all.chain(directory.directories.iter().map(|d| &d.name));
-        for name in all.chain(directory.symlinks.iter().map(|s| &s.name)) {
-            if !names.insert(name) {
-                return Err(invalid(format!("name {name:?} is used by two kinds of entry")));
-            }
-        }
-    }
+    check_entry_names(
+        directory.files.iter().map(|f| f.name.as_str()),
+        directory.directories.iter().map(|d| d.name.as_str()),
+        directory.symlinks.iter().map(|s| s.name.as_str()),
+    )
+    .map_err(invalid)?;
     Ok(())
 }

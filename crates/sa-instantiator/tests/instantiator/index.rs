@@ -245,3 +245,121 @@ fn a_hostile_actions_index_is_refused_rebuilt_and_replaced() {
         );
     }
 }
+
+/// Instantiates with the previous graph naming `index` for `spec` (the trust root).
+fn instantiate_named(
+    cas: &(impl Store + ?Sized),
+    sources: Digest,
+    spec: &Digest,
+    index: Option<Digest>,
+) -> (Vec<InstantiatedAction>, IndexStats) {
+    let state = ElementState {
+        name: "e".into(),
+        sources: Some(sources),
+        previous_speculative_actions: Some(*spec),
+        previous_actions_index: index,
+        ..Default::default()
+    };
+    let instantiator = Instantiator::new(cas, vec![state], InstantiateConfig::default()).unwrap();
+    let outcomes = instantiator.instantiate_element("e", spec).unwrap();
+    (outcomes, instantiator.index_stats())
+}
+
+/// Structurally valid lies an ActionCache writer can plant: every one passes the checks of
+/// the index itself, and would change what runs or what is primed if it were believed.
+fn lies(c: &Case, other_action: Digest) -> Vec<(&'static str, sa_proto::sa::v1::ActionsIndex)> {
+    let spec = c.generated.digest;
+    let valid = sa_proto::sa::v1::ActionsIndex::decode(
+        ActionsIndex::from_speculative_actions(F, spec, &c.cas.read_blob(&spec).unwrap())
+            .unwrap()
+            .to_blob(F)
+            .data()
+            .clone(),
+    )
+    .unwrap();
+    let mutated = |change: &dyn Fn(&mut sa_proto::sa::v1::ActionsIndex)| {
+        let mut message = valid.clone();
+        change(&mut message);
+        message
+    };
+    vec![
+        (
+            "every base digest replaced by another Action",
+            mutated(&|m| {
+                for action in &mut m.actions {
+                    action.base_action_digest = Some(other_action.to_proto());
+                }
+            }),
+        ),
+        ("an action dropped", mutated(&|m| drop(m.actions.remove(0)))),
+        ("an action added", mutated(&|m| m.actions.push(m.actions[0].clone()))),
+        ("the actions swapped", mutated(&|m| m.actions.swap(0, 1))),
+        (
+            "an overlay dropped",
+            mutated(&|m| {
+                m.actions[1].overlay_deltas.pop();
+            }),
+        ),
+    ]
+}
+
+#[test]
+fn a_lying_index_in_the_action_cache_changes_nothing_that_runs() {
+    let c = case(&GenerateConfig::default());
+    let spec = c.generated.digest;
+    let (reference, _) = instantiate(&c.cas, c.sources2, &spec, false);
+    // An Action the user never recorded, stored where the instantiator can read it.
+    let evil = super::action(&c.cas, "rm -rf ~", c.roots[0]);
+    for (what, lie) in lies(&c, evil) {
+        plant_index(&c.cas, &spec, &lie);
+        assert!(
+            matches!(ActionsIndex::load(&c.cas, &spec).unwrap(), Lookup::Found(_)),
+            "{what}: structurally valid, so only the check against the blob can refuse it"
+        );
+        let (outcomes, stats) = instantiate(&c.cas, c.sources2, &spec, true);
+        assert_eq!(outcomes, reference, "{what}: the outcomes are the blob's");
+        assert!(outcomes.iter().all(|o| o.action != evil && o.base != evil), "{what}");
+        assert_eq!(stats, IndexStats { loaded: 0, built: 0, rebuilt: 1 }, "{what}");
+        // The lie was replaced by the index of the blob.
+        let Lookup::Found(replaced) = ActionsIndex::load(&c.cas, &spec).unwrap() else {
+            panic!("{what}: replaced")
+        };
+        assert_eq!(Some(*replaced.to_blob(F).digest()), c.generated.index, "{what}");
+    }
+}
+
+#[test]
+fn the_index_the_graph_names_is_used_whatever_the_action_cache_holds() {
+    let c = case(&GenerateConfig::default());
+    let spec = c.generated.digest;
+    let (reference, _) = instantiate(&c.cas, c.sources2, &spec, false);
+    let evil = super::action(&c.cas, "rm -rf ~", c.roots[0]);
+    let lie = lies(&c, evil).remove(0).1;
+    plant_index(&c.cas, &spec, &lie);
+    let (outcomes, stats) = instantiate_named(&c.cas, c.sources2, &spec, c.generated.index);
+    assert_eq!(outcomes, reference);
+    assert_eq!(stats, IndexStats { loaded: 1, built: 0, rebuilt: 0 });
+    // The blob itself is never read on this path: gone from the store, nothing changes.
+    std::fs::remove_file(object_path(&c.cas, &spec)).unwrap();
+    let (outcomes, _) = instantiate_named(&c.cas, c.sources2, &spec, c.generated.index);
+    assert_eq!(outcomes, reference);
+}
+
+#[test]
+fn a_named_index_that_is_not_the_blobs_is_refused_and_rebuilt() {
+    let c = case(&GenerateConfig::default());
+    let spec = c.generated.digest;
+    let (reference, _) = instantiate(&c.cas, c.sources2, &spec, false);
+    let other = c.cas.write_blob(vec![0xffu8; 64].into()).unwrap();
+    let absent = F.hash_bytes(b"an index nobody stored");
+    for (what, named) in [("garbage", other), ("absent", absent)] {
+        let (outcomes, stats) = instantiate_named(&c.cas, c.sources2, &spec, Some(named));
+        assert_eq!(outcomes, reference, "{what}");
+        let expected = if what == "absent" {
+            IndexStats { loaded: 0, built: 1, rebuilt: 0 }
+        } else {
+            IndexStats { loaded: 0, built: 0, rebuilt: 1 }
+        };
+        assert_eq!(stats, expected, "{what}");
+    }
+}

@@ -195,6 +195,7 @@ fn states(s: &Scenario, lib_built: bool) -> Vec<ElementState> {
             previous_key: Some("lib1".into()),
             current_key: Some("lib2".into()),
             previous_speculative_actions: Some(s.lib_spec),
+            ..Default::default()
         },
         ElementState {
             name: "base.bst".into(),
