@@ -248,9 +248,25 @@ fn producer_order(
 }
 
 fn from_recording(args: &StoreArgs, cmd: &FromRecordingArgs, ui: &mut Ui) -> Result<()> {
-    // A recording is read into memory: bounded like a graph.
-    let lines = sa_proxy::read_recording(&cmd.recording, args.limits.max_graph_bytes)
-        .with_context(|| format!("reading the recording {}", cmd.recording.display()))?;
+    // A recording is read into memory: bounded like a graph, counted as it is read.
+    let limit = args.limits.max_graph_bytes;
+    let recording = sa_proxy::read_recording(&cmd.recording, limit).map_err(|err| match err {
+        sa_cas::BoundedReadError::TooLarge { .. } => anyhow::anyhow!(
+            "recording {}: more than --max-graph-bytes {limit}",
+            cmd.recording.display()
+        ),
+        err => anyhow::anyhow!("reading the recording: {err}"),
+    })?;
+    if !recording.skipped.is_empty() {
+        eprintln!(
+            "warning: recording {}: skipped {} broken lines (lines {:?}: what a write that \
+             failed part way leaves)",
+            cmd.recording.display(),
+            recording.skipped.len(),
+            recording.skipped
+        );
+    }
+    let lines = recording.lines;
     let actions = recorded_actions(&lines, &cmd.mnemonic, args)
         .with_context(|| format!("recording {}", cmd.recording.display()))?;
     if actions.is_empty() {

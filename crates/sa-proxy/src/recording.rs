@@ -12,21 +12,41 @@ use serde_json::Value;
 const MAX_OPEN_FILES: usize = 64;
 
 /// Appends JSON lines to `DIR/<invocation>.jsonl`, one `write` per line. Crash-safe: a killed
-/// proxy leaves at most one partial last line, which the next open of that file cuts off and
-/// [`read_recording`] ignores, so every file reads back line by line.
+/// proxy, or a write that failed part way (a full disk), leaves at most one partial line,
+/// which the next open of that file cuts off (a file whose write failed is reopened before its
+/// next line) and [`read_recording`] skips wherever it is, so every file reads back line by
+/// line. A file deleted or renamed (rotated) while open is noticed at the next line and
+/// created anew.
 #[derive(Debug)]
 pub struct Recorder {
     dir: PathBuf,
-    files: Mutex<HashMap<String, File>>,
+    files: Mutex<HashMap<String, Open>>,
+}
+
+/// An open recording file and the identity of the file it was opened as.
+#[derive(Debug)]
+struct Open {
+    file: File,
+    identity: (u64, u64),
+}
+
+fn identity(metadata: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (metadata.dev(), metadata.ino())
 }
 
 /// The file name for an invocation id: itself when it is a plain name, else a digest of it.
+/// The names the proxy uses itself, `unknown` (no `RequestMetadata`) and `id-<hex>` (a digest),
+/// are never a client's plain name: a client that sends one gets a digest too, so no client
+/// can write into another's file.
 fn file_stem(invocation: Option<&str>) -> String {
     match invocation {
         None | Some("") => "unknown".into(),
         Some(id)
             if id.len() <= 128
                 && !id.starts_with('.')
+                && id != "unknown"
+                && !id.starts_with("id-")
                 && id
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) =>
@@ -41,9 +61,13 @@ fn file_stem(invocation: Option<&str>) -> String {
 }
 
 impl Recorder {
-    /// Records into `dir`, created if missing.
+    /// Records into `dir`, created if missing; a directory this process cannot create files
+    /// in is refused now, not at the first call.
     pub fn new(dir: &Path) -> io::Result<Recorder> {
         std::fs::create_dir_all(dir)?;
+        tempfile::Builder::new().prefix(".sa-probe-").tempfile_in(dir).map_err(|err| {
+            io::Error::new(err.kind(), format!("cannot create files in {}: {err}", dir.display()))
+        })?;
         Ok(Recorder { dir: dir.to_path_buf(), files: Mutex::new(HashMap::new()) })
     }
 
@@ -57,17 +81,31 @@ impl Recorder {
         let stem = file_stem(invocation);
         let mut text = line.to_string();
         text.push('\n');
+        let path = self.dir.join(format!("{stem}.jsonl"));
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        // Deleted or rotated since it was opened: a new file at the path.
+        let moved = files.get(&stem).is_some_and(|open| {
+            std::fs::symlink_metadata(&path).map(|m| identity(&m)).ok() != Some(open.identity)
+        });
+        if moved {
+            files.remove(&stem);
+        }
         if !files.contains_key(&stem) {
             // Clients choose invocation ids: never hold more than a few files open.
             if files.len() >= MAX_OPEN_FILES {
                 files.clear();
             }
-            let path = self.dir.join(format!("{stem}.jsonl"));
-            files.insert(stem.clone(), open_repaired(&path)?);
+            let file = open_repaired(&path)?;
+            let identity = identity(&file.metadata()?);
+            files.insert(stem.clone(), Open { file, identity });
         }
-        let file = files.get_mut(&stem).expect("inserted above");
-        file.write_all(text.as_bytes())
+        let open = files.get_mut(&stem).expect("inserted above");
+        let written = open.file.write_all(text.as_bytes());
+        if written.is_err() {
+            // Part of the line may be in the file: reopen (and cut it) before the next line.
+            files.remove(&stem);
+        }
+        written
     }
 }
 
@@ -92,39 +130,37 @@ fn open_repaired(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-/// Reads a recording back: every complete line, parsed; a partial last line (a writer killed
-/// mid-line) is ignored. A complete line that is not JSON is an error naming the line, and so is
-/// a file larger than `max_bytes` (it is read into memory).
-pub fn read_recording(path: &Path, max_bytes: u64) -> io::Result<Vec<Value>> {
-    let size = std::fs::metadata(path)?.len();
-    if size > max_bytes {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{} has {size} bytes, more than the {max_bytes} a recording may have",
-                path.display()
-            ),
-        ));
-    }
-    let mut text = String::with_capacity(size as usize);
-    File::open(path)?.take(max_bytes).read_to_string(&mut text)?;
-    let complete = match text.rfind('\n') {
-        Some(end) => &text[..=end],
-        None => "",
+/// A recording read back.
+#[derive(Debug, Default)]
+pub struct Recording {
+    /// Every complete line that parsed, in order.
+    pub lines: Vec<Value>,
+    /// The numbers (from 1) of complete lines that did not parse: partial lines a failed
+    /// write left in the middle of the file, skipped.
+    pub skipped: Vec<usize>,
+}
+
+/// Reads a recording back, counting its bytes as it reads (a pipe or a device is held to
+/// `max_bytes` too): every complete line, parsed; a line that is not JSON (what a write that
+/// failed part way leaves) is skipped and listed; a partial last line (a writer killed
+/// mid-line) is ignored. A file over `max_bytes` is an error.
+pub fn read_recording(path: &Path, max_bytes: u64) -> Result<Recording, sa_cas::BoundedReadError> {
+    let data = sa_cas::read_bounded(path, max_bytes)?;
+    let complete = match data.iter().rposition(|b| *b == b'\n') {
+        Some(end) => &data[..=end],
+        None => &[][..],
     };
-    complete
-        .lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(number, line)| {
-            serde_json::from_str(line).map_err(|err| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{} line {}: {err}", path.display(), number + 1),
-                )
-            })
-        })
-        .collect()
+    let mut recording = Recording::default();
+    for (number, line) in complete.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice(line) {
+            Ok(value) => recording.lines.push(value),
+            Err(_) => recording.skipped.push(number + 1),
+        }
+    }
+    Ok(recording)
 }
 
 #[cfg(test)]
@@ -141,7 +177,10 @@ mod tests {
         let path = dir.path().join("inv-1.jsonl");
         // A writer killed in the middle of its line.
         OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"n\": 2, \"ha").unwrap();
-        assert_eq!(read_recording(&path, 1 << 20).unwrap(), vec![serde_json::json!({"n": 1})]);
+        assert_eq!(
+            read_recording(&path, 1 << 20).unwrap().lines,
+            vec![serde_json::json!({"n": 1})]
+        );
         let recorder = Recorder::new(dir.path()).unwrap();
         recorder.append(Some("inv-1"), &serde_json::json!({"n": 3})).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":1}\n{\"n\":3}\n");
@@ -159,19 +198,89 @@ mod tests {
                 assert!(recorder.files.lock().unwrap().len() <= MAX_OPEN_FILES);
             }
         }
-        let lines = read_recording(&dir.path().join("inv-7.jsonl"), 1 << 20).unwrap();
+        let lines = read_recording(&dir.path().join("inv-7.jsonl"), 1 << 20).unwrap().lines;
         assert_eq!(lines, [serde_json::json!({"round": 0}), serde_json::json!({"round": 1})]);
     }
 
     #[test]
-    fn bad_recordings_are_errors_naming_the_file_and_line() {
+    fn a_broken_line_anywhere_is_skipped_and_named_and_a_large_file_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.jsonl");
-        std::fs::write(&path, "{\"a\": 1}\nnot json\n").unwrap();
-        let err = read_recording(&path, 1 << 20).unwrap_err().to_string();
-        assert!(err.starts_with(&format!("{} line 2: ", path.display())), "{err}");
+        std::fs::write(&path, "{\"a\": 1}\n{\"b\": tru\n{\"c\": 3}\n").unwrap();
+        let recording = read_recording(&path, 1 << 20).unwrap();
+        assert_eq!(recording.lines, [serde_json::json!({"a": 1}), serde_json::json!({"c": 3})]);
+        assert_eq!(recording.skipped, [2]);
         let err = read_recording(&path, 10).unwrap_err().to_string();
-        assert!(err.contains("more than the 10 a recording may have"), "{err}");
+        assert!(err.ends_with("holds more than 10 bytes"), "{err}");
+        let err = read_recording(Path::new("/dev/zero"), 1 << 16).unwrap_err().to_string();
+        assert!(err.ends_with("holds more than 65536 bytes"), "{err}");
+    }
+
+    /// A file whose writes fail part way: the first `allowed` bytes go in, then ENOSPC.
+    #[test]
+    fn after_a_failed_write_the_next_line_starts_on_a_line_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = Recorder::new(dir.path()).unwrap();
+        recorder.append(Some("inv"), &serde_json::json!({"n": 1})).unwrap();
+        let path = dir.path().join("inv.jsonl");
+        // What a full disk leaves: part of a line, written through the recorder's own file.
+        {
+            let mut files = recorder.files.lock().unwrap();
+            files.get_mut("inv").unwrap().file.write_all(b"{\"n\": 2, \"par").unwrap();
+            // The recorder saw the write fail: it drops the file.
+            files.remove("inv");
+        }
+        recorder.append(Some("inv"), &serde_json::json!({"n": 3})).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":1}\n{\"n\":3}\n");
+        assert_eq!(read_recording(&path, 1 << 20).unwrap().skipped, Vec::<usize>::new());
+    }
+
+    #[test]
+    fn a_recording_deleted_or_rotated_while_open_is_created_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = Recorder::new(dir.path()).unwrap();
+        let path = dir.path().join("inv.jsonl");
+        recorder.append(Some("inv"), &serde_json::json!({"n": 1})).unwrap();
+        std::fs::rename(&path, dir.path().join("inv.jsonl.1")).unwrap();
+        recorder.append(Some("inv"), &serde_json::json!({"n": 2})).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        recorder.append(Some("inv"), &serde_json::json!({"n": 3})).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":3}\n");
+        let rotated = std::fs::read_to_string(dir.path().join("inv.jsonl.1")).unwrap();
+        assert_eq!(rotated, "{\"n\":1}\n");
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_written_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("ro");
+        std::fs::create_dir(&record).unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        // A path under a file cannot be created, whoever runs the test (root included).
+        let err = Recorder::new(&file.join("sub")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotADirectory, "{err}");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&record, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let running_as_root = rustix_is_root();
+        let result = Recorder::new(&record);
+        if running_as_root {
+            // Root writes anywhere: the probe succeeds, which is the truth.
+            assert!(result.is_ok());
+        } else {
+            let err = result.unwrap_err().to_string();
+            assert!(err.starts_with(&format!("cannot create files in {}", record.display())));
+        }
+        // A read-only file system refuses root too.
+        let err = Recorder::new(Path::new("/proc/sys")).unwrap_err().to_string();
+        assert!(err.starts_with("cannot create files in /proc/sys"), "{err}");
+    }
+
+    fn rustix_is_root() -> bool {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
     }
 
     #[test]
@@ -181,6 +290,13 @@ mod tests {
         for hostile in ["../x", "a/b", ".hidden", ""] {
             let stem = file_stem(Some(hostile));
             assert!(!stem.contains('/') && !stem.starts_with('.'), "{hostile}: {stem}");
+        }
+        // The proxy's own names are never a client's: `unknown` and a digest name are hashed.
+        let hashed = file_stem(Some("../x"));
+        for impostor in ["unknown", hashed.as_str()] {
+            let stem = file_stem(Some(impostor));
+            assert_ne!(stem, impostor);
+            assert!(stem.starts_with("id-"), "{impostor}: {stem}");
         }
     }
 }

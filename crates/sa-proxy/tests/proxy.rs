@@ -39,7 +39,7 @@ struct Setup {
 fn recording_of(path: &std::path::Path, lines: usize) -> Vec<Value> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let read = read_recording(path, 1 << 20).unwrap_or_default();
+        let read = read_recording(path, 1 << 20).map(|r| r.lines).unwrap_or_default();
         if read.len() >= lines || std::time::Instant::now() > deadline {
             return read;
         }
@@ -591,7 +591,7 @@ fn an_execute_dropped_after_its_final_operation_is_recorded_with_its_outcome() {
         drop(stream);
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     });
-    let lines = read_recording(&s.record.join("unknown.jsonl"), 1 << 20).unwrap();
+    let lines = read_recording(&s.record.join("unknown.jsonl"), 1 << 20).unwrap().lines;
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(
         (lines[0]["status"].as_i64(), lines[0]["exit_code"].as_i64()),
@@ -599,4 +599,34 @@ fn an_execute_dropped_after_its_final_operation_is_recorded_with_its_outcome() {
         "{}",
         lines[0]
     );
+}
+
+#[test]
+fn a_call_the_upstream_never_answers_is_recorded_as_cancelled_when_the_client_gives_up() {
+    let dir = tempfile::tempdir().unwrap();
+    // An upstream that accepts connections and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = format!("grpc://{}", silent.local_addr().unwrap());
+    let record = dir.path().join("recordings");
+    let config = ProxyConfig::new(GrpcConfig::new(upstream), record.clone());
+    let proxy = Proxy::start(&Listen::parse("127.0.0.1:0").unwrap(), config).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let action = SHA.hash_bytes(b"an action");
+    let url = proxy.endpoint().replace("grpc://", "http://");
+    runtime.block_on(async {
+        let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+        let mut client = ActionCacheClient::new(channel);
+        let call = client.get_action_result(GetActionResultRequest {
+            action_digest: d(&action),
+            ..Default::default()
+        });
+        // The client gives up after a while: its stream is cancelled.
+        let answered = tokio::time::timeout(std::time::Duration::from_millis(500), call).await;
+        assert!(answered.is_err(), "nothing can answer");
+    });
+    let lines = recording_of(&record.join("unknown.jsonl"), 1);
+    assert_eq!(lines.len(), 1, "the call is recorded");
+    assert_eq!(lines[0]["action"], action.to_string());
+    assert_eq!(lines[0]["status"], tonic::Code::Cancelled as i32);
+    drop(silent);
 }

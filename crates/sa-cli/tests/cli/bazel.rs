@@ -69,6 +69,7 @@ type LoopRun = (Vec<Asked>, BTreeSet<String>, BTreeSet<String>);
 fn asked(recording: &Path) -> Vec<Asked> {
     sa_proxy::read_recording(recording, 1 << 24)
         .unwrap()
+        .lines
         .iter()
         .map(|l| {
             let cached = l["cached"] == true;

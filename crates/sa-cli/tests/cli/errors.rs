@@ -187,6 +187,25 @@ fn limits_are_errors_naming_what_exceeded_them() {
     let out = sa(&["--cas", &store, "--max-graph-bytes", "10", "generate", "--graph", &graph]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("more than --max-graph-bytes 10"), "{}", stderr(&out));
+    // Endless inputs and pipes are counted as they are read, not by their size on disk.
+    for endless in ["/dev/zero", "/dev/urandom"] {
+        let out =
+            sa(&["--cas", &store, "--max-graph-bytes", "4096", "generate", "--graph", endless]);
+        assert_eq!(out.status.code(), Some(1), "{endless}");
+        let expected = format!("graph {endless}: more than --max-graph-bytes 4096");
+        assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
+    }
+    let piped = Process::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "exec {} --cas {store} --max-graph-bytes 10 instantiate --graph <(cat {graph}) \
+             --previous {graph}",
+            env!("CARGO_BIN_EXE_sa")
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(piped.status.code(), Some(1));
+    assert!(stderr(&piped).contains("more than --max-graph-bytes 10"), "{}", stderr(&piped));
     // Zero is not a limit: a usage error.
     for flag in ["--max-in-flight-rpcs", "--max-tree-depth", "--max-blob-bytes"] {
         let out = sa(&["--cas", &store, flag, "0", "ingest", &p.path("app1")]);

@@ -81,7 +81,7 @@ fn build_2_through_the_proxy_finds_every_changed_compile_primed() {
         }
     }
     let recording1 = record1.join("unknown.jsonl");
-    let lines1 = sa_proxy::read_recording(&recording1, 1 << 20).unwrap();
+    let lines1 = sa_proxy::read_recording(&recording1, 1 << 20).unwrap().lines;
     assert_eq!(lines1.len(), 3, "{lines1:?}");
     for line in &lines1 {
         let fresh = line["kind"] == "execute" && line["cached"] == false && line["exit_code"] == 0;
@@ -154,7 +154,7 @@ fn build_2_through_the_proxy_finds_every_changed_compile_primed() {
             compile(&ws, &proxy.endpoint, &log2, source);
         }
     }
-    let lines2 = sa_proxy::read_recording(&record2.join("unknown.jsonl"), 1 << 20).unwrap();
+    let lines2 = sa_proxy::read_recording(&record2.join("unknown.jsonl"), 1 << 20).unwrap().lines;
     assert_eq!(lines2.len(), 3);
     for line in &lines2 {
         assert_eq!(line["cached"], true, "build 2 found it cached: {line}");
@@ -171,7 +171,7 @@ fn build_2_through_the_proxy_finds_every_changed_compile_primed() {
 }
 
 #[test]
-fn a_bad_recording_is_an_error_naming_the_file_and_line() {
+fn a_bad_recording_is_an_error_naming_the_file_and_line_and_a_broken_line_is_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     LocalCas::open(&store, LocalCasConfig::default()).unwrap();
@@ -182,7 +182,12 @@ fn a_bad_recording_is_an_error_naming_the_file_and_line() {
         r#"{{"kind":"execute","action":"{absent}","status":0,"exit_code":0,"cached":false}}"#
     );
     let cases = [
-        (format!("{good}\nnot json\n"), "line 2: ".to_owned()),
+        // A broken line (a write that failed part way) is skipped and said; the rest is read.
+        (
+            format!("{good}\nnot json\n"),
+            "skipped 1 broken lines (lines [2]: what a write that failed part way leaves)"
+                .to_owned(),
+        ),
         (
             "{\"kind\":\"execute\",\"action\":\"xyz/1\",\"status\":0,\"exit_code\":0}\n".to_owned(),
             "line 1: \"action\"".to_owned(),
@@ -217,7 +222,7 @@ fn a_bad_recording_is_an_error_naming_the_file_and_line() {
         assert_eq!(out.status.code(), Some(1), "{text}: {stderr}");
         assert!(stderr.contains(&expected), "{expected}: {stderr}");
     }
-    // A recording larger than --max-graph-bytes is refused before it is read.
+    // A recording larger than --max-graph-bytes is refused as it is read (a pipe too).
     let recording = dir.path().join("r.jsonl");
     std::fs::write(&recording, format!("{good}\n").repeat(10)).unwrap();
     let r = recording.display().to_string();
@@ -236,7 +241,23 @@ fn a_bad_recording_is_an_error_naming_the_file_and_line() {
         "a",
     ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("more than the 100 a recording may have")
-    );
+    let expected = format!("recording {r}: more than --max-graph-bytes 100");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&expected));
+    let out = sa(&[
+        "--cas",
+        &store,
+        "--max-graph-bytes",
+        "1000",
+        "graph",
+        "from-recording",
+        "--recording",
+        "/dev/zero",
+        "--sources",
+        &ws,
+        "--name",
+        "a",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let expected = "recording /dev/zero: more than --max-graph-bytes 1000";
+    assert!(String::from_utf8_lossy(&out.stderr).contains(expected));
 }
