@@ -249,6 +249,10 @@ impl Digest {
         if size.is_empty() || !size.bytes().all(|b| b.is_ascii_digit()) {
             return Err(invalid("size is not a decimal number"));
         }
+        // One text for one digest: `0141` and `141` would name the same blob.
+        if size.len() > 1 && size.starts_with('0') {
+            return Err(invalid("size has a leading zero (write it as a plain decimal)"));
+        }
         let size: u64 = size.parse().map_err(|_| invalid("size does not fit in int64"))?;
         let hash = parse_hash(function, hash).map_err(|reason| invalid(&reason))?;
         Digest::new(function, hash, size).map_err(|_| invalid("size does not fit in int64"))

@@ -49,7 +49,8 @@ pub(crate) struct Cli {
 pub(crate) struct StoreArgs {
     /// Local store directory, laid out like buildbox-casd's
     /// [default: ${XDG_CACHE_HOME:-~/.cache}/speculative-actions]
-    #[arg(long, env = "SA_CAS", global = true, value_name = "DIR")]
+    #[arg(long, env = "SA_CAS", global = true, value_name = "DIR",
+          value_parser = any_path)]
     pub(crate) cas: Option<PathBuf>,
     /// Use a REAPI server instead of the local store: grpc://HOST:PORT, grpcs://HOST:PORT or
     /// unix:/PATH (for `prime`: the execution service).
@@ -123,6 +124,12 @@ pub(crate) struct LimitArgs {
     #[arg(long, default_value_t = 16, global = true, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub(crate) max_in_flight_rpcs: u32,
+}
+
+/// A path, the empty one included (clap's own path parser refuses it): an empty `SA_CAS=` or
+/// `--cas ""` means unset, as shells expect, and `main` treats it so.
+fn any_path(text: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(text))
 }
 
 impl LimitArgs {

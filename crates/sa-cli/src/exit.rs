@@ -1,6 +1,11 @@
 //! How the process ends: usage errors (exit 2), broken pipes (quietly 0), signals (128 + the
 //! signal, after ending running actions).
 
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// The signal being handled, once one came (0 before).
+static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+
 /// On SIGINT, SIGTERM or SIGHUP: end every running action's process group, remove every
 /// scratch directory, and exit with 128 + the signal, as shells report it.
 pub(crate) fn install_signal_handlers() -> anyhow::Result<()> {
@@ -8,6 +13,9 @@ pub(crate) fn install_signal_handlers() -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         if let Some(signal) = signals.forever().next() {
+            // Before anything is ended: the command failing because its actions were ended
+            // must not exit first with its own code (see `exit_if_interrupted`).
+            INTERRUPTED.store(signal, Ordering::SeqCst);
             let (groups, dirs) = sa_exec::interrupt();
             eprintln!(
                 "sa: interrupted by signal {signal}: ended {groups} running actions, removed {dirs} scratch directories"
@@ -16,6 +24,18 @@ pub(crate) fn install_signal_handlers() -> anyhow::Result<()> {
         }
     })?;
     Ok(())
+}
+
+/// When a signal is being handled, waits for the handler to finish its cleanup and exit with
+/// 128 + the signal (exits so itself if the handler takes more than 30 s): a command that
+/// ended because the handler ended its actions never exits with its own code.
+pub(crate) fn exit_if_interrupted() {
+    let signal = INTERRUPTED.load(Ordering::SeqCst);
+    if signal == 0 {
+        return;
+    }
+    std::thread::sleep(std::time::Duration::from_secs(30));
+    std::process::exit(128 + signal);
 }
 
 /// A combination of options that cannot work together: exit 2, like clap's own usage errors.

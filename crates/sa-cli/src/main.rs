@@ -51,6 +51,7 @@ fn main() -> ExitCode {
     }
     let mut ui = Ui::new(cli.json, cli.stats);
     let result = cli.command.run(&cli.store, &mut ui);
+    exit::exit_if_interrupted();
     let result = result.and_then(|code| ui.flush().map(|()| code));
     // Also after a failure: what the command did before it failed.
     ui.report_stats();

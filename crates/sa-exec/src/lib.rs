@@ -58,6 +58,7 @@ pub use executor::{
     Executor, ExecutorCounters, Finished, LocalExecutor, Outcome, RemoteExecutor, RemoteOptions,
 };
 pub use run::{
-    ExecConfig, ExecError, Execution, execute, execute_cached, result_blobs, write_outputs,
+    ExecConfig, ExecError, Execution, check_result, execute, execute_cached, result_blobs,
+    write_outputs,
 };
 pub use sandbox::Sandbox;

@@ -566,6 +566,40 @@ pub fn write_outputs<S: Cas + ?Sized>(
     Ok(())
 }
 
+/// Checks a result an executor (any: a remote service, a worker, a cache) gave for `action`
+/// before it is kept: every output path is one its Command declares and a plain relative path
+/// (no empty, `.` or `..` segment, not absolute), and no output symlink points outside the
+/// working directory. The check [`write_outputs`] applies before it writes, applied before the
+/// result enters a store that others will read it from.
+#[allow(deprecated)] // results of older servers still carry output_file_symlinks
+pub fn check_result<S: Cas + ?Sized>(
+    store: &S,
+    action: &Digest,
+    result: &ActionResult,
+) -> Result<(), CasError> {
+    let read = DecodedAction::read(store, action)?;
+    let command: Command = read_message(store, &read.command()?, "Command")?;
+    let declared = output_paths(&command);
+    let unsafe_path =
+        |path: &str, reason: String| CasError::UnsafePath { path: path.into(), reason };
+    let paths = result.output_files.iter().map(|f| f.path.as_str());
+    let paths = paths.chain(result.output_directories.iter().map(|d| d.path.as_str()));
+    let links = result.output_symlinks.iter().chain(&result.output_file_symlinks);
+    for path in paths.chain(links.clone().map(|l| l.path.as_str())) {
+        relative(path, false).map_err(|reason| unsafe_path(path, reason))?;
+        if declared.binary_search_by(|d| d.as_str().cmp(path)).is_err() {
+            let reason =
+                format!("the result of {action} names an output its Command does not declare");
+            return Err(unsafe_path(path, reason));
+        }
+    }
+    for link in links {
+        check_output_symlink(&link.path, &link.target)
+            .map_err(|reason| unsafe_path(&link.path, reason))?;
+    }
+    Ok(())
+}
+
 /// A symlink written as an output at `path` (relative to the working directory) may not be
 /// absolute nor climb above the working directory, counted from where it stands.
 fn check_output_symlink(path: &str, target: &str) -> Result<(), String> {

@@ -493,6 +493,9 @@ fn keep_result<S: Store + ?Sized>(
     action: &Digest,
     result: &ActionResult,
 ) -> Result<(), CasError> {
+    // An executor's word is checked before it enters the build's ActionCache, where `sa
+    // record` and the build read it: outputs the Command declares, inside its directory.
+    sa_exec::check_result(build, action, result)?;
     let outputs = sa_exec::result_blobs(build.digest_function(), result)?;
     let missing = build.find_missing(&outputs)?;
     copy(remote, build, &missing)?;

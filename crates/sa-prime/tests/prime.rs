@@ -14,7 +14,7 @@ use sa_exec::{Executor, Finished, Outcome};
 use sa_generator::{ElementTrees, GenerateConfig, GenerateInput, generate};
 use sa_instantiator::{ElementState, InstantiateConfig, Instantiator};
 use sa_prime::{Event, Status, StatusKind, Stores, prime};
-use sa_proto::reapi::{Action, ActionResult, OutputFile};
+use sa_proto::reapi::{Action, ActionResult, Command, OutputFile};
 
 const SHA: DigestFunction = DigestFunction::Sha256;
 
@@ -28,8 +28,14 @@ fn tree(cas: &dyn Store, files: &[(&str, &str)]) -> Digest {
     merkle::build_tree(cas, &entries).unwrap()
 }
 
+/// An Action of `command` (its one output `out`) over `root`.
 fn action(cas: &dyn Store, command: &str, root: Digest) -> Digest {
-    let command = cas.write_blob(command.to_owned().into()).unwrap();
+    let command = Command {
+        arguments: command.split_whitespace().map(str::to_owned).collect(),
+        output_paths: vec!["out".into()],
+        ..Default::default()
+    };
+    let command = write_message(cas, &command).unwrap();
     let action = Action {
         command_digest: Some(command.to_proto()),
         input_root_digest: Some(root.to_proto()),
@@ -186,5 +192,87 @@ fn an_executor_with_its_own_cas_gets_what_it_lacks_and_results_come_back() {
         let output =
             Digest::from_proto(SHA, result.output_files[0].digest.as_ref().unwrap()).unwrap();
         assert!(build.find_missing(&[output]).unwrap().is_empty());
+    }
+}
+
+/// An executor with its own store that answers every action with `result`: a hostile or broken
+/// service.
+#[derive(Debug)]
+struct Lying {
+    result: ActionResult,
+}
+
+impl Executor for Lying {
+    fn execute_all(&self, actions: &[Digest], done: &mut dyn FnMut(Finished)) {
+        for action in actions {
+            done(Finished {
+                action: *action,
+                outcome: Outcome::Executed(self.result.clone()),
+                latency: Duration::ZERO,
+            });
+        }
+    }
+}
+
+#[test]
+fn a_result_naming_outputs_outside_the_working_directory_is_never_kept() {
+    use sa_proto::reapi::OutputSymlink;
+    let build = MemoryCas::new(SHA);
+    let remote = MemoryCas::new(SHA);
+    let (spec, sources2, truth) = two_builds(&build);
+    let blob = remote.write_blob("evil".into()).unwrap();
+    let file = |path: &str| OutputFile {
+        path: path.into(),
+        digest: Some(blob.to_proto()),
+        ..Default::default()
+    };
+    let link = |path: &str, target: &str| OutputSymlink {
+        path: path.into(),
+        target: target.into(),
+        ..Default::default()
+    };
+    let results = [
+        (
+            "an escaping path",
+            ActionResult { output_files: vec![file("../../x")], ..Default::default() },
+        ),
+        (
+            "an absolute path",
+            ActionResult { output_files: vec![file("/etc/x")], ..Default::default() },
+        ),
+        (
+            "an undeclared output",
+            ActionResult { output_files: vec![file("other")], ..Default::default() },
+        ),
+        (
+            "a symlink to /etc",
+            ActionResult { output_symlinks: vec![link("out", "/etc")], ..Default::default() },
+        ),
+        (
+            "a symlink climbing out",
+            ActionResult { output_symlinks: vec![link("out", "../../..")], ..Default::default() },
+        ),
+    ];
+    for (what, result) in results {
+        let instantiator =
+            Instantiator::new(&build, states(sources2, spec), InstantiateConfig::default())
+                .unwrap();
+        let report = prime(
+            Stores { build: &build, executor_cas: Some(&remote) },
+            &Lying { result },
+            &instantiator,
+            &[("app".into(), spec)],
+            &TreeLimits::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        let first = &report.actions[0];
+        assert_eq!(first.action, truth[0], "{what}");
+        assert!(
+            matches!(&first.status, Status::Failed(why) if why.contains("copying the result")),
+            "{what}: {:?}",
+            first.status
+        );
+        assert!(build.get_action_result(&truth[0]).unwrap().is_none(), "{what}: not kept");
     }
 }

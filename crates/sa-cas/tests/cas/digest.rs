@@ -15,6 +15,9 @@ fn parses_and_prints_hash_slash_size() {
     let digest = Digest::parse(DigestFunction::Sha256, text).unwrap();
     assert_eq!(digest.to_string(), text);
     assert_eq!(digest.size(), 6);
+    // The empty blob's size is written "0": one text per digest.
+    let empty = DigestFunction::Sha256.hash_bytes(b"").to_string();
+    assert_eq!(Digest::parse(DigestFunction::Sha256, &empty).unwrap().to_string(), empty);
     assert_eq!(digest, DigestFunction::Sha256.hash_bytes(b"hello\n"));
 }
 
@@ -25,6 +28,9 @@ fn rejects_malformed_digests_naming_the_problem() {
         (hash.to_owned(), "expected <hash>/<size>"),
         (format!("{hash}/"), "size is not a decimal number"),
         (format!("{hash}/-1"), "size is not a decimal number"),
+        (format!("{hash}/+6"), "size is not a decimal number"),
+        (format!("{hash}/06"), "size has a leading zero"),
+        (format!("{hash}/0141"), "size has a leading zero"),
         (format!("{hash}/9223372036854775808"), "size does not fit in int64"),
         (format!("{hash}/99999999999999999999999"), "size does not fit in int64"),
         (format!("{}/6", &hash[1..]), "hash has 63 characters, sha256 needs 64"),

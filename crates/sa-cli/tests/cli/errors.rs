@@ -137,6 +137,24 @@ fn empty_store_variables_mean_unset() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(store.join("cas/objects").is_dir(), "the local store was used");
+    // An empty SA_CAS beside --cas, and an empty SA_CAS alone (the default store then).
+    let out = Process::new(env!("CARGO_BIN_EXE_sa"))
+        .args(["--cas", store.to_str().unwrap(), "ingest", src.to_str().unwrap()])
+        .env("SA_CAS", "")
+        .env_remove("SA_REMOTE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let home = dir.path().join("cache");
+    let out = Process::new(env!("CARGO_BIN_EXE_sa"))
+        .args(["ingest", src.to_str().unwrap()])
+        .env("SA_CAS", "")
+        .env_remove("SA_REMOTE")
+        .env("XDG_CACHE_HOME", &home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(home.join("speculative-actions/cas/objects").is_dir(), "the default store");
 }
 
 #[test]
