@@ -124,7 +124,7 @@ pub(crate) fn prime(args: &StoreArgs, cmd: &PrimeArgs, ui: &mut Ui) -> Result<()
 
 fn setup(args: &StoreArgs, cmd: &PrimeArgs, timeout: Duration) -> Result<Setup> {
     let remote_options = |jobs: Option<u32>| RemoteOptions {
-        jobs: jobs.map_or(64, |j| j as usize),
+        jobs: jobs.map_or(sa_exec::DEFAULT_REMOTE_JOBS, |j| j as usize),
         timeout,
         wait: !cmd.no_wait,
         ..Default::default()

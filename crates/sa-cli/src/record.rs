@@ -336,8 +336,8 @@ pub(crate) fn record(args: &StoreArgs, cmd: &RecordArgs) -> Result<u8> {
     };
     let action = write_message(cas, &action)?;
     let (result, cached) = recorded.run(args, &opened, &action, &command)?;
-    // A local hit has written its outputs already.
-    if !(cached && opened.grpc.is_none()) {
+    // A hit has written its outputs already (a remote one too, to check it is usable).
+    if !cached {
         sa_exec::write_outputs(cas, &command, &result, &cwd)
             .with_context(|| format!("writing the outputs of {action}"))?;
     }
@@ -482,20 +482,34 @@ impl Recorded<'_> {
             }
             return Ok((executed.result, executed.cached));
         };
-        let options = sa_exec::RemoteOptions {
-            jobs: 1,
-            timeout: Duration::from_secs(self.cmd.timeout),
-            ..Default::default()
-        };
-        let executor = sa_exec::RemoteExecutor::new(grpc.connection().clone(), options);
-        match sa_exec::Executor::execute_one(&executor, action) {
-            sa_exec::Outcome::Cached(result) => Ok((result, true)),
-            sa_exec::Outcome::Executed(result) => Ok((result, false)),
-            sa_exec::Outcome::Failed(why) => bail!("{why}"),
-            sa_exec::Outcome::Accepted { operation } => {
-                bail!("Execute {action}: accepted as {operation} but not waited for")
+        let remote = |skip_cache_lookup: bool| {
+            let options = sa_exec::RemoteOptions {
+                jobs: 1,
+                timeout: Duration::from_secs(self.cmd.timeout),
+                skip_cache_lookup,
+                ..Default::default()
+            };
+            let executor = sa_exec::RemoteExecutor::new(grpc.connection().clone(), options);
+            match sa_exec::Executor::execute_one(&executor, action) {
+                sa_exec::Outcome::Cached(result) => Ok((result, true)),
+                sa_exec::Outcome::Executed(result) => Ok((result, false)),
+                sa_exec::Outcome::Failed(why) => bail!("{why}"),
+                sa_exec::Outcome::Accepted { operation } => {
+                    bail!("Execute {action}: accepted as {operation} but not waited for")
+                }
             }
+        };
+        let (result, cached) = remote(false)?;
+        if cached && let Err(err) = sa_exec::write_outputs(cas, command, &result, self.cwd) {
+            // A shared cache entry whose outputs cannot be written safely is a miss, as it
+            // is locally: compile (on the service, without its cache), replacing the entry.
+            tracing::warn!(
+                "action {action}: the cached result is unusable, compiling instead: {}",
+                sa_cas::error_chain(&err)
+            );
+            return Ok((remote(true)?.0, false));
         }
+        Ok((result, cached))
     }
 }
 

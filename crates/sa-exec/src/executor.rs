@@ -149,15 +149,22 @@ pub struct RemoteOptions {
     pub wait: bool,
     /// How long transient failures are retried without progress before an action fails.
     pub retry_window: Duration,
+    /// Execute without looking in the service's ActionCache first (an entry found unusable).
+    pub skip_cache_lookup: bool,
 }
+
+/// Executions in flight at once on a service, unless told otherwise (one fewer each time it
+/// answers RESOURCE_EXHAUSTED).
+pub const DEFAULT_REMOTE_JOBS: usize = 64;
 
 impl Default for RemoteOptions {
     fn default() -> Self {
         RemoteOptions {
-            jobs: 64,
+            jobs: DEFAULT_REMOTE_JOBS,
             timeout: Duration::from_secs(600),
             wait: true,
             retry_window: Duration::from_secs(60),
+            skip_cache_lookup: false,
         }
     }
 }
@@ -388,7 +395,7 @@ impl Call {
                 let mut request = self.connection.request(ExecuteRequest {
                     instance_name: self.connection.config().instance_name.clone(),
                     action_digest: Some(self.action.to_proto()),
-                    skip_cache_lookup: false,
+                    skip_cache_lookup: self.options.skip_cache_lookup,
                     execution_policy: None,
                     results_cache_policy: None,
                     digest_function: self.connection.function_field(),

@@ -55,7 +55,8 @@ mod sandbox;
 pub use bots::{BotError, BotOptions, BotWorker};
 pub use cleanup::{interrupt, interrupted};
 pub use executor::{
-    Executor, ExecutorCounters, Finished, LocalExecutor, Outcome, RemoteExecutor, RemoteOptions,
+    DEFAULT_REMOTE_JOBS, Executor, ExecutorCounters, Finished, LocalExecutor, Outcome,
+    RemoteExecutor, RemoteOptions,
 };
 pub use run::{
     ExecConfig, ExecError, Execution, check_result, execute, execute_cached, result_blobs,
