@@ -55,6 +55,10 @@ impl<S: Cas> Cas for Limited<S> {
         self.inner.find_missing(digests)
     }
 
+    fn find_missing_for_write(&self, digests: &[Digest]) -> Result<Vec<Digest>, CasError> {
+        self.inner.find_missing_for_write(digests)
+    }
+
     fn max_batch_bytes(&self) -> u64 {
         self.inner.max_batch_bytes()
     }

@@ -365,6 +365,29 @@ impl Cas for LocalCas {
         Ok(missing)
     }
 
+    fn find_missing_for_write(&self, digests: &[Digest]) -> Result<Vec<Digest>, CasError> {
+        use rayon::prelude::*;
+        let wanted = to_look_up(self.config.digest_function, digests)?;
+        let missing: Vec<Option<Digest>> = wanted
+            .par_iter()
+            .map(|digest| {
+                if !self.present(digest)? {
+                    return Ok(Some(*digest));
+                }
+                let path = self.blob_path(digest);
+                let actual = digest.function().hash_file(&path)?;
+                if actual == *digest {
+                    Ok(None)
+                } else {
+                    // Same size, other content: the write about to happen replaces it.
+                    tracing::warn!(path = %path.display(), "corrupt object {digest}: rewriting it");
+                    Ok(Some(*digest))
+                }
+            })
+            .collect::<Result<_, CasError>>()?;
+        Ok(missing.into_iter().flatten().collect())
+    }
+
     fn max_batch_bytes(&self) -> u64 {
         // No transport limit: batches only bound memory.
         64 << 20

@@ -127,6 +127,12 @@ impl<S: Cas> Cas for Metered<S> {
         self.inner.find_missing(digests)
     }
 
+    fn find_missing_for_write(&self, digests: &[Digest]) -> Result<Vec<Digest>, CasError> {
+        add(&self.counters.calls, 1);
+        add(&self.counters.presence_checks, digests.len() as u64);
+        self.inner.find_missing_for_write(digests)
+    }
+
     fn max_batch_bytes(&self) -> u64 {
         self.inner.max_batch_bytes()
     }

@@ -88,6 +88,14 @@ pub trait Cas: Send + Sync + fmt::Debug {
     /// The digests, among those given, that the store lacks (in the order given, deduplicated).
     fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, CasError>;
 
+    /// [`Cas::find_missing`] for a writer about to store what is missing (ingest): a store that
+    /// can check what it holds also counts an object whose content does not hash to its name
+    /// as missing, so the write replaces it (the local store hashes its objects; of a server,
+    /// its word is all a client has).
+    fn find_missing_for_write(&self, digests: &[Digest]) -> Result<Vec<Digest>, CasError> {
+        self.find_missing(digests)
+    }
+
     /// How many bytes one batch of reads or writes should carry at most.
     fn max_batch_bytes(&self) -> u64 {
         4 << 20
@@ -205,6 +213,7 @@ macro_rules! forward_store {
             fn read_blobs(&self, digests: &[Digest]) -> Result<Vec<Bytes>, CasError> { (**self).read_blobs(digests) }
             fn write_blobs(&self, blobs: &[Blob]) -> Result<(), CasError> { (**self).write_blobs(blobs) }
             fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, CasError> { (**self).find_missing(digests) }
+            fn find_missing_for_write(&self, digests: &[Digest]) -> Result<Vec<Digest>, CasError> { (**self).find_missing_for_write(digests) }
             fn max_batch_bytes(&self) -> u64 { (**self).max_batch_bytes() }
             fn read_blob_to(&self, digest: &Digest, out: &mut dyn Write) -> Result<(), CasError> { (**self).read_blob_to(digest, out) }
             fn write_file(&self, digest: &Digest, path: &Path) -> Result<(), CasError> { (**self).write_file(digest, path) }

@@ -128,7 +128,7 @@ fn upload(
 ) -> Result<(), CasError> {
     let mut wanted: Vec<Digest> = dir_blobs.iter().map(|b| *b.digest()).collect();
     wanted.extend(digests.iter().copied());
-    let missing: HashSet<Digest> = cas.find_missing(&wanted)?.into_iter().collect();
+    let missing: HashSet<Digest> = cas.find_missing_for_write(&wanted)?.into_iter().collect();
     let dir_blobs: Vec<Blob> =
         dir_blobs.into_iter().filter(|b| missing.contains(b.digest())).collect();
     write_in_batches(cas, &dir_blobs)?;
@@ -212,7 +212,7 @@ pub fn build_tree(cas: &(impl Cas + ?Sized), files: &[TreeFile]) -> Result<Diges
     let mut blobs = Vec::new();
     let digest = encode(&root, cas.digest_function(), &mut blobs)?;
     let wanted: Vec<Digest> = blobs.iter().map(|b| *b.digest()).collect();
-    let missing: HashSet<Digest> = cas.find_missing(&wanted)?.into_iter().collect();
+    let missing: HashSet<Digest> = cas.find_missing_for_write(&wanted)?.into_iter().collect();
     let mut seen = HashSet::new();
     blobs.retain(|b| missing.contains(b.digest()) && seen.insert(*b.digest()));
     write_in_batches(cas, &blobs)?;

@@ -117,6 +117,25 @@ fn a_write_repairs_a_corrupt_or_truncated_object() {
 }
 
 #[test]
+fn ingest_repairs_a_corrupt_object_of_the_same_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = open(&dir.path().join("store"));
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("a.c"), "int a = 1;\n").unwrap();
+    let limits = sa_cas::merkle::TreeLimits::default();
+    let root = sa_cas::merkle::ingest(&cas, &src, &limits).unwrap();
+    let file = DigestFunction::Sha256.hash_bytes(b"int a = 1;\n");
+    // Same size, other content: a size check finds it present.
+    corrupt(&cas, &file, b"int a = 2;\n");
+    assert!(cas.find_missing(&[file]).unwrap().is_empty(), "present by its size");
+    assert_eq!(cas.find_missing_for_write(&[file]).unwrap(), vec![file], "corrupt by its hash");
+    // Ingest again, as the error's advice says: the object is rewritten.
+    assert_eq!(sa_cas::merkle::ingest(&cas, &src, &limits).unwrap(), root);
+    assert_eq!(cas.read_blob(&file).unwrap(), &b"int a = 1;\n"[..]);
+}
+
+#[test]
 fn a_corrupt_action_cache_entry_is_a_miss_and_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let cas = open(dir.path());
