@@ -338,7 +338,7 @@ pub(crate) fn record(args: &StoreArgs, cmd: &RecordArgs) -> Result<u8> {
     let (result, cached) = recorded.run(args, &opened, &action, &command)?;
     // A hit has written its outputs already (a remote one too, to check it is usable).
     if !cached {
-        sa_exec::write_outputs(cas, &command, &result, &cwd)
+        write_outputs(cas, &command, &result, &cwd)
             .with_context(|| format!("writing the outputs of {action}"))?;
     }
     for (digest, mut out) in [
@@ -469,7 +469,7 @@ impl Recorded<'_> {
             let config = crate::args::exec_config(args, self.cmd.sandbox, timeout)?;
             let executed = sa_exec::execute_cached(cas, action, &config)?;
             if executed.cached
-                && let Err(err) = sa_exec::write_outputs(cas, command, &executed.result, self.cwd)
+                && let Err(err) = write_outputs(cas, command, &executed.result, self.cwd)
             {
                 // A cache entry whose outputs cannot be written safely (corrupt blobs, or a
                 // result naming paths it may not) is a miss: run the compile, which replaces
@@ -500,7 +500,7 @@ impl Recorded<'_> {
             }
         };
         let (result, cached) = remote(false)?;
-        if cached && let Err(err) = sa_exec::write_outputs(cas, command, &result, self.cwd) {
+        if cached && let Err(err) = write_outputs(cas, command, &result, self.cwd) {
             // A shared cache entry whose outputs cannot be written safely is a miss, as it
             // is locally: compile (on the service, without its cache), replacing the entry.
             tracing::warn!(
@@ -511,6 +511,18 @@ impl Recorded<'_> {
         }
         Ok((result, cached))
     }
+}
+
+/// Writes a result's outputs into the user's working directory: the outputs the user's own
+/// command line declares, reached through the symlinks the user made (`build -> /scratch`),
+/// everything below them confined.
+fn write_outputs(
+    cas: &dyn sa_cas::Store,
+    command: &Command,
+    result: &ActionResult,
+    cwd: &Path,
+) -> Result<(), sa_cas::CasError> {
+    sa_exec::write_outputs_in(cas, command, result, cwd, sa_exec::OutputParents::UserWorkspace)
 }
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ pub use executor::{
     RemoteExecutor, RemoteOptions,
 };
 pub use run::{
-    ExecConfig, ExecError, Execution, check_result, execute, execute_cached, result_blobs,
-    write_outputs,
+    ExecConfig, ExecError, Execution, OutputParents, check_result, execute, execute_cached,
+    result_blobs, write_outputs, write_outputs_in,
 };
 pub use sandbox::Sandbox;

@@ -491,12 +491,36 @@ fn output_tree<S: Store + ?Sized>(
 /// opened without following symlinks (a symlink where a directory is needed is an error), and
 /// no symlink written whose target is absolute or climbs above `dir`. Made for results that
 /// come from a cache: nothing a result says can make this write elsewhere.
-#[allow(deprecated)] // results of older servers still carry output_file_symlinks
 pub fn write_outputs<S: Cas + ?Sized>(
     store: &S,
     command: &Command,
     result: &ActionResult,
     dir: &Path,
+) -> Result<(), CasError> {
+    write_outputs_in(store, command, result, dir, OutputParents::Confined)
+}
+
+/// How [`write_outputs_in`] reaches the parent directory of a declared output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputParents {
+    /// Below `dir` without following any symlink (a directory `sa` owns, or any directory a
+    /// result from a store writes into).
+    Confined,
+    /// Through the user's own workspace as the compiler would: symlinks the user made on the
+    /// way to a declared output's directory (`build -> /scratch/build`) are followed. For
+    /// `sa record`, whose declared outputs are the user's own command line; the output names
+    /// themselves, and everything a result adds below them, stay confined.
+    UserWorkspace,
+}
+
+/// [`write_outputs`], reaching each output's parent directory as `parents` says.
+#[allow(deprecated)] // results of older servers still carry output_file_symlinks
+pub fn write_outputs_in<S: Cas + ?Sized>(
+    store: &S,
+    command: &Command,
+    result: &ActionResult,
+    dir: &Path,
+    parents: OutputParents,
 ) -> Result<(), CasError> {
     let function = store.digest_function();
     let declared = output_paths(command);
@@ -509,7 +533,23 @@ pub fn write_outputs<S: Cas + ?Sized>(
         if declared.binary_search_by(|d| d.as_str().cmp(path)).is_err() {
             return Err(undeclared(path));
         }
-        let (parent, name) = top.parent_of(path, Missing::Create)?.expect("parents are created");
+        let (parent, name) = match parents {
+            OutputParents::Confined => {
+                top.parent_of(path, Missing::Create)?.expect("parents are created")
+            }
+            OutputParents::UserWorkspace => {
+                let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+                merkle::check_name(name)
+                    .map_err(|reason| CasError::UnsafePath { path: dir.join(path), reason })?;
+                relative(parent, true)
+                    .map_err(|reason| CasError::UnsafePath { path: dir.join(path), reason })?;
+                let full = dir.join(parent);
+                let io = |source| CasError::Io { path: full.clone(), source };
+                fs::create_dir_all(&full).map_err(io)?;
+                let real = fs::canonicalize(&full).map_err(io)?;
+                (ConfinedDir::open(&real)?, name)
+            }
+        };
         let temp = format!(".sa-tmp-{}-{name}", uuid_like());
         Ok((parent, name.to_owned(), temp))
     };

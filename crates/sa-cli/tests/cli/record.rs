@@ -128,3 +128,29 @@ fn the_same_compile_has_the_same_action_whatever_the_host_environment() {
         ]
     );
 }
+
+#[test]
+fn outputs_go_through_a_symlink_the_user_made_in_the_workspace() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store").display().to_string();
+    let log = work.path().join("log");
+    let src = work.path().join("src");
+    let elsewhere = work.path().join("scratch-build");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, src.join("build")).unwrap();
+    std::fs::write(src.join("m.c"), "int m(void) { return 3; }\n").unwrap();
+    let compile = ["gcc", "-c", "m.c", "-o", "build/m.o", "-MD"];
+    // A miss (compiled here), then a hit (written from the store): both through the link.
+    for run in ["miss", "hit"] {
+        let out = record_in(&src, &store, &log, &compile);
+        assert_eq!(out.status.code(), Some(0), "{run}: {}", String::from_utf8_lossy(&out.stderr));
+        let object = std::fs::read(elsewhere.join("m.o")).unwrap();
+        assert!(object.starts_with(b"\x7fELF"), "{run}: the object is where the link points");
+        assert!(elsewhere.join("m.d").is_file(), "{run}: the dependency file too");
+        assert!(std::fs::symlink_metadata(src.join("build")).unwrap().is_symlink());
+        std::fs::remove_file(elsewhere.join("m.o")).unwrap();
+    }
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.lines().last().unwrap().ends_with(" hit"), "{logged}");
+}
