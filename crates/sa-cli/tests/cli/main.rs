@@ -10,6 +10,7 @@ mod demo;
 mod errors;
 mod faults;
 mod hostile;
+mod launchers;
 mod local;
 mod proxy;
 mod record;
