@@ -211,6 +211,7 @@ fn main() -> Result<()> {
             properties: vec![("OSFamily".into(), "linux".into())],
             exec: ExecConfig::default(),
             poll_timeout: Duration::from_secs(30),
+            keepalive: Duration::from_secs(30),
         };
         let stop = stop.clone();
         std::thread::spawn(move || BotWorker::new(bot_store, options).run(&stop));

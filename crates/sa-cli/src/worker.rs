@@ -28,6 +28,15 @@ pub(crate) struct WorkerArgs {
     #[arg(long, default_value_t = 600, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
+    /// Leases run at once: this many bots (ID-1 … ID-N) share the process.
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    concurrency: u32,
+    /// While an action runs, the bot's session is updated this often, in seconds, so the
+    /// service keeps the lease with it (below the service's own keepalive; BuildGrid's is
+    /// 600 s by default).
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    keepalive: f64,
 }
 
 pub(crate) fn worker(args: &StoreArgs, cmd: &WorkerArgs) -> Result<()> {
@@ -60,15 +69,52 @@ pub(crate) fn worker(args: &StoreArgs, cmd: &WorkerArgs) -> Result<()> {
     // A worker is a long-lived service: ride out an overloaded or restarting server (about a
     // minute and a half of backoff) rather than fail the lease.
     config.max_retries = config.max_retries.max(20);
-    let cas = GrpcCas::connect(config)?;
-    let options = BotOptions {
-        bot_id: bot_id.clone(),
-        properties,
-        exec,
+    let keepalive =
+        Duration::try_from_secs_f64(cmd.keepalive).ok().filter(|d| !d.is_zero()).with_context(
+            || format!("--keepalive {}: expected a positive number of seconds", cmd.keepalive),
+        )?;
+    let options = |bot_id: String| BotOptions {
+        bot_id,
+        properties: properties.clone(),
+        exec: exec.clone(),
         poll_timeout: Duration::from_secs(30),
+        keepalive,
     };
-    tracing::info!(%bot_id, %endpoint, "serving leases");
-    BotWorker::new(cas, options)
-        .run(&AtomicBool::new(false))
-        .with_context(|| format!("worker {bot_id} on {endpoint}"))
+    let stop = AtomicBool::new(false);
+    if cmd.concurrency == 1 {
+        tracing::info!(%bot_id, %endpoint, "serving leases");
+        return BotWorker::new(GrpcCas::connect(config)?, options(bot_id.clone()))
+            .run(&stop)
+            .with_context(|| format!("worker {bot_id} on {endpoint}"));
+    }
+    // One bot session per slot, each on a connection of its own: a service hands each bot
+    // one lease at a time.
+    let workers = (1..=cmd.concurrency)
+        .map(|n| {
+            let id = format!("{bot_id}-{n}");
+            Ok((id.clone(), BotWorker::new(GrpcCas::connect(config.clone())?, options(id))))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    std::thread::scope(|scope| {
+        let bots: Vec<_> = workers
+            .into_iter()
+            .map(|(id, worker)| {
+                let stop = &stop;
+                scope.spawn(move || {
+                    tracing::info!(bot_id = %id, %endpoint, "serving leases");
+                    worker.run(stop).with_context(|| format!("worker {id} on {endpoint}"))
+                })
+            })
+            .collect();
+        let mut first_error = None;
+        for bot in bots {
+            let outcome = bot.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a bot panicked")));
+            if let Err(err) = outcome {
+                // One bot failing for good stops the others.
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    })
 }

@@ -43,6 +43,10 @@ pub struct BotOptions {
     pub exec: ExecConfig,
     /// The deadline the bot gives a long poll (the server answers before it).
     pub poll_timeout: Duration,
+    /// While an action runs, the session is updated this often (the lease reported ACTIVE),
+    /// so a service that expires silent bots (BuildGrid: `bot-session-keepalive-timeout`,
+    /// 600 s by default) keeps the lease with the bot however long the action takes.
+    pub keepalive: Duration,
 }
 
 /// Why a worker stopped.
@@ -97,6 +101,8 @@ impl BotWorker {
         let mut finished: HashMap<String, Lease> = HashMap::new();
         while !stop.load(Ordering::Relaxed) {
             finished.retain(|id, _| session.leases.iter().any(|l| l.id == *id));
+            // What the service knows of the session while a lease runs (kept alive with it).
+            let known = session.clone();
             for lease in &mut session.leases {
                 if let Some(done) = finished.get(&lease.id) {
                     *lease = done.clone();
@@ -106,7 +112,8 @@ impl BotWorker {
                 let runnable = lease.state == LeaseState::Pending as i32
                     || lease.state == LeaseState::Active as i32;
                 if runnable {
-                    self.run_lease(lease);
+                    lease.state = LeaseState::Active as i32;
+                    self.run_lease_keeping(&known, lease);
                     finished.insert(lease.id.clone(), lease.clone());
                 }
             }
@@ -197,6 +204,33 @@ impl BotWorker {
                 code: status.code(),
                 message: format!("{}{attempts_note}", status.message()),
             })
+    }
+
+    /// [`BotWorker::run_lease`], with the session updated every `keepalive` from a second
+    /// thread while the action runs (the lease ACTIVE in it), so the service does not take
+    /// the lease back from a bot that is working on it. A failed update is logged: the next
+    /// update after the action says what became of the session.
+    fn run_lease_keeping(&self, session: &BotSession, lease: &mut Lease) {
+        let (done, stopped) = std::sync::mpsc::channel::<()>();
+        let id = lease.id.clone();
+        let mut alive = session.clone();
+        if let Some(held) = alive.leases.iter_mut().find(|l| l.id == id) {
+            held.state = LeaseState::Active as i32;
+        }
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(self.options.keepalive)
+                {
+                    match self.update_session(&alive) {
+                        Ok(_) => tracing::debug!(lease = %id, "session kept alive"),
+                        Err(err) => tracing::warn!(lease = %id, "keeping the session: {err}"),
+                    }
+                }
+            });
+            self.run_lease(lease);
+            drop(done);
+        });
     }
 
     /// Runs a lease and marks it COMPLETED: status OK with the `ActionResult` in `result`, or

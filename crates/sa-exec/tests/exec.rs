@@ -479,6 +479,7 @@ fn a_bot_completes_leases_with_results_or_a_status_naming_what_is_wrong() {
             properties: Vec::new(),
             exec: ExecConfig { scratch_dir: Some(dir.path().to_owned()), ..Default::default() },
             poll_timeout: Duration::from_secs(5),
+            keepalive: Duration::from_secs(30),
         },
     );
     let lease = |type_url: &str, value: Vec<u8>| Lease {

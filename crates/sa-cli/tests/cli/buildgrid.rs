@@ -272,3 +272,85 @@ fn resource_exhausted_under_load_is_retried_and_no_wait_returns_once_accepted() 
     }
     eprintln!("--no-wait returned after {took:?}");
 }
+
+#[test]
+fn leases_longer_than_the_keepalive_complete_and_concurrency_runs_leases_at_once() {
+    use sa_exec::{Executor, Outcome, RemoteExecutor, RemoteOptions};
+    let dir = tempfile::tempdir().unwrap();
+    // BuildGrid takes a lease back from a bot silent for 3 s; each action takes 7 s.
+    let grid = BuildGrid::start(&dir.path().join("grid"), INSTANCE, 3, 128);
+    let log = dir.path().join("worker.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut worker = Process::new(env!("CARGO_BIN_EXE_sa"))
+        .args(["--remote", &grid.endpoint(), "--instance-name", INSTANCE, "worker"])
+        .args(["--bot-id", "long", "--sandbox", "none", "--keepalive", "1", "--concurrency", "2"])
+        .env("SA_LOG", "sa=debug,sa_exec=debug,sa_cas=info")
+        .env_remove("SA_CAS")
+        .env_remove("SA_REMOTE")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let store = grid_store(&grid.endpoint());
+    let markers = ["sleep 7.125", "sleep 7.25"];
+    let actions: Vec<Digest> = markers
+        .iter()
+        .map(|marker| {
+            let root = merkle::build_tree(&store, &[]).unwrap();
+            let command = Command {
+                arguments: vec!["sh".into(), "-c".into(), format!("{marker}; echo done > out")],
+                output_paths: vec!["out".into()],
+                environment_variables: vec![EnvironmentVariable {
+                    name: "PATH".into(),
+                    value: "/usr/bin:/bin".into(),
+                }],
+                ..Default::default()
+            };
+            let command = write_message(&store, &command).unwrap();
+            let action = Action {
+                command_digest: Some(command.to_proto()),
+                input_root_digest: Some(root.to_proto()),
+                platform: Some(sa_proto::reapi::Platform {
+                    properties: vec![sa_proto::reapi::platform::Property {
+                        name: "OSFamily".into(),
+                        value: "linux".into(),
+                    }],
+                }),
+                ..Default::default()
+            };
+            write_message(&store, &action).unwrap()
+        })
+        .collect();
+    // Both actions running at the same time, on the one worker process.
+    let watcher = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if markers.iter().all(|m| sa_cas::testing::processes_with(m) >= 1) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    });
+    let options =
+        RemoteOptions { jobs: 2, timeout: Duration::from_secs(120), ..Default::default() };
+    let executor = RemoteExecutor::new(store.connection().clone(), options);
+    let mut outcomes = Vec::new();
+    executor.execute_all(&actions, &mut |finished| outcomes.push(finished));
+    let worker_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(outcomes.len(), 2);
+    for finished in &outcomes {
+        match &finished.outcome {
+            Outcome::Executed(result) => assert_eq!(result.exit_code, 0, "{worker_log}"),
+            other => panic!("{}: {other:?}\n{worker_log}", finished.action),
+        }
+    }
+    assert!(watcher.join().unwrap(), "both leases ran at once:\n{worker_log}");
+    assert!(worker_log.contains("session kept alive"), "{worker_log}");
+    // Each action ran once: a lease taken back would have run again on the other bot.
+    let executing = worker_log.lines().filter(|l| l.contains("executing action=")).count();
+    assert_eq!(executing, 2, "{worker_log}");
+    let _ = worker.kill();
+    let _ = worker.wait();
+}
