@@ -120,6 +120,11 @@ pub(crate) struct LimitArgs {
     #[arg(long, default_value_t = sa_cas::merkle::DEFAULT_MAX_MATERIALIZE_BYTES, global = true,
           value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) max_materialize_bytes: u64,
+    /// Most resident memory the command may grow to, in bytes [default: half the machine's
+    /// memory]: past it the command stops with an error (a watchdog measures it).
+    #[arg(long, global = true, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) max_memory: Option<u64>,
     /// Most RPCs in flight at once to --remote.
     #[arg(long, default_value_t = 16, global = true, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1024))]

@@ -10,6 +10,7 @@ mod demo;
 mod exit;
 mod graph;
 mod inspect;
+mod memory;
 mod prime;
 mod proxy;
 mod record;
@@ -47,6 +48,11 @@ fn main() -> ExitCode {
     ui::init_logging(cli.verbose);
     if let Err(err) = install_signal_handlers() {
         eprintln!("error: installing signal handlers: {err}");
+        return ExitCode::FAILURE;
+    }
+    let budget = cli.store.limits.max_memory.unwrap_or_else(memory::default_budget);
+    if let Err(err) = memory::watch(budget) {
+        eprintln!("error: starting the memory watchdog: {err}");
         return ExitCode::FAILURE;
     }
     let mut ui = Ui::new(cli.json, cli.stats);

@@ -24,10 +24,15 @@ fn put_dir(store: &LocalCas, dir: &Directory) -> Digest {
 
 /// 41 Directory blobs naming 2^40 paths, each ending in `leaf`.
 fn dag_bomb(store: &LocalCas) -> (Digest, Digest) {
+    dag_of_depth(store, 40)
+}
+
+/// `depth + 1` Directory blobs naming 2^depth paths, each ending in `leaf`.
+fn dag_of_depth(store: &LocalCas, depth: usize) -> (Digest, Digest) {
     let leaf = store.write_blob("leaf\n".into()).unwrap();
     let mut level =
         put_dir(store, &DirectoryBuilder::new().file("leaf", &leaf, false).build(SHA).unwrap());
-    for _ in 0..40 {
+    for _ in 0..depth {
         level = put_dir(
             store,
             &DirectoryBuilder::new()
@@ -38,6 +43,57 @@ fn dag_bomb(store: &LocalCas) -> (Digest, Digest) {
         );
     }
     (level, leaf)
+}
+
+/// Graphs for `instantiate` and `prime`: build 1 recorded one action whose input root is
+/// `root`, with a SOURCE overlay on `leaf`; build 2 changed the source. Returns (next,
+/// previous) graph paths.
+fn instantiate_graphs(
+    store: &LocalCas,
+    dir: &Path,
+    bomb: &Digest,
+    leaf: &Digest,
+) -> (String, String) {
+    let command =
+        write_message(store, &Command { arguments: vec!["true".into()], ..Default::default() })
+            .unwrap();
+    let action = write_message(
+        store,
+        &Action {
+            command_digest: Some(command.to_proto()),
+            input_root_digest: Some(bomb.to_proto()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let spec = SpeculativeActions {
+        actions: vec![SpeculativeAction {
+            base_action_digest: Some(action.to_proto()),
+            overlays: vec![Overlay {
+                r#type: OverlayType::Source as i32,
+                source_element: String::new(),
+                source_path: "leaf".into(),
+                target_digest: Some(leaf.to_proto()),
+                ..Default::default()
+            }],
+        }],
+        artifact_overlays: vec![],
+    };
+    let spec = write_message(store, &spec).unwrap();
+    let new_leaf = store.write_blob("leaf 2\n".into()).unwrap();
+    let sources =
+        put_dir(store, &DirectoryBuilder::new().file("leaf", &new_leaf, false).build(SHA).unwrap());
+    let previous = dir.join("prev.json");
+    std::fs::write(&previous, format!(r#"{{"elements": [{{"name": "a.bst", "cache_key": "k1", "speculative_actions": "{spec}"}}]}}"#)).unwrap();
+    let next = dir.join("next.json");
+    std::fs::write(
+        &next,
+        format!(
+            r#"{{"elements": [{{"name": "a.bst", "cache_key": "k2", "sources": "{sources}"}}]}}"#
+        ),
+    )
+    .unwrap();
+    (next.display().to_string(), previous.display().to_string())
 }
 
 #[test]
@@ -69,48 +125,7 @@ fn a_dag_bomb_is_a_clear_error_from_every_command() {
 
     // instantiate and prime --local: an action whose input root is the bomb, with one SOURCE
     // overlay on `leaf`, whose source changed.
-    let command =
-        write_message(&store, &Command { arguments: vec!["true".into()], ..Default::default() })
-            .unwrap();
-    let action = write_message(
-        &store,
-        &Action {
-            command_digest: Some(command.to_proto()),
-            input_root_digest: Some(bomb.to_proto()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let spec = SpeculativeActions {
-        actions: vec![SpeculativeAction {
-            base_action_digest: Some(action.to_proto()),
-            overlays: vec![Overlay {
-                r#type: OverlayType::Source as i32,
-                source_element: String::new(),
-                source_path: "leaf".into(),
-                target_digest: Some(leaf.to_proto()),
-                ..Default::default()
-            }],
-        }],
-        artifact_overlays: vec![],
-    };
-    let spec = write_message(&store, &spec).unwrap();
-    let new_leaf = store.write_blob("leaf 2\n".into()).unwrap();
-    let sources = put_dir(
-        &store,
-        &DirectoryBuilder::new().file("leaf", &new_leaf, false).build(SHA).unwrap(),
-    );
-    let previous = dir.path().join("prev.json");
-    std::fs::write(&previous, format!(r#"{{"elements": [{{"name": "a.bst", "cache_key": "k1", "speculative_actions": "{spec}"}}]}}"#)).unwrap();
-    let next = dir.path().join("next.json");
-    std::fs::write(
-        &next,
-        format!(
-            r#"{{"elements": [{{"name": "a.bst", "cache_key": "k2", "sources": "{sources}"}}]}}"#
-        ),
-    )
-    .unwrap();
-    let (next, previous) = (next.display().to_string(), previous.display().to_string());
+    let (next, previous) = instantiate_graphs(&store, dir.path(), &bomb, &leaf);
     for extra in [&["instantiate"][..], &["prime", "--local"][..]] {
         let args =
             [&["--cas", &s][..], extra, &["--graph", &next, "--previous", &previous][..]].concat();
@@ -119,13 +134,15 @@ fn a_dag_bomb_is_a_clear_error_from_every_command() {
         assert!(stderr(&out).contains(limit), "{extra:?}: {}", stderr(&out));
     }
     // The limit is a flag: lowered, a small tree hits it too.
+    let one_file =
+        put_dir(&store, &DirectoryBuilder::new().file("leaf", &leaf, false).build(SHA).unwrap());
     let out = sa(&[
         "--cas",
         &s,
         "--max-expanded-entries",
         "1",
         "inspect",
-        &sources.to_string(),
+        &one_file.to_string(),
         "--as",
         "tree",
     ]);
@@ -141,6 +158,66 @@ fn a_dag_bomb_is_a_clear_error_from_every_command() {
         "tree",
     ]);
     assert!(stderr(&out).contains("expanded-entries limit of 1"), "{}", stderr(&out));
+}
+
+/// `sa ARGS` under GNU time: its output, and its peak resident memory in KiB.
+fn sa_measured(args: &[&str]) -> (Output, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("time");
+    let out = Process::new("/usr/bin/time")
+        .args(["-f", "%M", "-o"])
+        .arg(&report)
+        .arg(env!("CARGO_BIN_EXE_sa"))
+        .args(args)
+        .env_remove("SA_CAS")
+        .env_remove("SA_REMOTE")
+        .output()
+        .unwrap();
+    let text = std::fs::read_to_string(&report).unwrap();
+    let peak = text.lines().filter_map(|l| l.trim().parse().ok()).next_back().unwrap();
+    (out, peak)
+}
+
+#[test]
+fn a_dag_within_the_entry_limits_that_would_exhaust_memory_stops_at_the_budget() {
+    // 24 blobs naming 8.4M paths: far under the expanded-entries limit (100M), and several
+    // GB of memory to walk as the commands walk it.
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = LocalCas::open(&store_dir, LocalCasConfig::default()).unwrap();
+    let (bomb, leaf) = dag_of_depth(&store, 23);
+    let s = store_dir.display().to_string();
+    let graph = dir.path().join("g.json");
+    std::fs::write(
+        &graph,
+        format!(
+            r#"{{"elements": [{{"name": "a.bst", "sources": "{bomb}", "artifact": "{bomb}"}}]}}"#
+        ),
+    )
+    .unwrap();
+    let graph = graph.display().to_string();
+    // Well under 1 GiB: the same stop, sooner (the walks grow at a few hundred MB a second).
+    let budget = (384u64 << 20).to_string();
+    let (bomb, leaf) = (bomb.to_string(), leaf.to_string());
+    let (bomb_digest, leaf) =
+        (Digest::parse(SHA, &bomb).unwrap(), Digest::parse(SHA, &leaf).unwrap());
+    let (next, previous) = instantiate_graphs(&store, dir.path(), &bomb_digest, &leaf);
+    let instantiate = ["instantiate", "--graph", &next, "--previous", &previous];
+    let prime = ["prime", "--local", "--graph", &next, "--previous", &previous];
+    for command in [
+        &["inspect", &bomb, "--as", "tree"][..],
+        &["generate", "--graph", &graph][..],
+        &instantiate[..],
+        &prime[..],
+    ] {
+        let args = [&["--cas", &s, "--max-memory", &budget][..], command].concat();
+        let (out, peak_kib) = sa_measured(&args);
+        let text = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{command:?}: {text}");
+        assert!(text.contains("over the memory budget of 384 MiB"), "{command:?}: {text}");
+        // The watchdog samples every 20 ms: the budget plus what a burst adds meanwhile.
+        assert!(peak_kib < (384 + 128) << 10, "{command:?}: peak {peak_kib} KiB");
+    }
 }
 
 /// A project with `main.c`, a Makefile, and a directory outside it that must stay untouched.
