@@ -29,8 +29,35 @@ pub enum Outcome {
         operation: String,
     },
     /// The action could not be executed: what went wrong, naming the action and what the
-    /// service or the system said.
-    Failed(String),
+    /// service or the system said, with the service's status code where there was one.
+    Failed(Failure),
+}
+
+/// Why an action could not be executed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// What went wrong, naming the action (`Execute 3fa9…/120: Unavailable: …`).
+    pub message: String,
+    /// The gRPC code the service answered with, where it answered with one.
+    pub code: Option<Code>,
+}
+
+impl Failure {
+    /// A failure with no status code (a local error, a malformed answer).
+    pub fn new(message: impl Into<String>) -> Failure {
+        Failure { message: message.into(), code: None }
+    }
+
+    /// A failure the service reported with `code`.
+    pub fn status(code: Code, message: impl Into<String>) -> Failure {
+        Failure { message: message.into(), code: Some(code) }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// One action's outcome, and how long it took from submission to outcome.
@@ -59,7 +86,9 @@ pub trait Executor: Send + Sync + fmt::Debug {
     fn execute_one(&self, action: &Digest) -> Outcome {
         let mut outcome = None;
         self.execute_all(std::slice::from_ref(action), &mut |f| outcome = Some(f.outcome));
-        outcome.unwrap_or_else(|| Outcome::Failed(format!("Execute {action}: no outcome")))
+        outcome.unwrap_or_else(|| {
+            Outcome::Failed(Failure::new(format!("Execute {action}: no outcome")))
+        })
     }
 
     /// Counters of the work done so far (retries, resumed streams).
@@ -120,7 +149,7 @@ impl Executor for LocalExecutor<'_> {
                         let outcome = match execute_cached(self.store, action, &self.config) {
                             Ok(Execution { result, cached: true }) => Outcome::Cached(result),
                             Ok(Execution { result, cached: false }) => Outcome::Executed(result),
-                            Err(err) => Outcome::Failed(sa_cas::error_chain(&err)),
+                            Err(err) => Outcome::Failed(Failure::new(sa_cas::error_chain(&err))),
                         };
                         let finished =
                             Finished { action: *action, outcome, latency: started.elapsed() };
@@ -307,9 +336,12 @@ impl Call {
         loop {
             let now = Instant::now();
             if now >= deadline {
-                return Outcome::Failed(format!(
-                    "Execute {action}: no result within {}s",
-                    self.options.timeout.as_secs_f64()
+                return Outcome::Failed(Failure::status(
+                    Code::DeadlineExceeded,
+                    format!(
+                        "Execute {action}: no result within {}s",
+                        self.options.timeout.as_secs_f64()
+                    ),
                 ));
             }
             let before = operation_name.clone();
@@ -334,18 +366,20 @@ impl Call {
             }
             if !retry.policy().is_retryable(&status) {
                 let verb = if before.is_some() { "WaitExecution" } else { "Execute" };
-                return Outcome::Failed(format!(
-                    "{verb} {action}: {:?}: {}",
+                return Outcome::Failed(Failure::status(
                     status.code(),
-                    status.message()
+                    format!("{verb} {action}: {:?}: {}", status.code(), status.message()),
                 ));
             }
             let Some(delay) = retry.after(&status) else {
-                return Outcome::Failed(format!(
-                    "Execute {action}: {:?}: {} (retried for {:.0?} without progress)",
+                return Outcome::Failed(Failure::status(
                     status.code(),
-                    status.message(),
-                    retry.quiet_for()
+                    format!(
+                        "Execute {action}: {:?}: {} (retried for {:.0?} without progress)",
+                        status.code(),
+                        status.message(),
+                        retry.quiet_for()
+                    ),
                 ));
             };
             if operation_name.is_some() {
@@ -443,23 +477,23 @@ impl Call {
                 let response = match ExecuteResponse::decode(any.value.as_slice()) {
                     Ok(response) => response,
                     Err(err) => {
-                        return Outcome::Failed(format!(
+                        return Outcome::Failed(Failure::new(format!(
                             "Execute {action}: the response is not an ExecuteResponse ({err})"
-                        ));
+                        )));
                     }
                 };
                 let status = response.status.unwrap_or_default();
                 if status.code != 0 {
-                    return Outcome::Failed(format!(
-                        "Execute {action}: {:?}: {}",
-                        Code::from(status.code),
-                        status.message
+                    let code = Code::from(status.code);
+                    return Outcome::Failed(Failure::status(
+                        code,
+                        format!("Execute {action}: {code:?}: {}", status.message),
                     ));
                 }
                 let Some(result) = response.result else {
-                    return Outcome::Failed(format!(
+                    return Outcome::Failed(Failure::new(format!(
                         "Execute {action}: the response has no result"
-                    ));
+                    )));
                 };
                 if response.cached_result {
                     Outcome::Cached(result)
@@ -467,14 +501,16 @@ impl Call {
                     Outcome::Executed(result)
                 }
             }
-            Some(operation::Result::Error(status)) => Outcome::Failed(format!(
-                "Execute {action}: {:?}: {}",
-                Code::from(status.code),
-                status.message
-            )),
-            None => Outcome::Failed(format!(
+            Some(operation::Result::Error(status)) => {
+                let code = Code::from(status.code);
+                Outcome::Failed(Failure::status(
+                    code,
+                    format!("Execute {action}: {code:?}: {}", status.message),
+                ))
+            }
+            None => Outcome::Failed(Failure::new(format!(
                 "Execute {action}: the operation finished without a result"
-            )),
+            ))),
         }
     }
 }

@@ -55,7 +55,7 @@ mod sandbox;
 pub use bots::{BotError, BotOptions, BotWorker};
 pub use cleanup::{interrupt, interrupted};
 pub use executor::{
-    DEFAULT_REMOTE_JOBS, Executor, ExecutorCounters, Finished, LocalExecutor, Outcome,
+    DEFAULT_REMOTE_JOBS, Executor, ExecutorCounters, Failure, Finished, LocalExecutor, Outcome,
     RemoteExecutor, RemoteOptions,
 };
 pub use run::{

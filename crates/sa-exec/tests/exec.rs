@@ -536,3 +536,24 @@ fn a_bot_completes_leases_with_results_or_a_status_naming_what_is_wrong() {
     let (code, message) = code_of(lease(&format!("{any}Action"), missing.encode_to_vec()));
     assert_eq!(code, tonic::Code::FailedPrecondition, "{message}");
 }
+
+/// A service that answers an Execute with a status: the outcome keeps the code, typed.
+#[test]
+fn a_failed_remote_execution_keeps_the_services_status_code() {
+    use sa_cas::{GrpcCas, GrpcConfig};
+    use sa_exec::{Executor, Outcome, RemoteExecutor, RemoteOptions};
+    let dir = tempfile::tempdir().unwrap();
+    // casd without a runner serves no Execution.
+    let casd = sa_cas::testing::Casd::start(&dir.path().join("casd"));
+    let cas = GrpcCas::connect(GrpcConfig::new(casd.endpoint())).unwrap();
+    let action = DigestFunction::Sha256.hash_bytes(b"an action");
+    let executor = RemoteExecutor::new(cas.connection().clone(), RemoteOptions::default());
+    match executor.execute_one(&action) {
+        Outcome::Failed(failure) => {
+            assert!(failure.code.is_some(), "{failure:?}");
+            assert!(failure.message.contains(&action.hash_hex()), "{failure:?}");
+            assert!(failure.to_string().contains(&format!("{:?}", failure.code.unwrap())));
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -15,8 +15,8 @@ mod plan;
 mod resolve;
 mod rewrite;
 
-pub use error::InstantiateError;
 use error::RewriteError;
+pub use error::{InstantiateError, StoreStep};
 use plan::Planned;
 use resolve::{Resolution, may_replace};
 use rewrite::ElementWork;

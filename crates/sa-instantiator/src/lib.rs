@@ -56,5 +56,6 @@ mod instantiate;
 mod splice;
 
 pub use instantiate::{
-    ElementState, IndexStats, InstantiateConfig, InstantiateError, InstantiatedAction, Instantiator,
+    ElementState, IndexStats, InstantiateConfig, InstantiateError, InstantiatedAction,
+    Instantiator, StoreStep,
 };

@@ -394,7 +394,7 @@ fn status_of<S: Store + ?Sized>(
         Outcome::Cached(result) => (result, true),
         Outcome::Executed(result) => (result, false),
         Outcome::Accepted { .. } => return (Status::Accepted, None),
-        Outcome::Failed(why) => return (Status::Failed(why), None),
+        Outcome::Failed(why) => return (Status::Failed(why.message), None),
     };
     if result.exit_code != 0 {
         let stderr = match stores.executor_cas {

@@ -23,7 +23,7 @@ pub enum InstantiateError {
         source: Box<CasError>,
     },
     /// An overlay cannot be used.
-    #[error("overlay {index} of action {action} of element {element:?}: {reason}")]
+    #[error("overlay {index} of action {action} of element {element:?}")]
     Overlay {
         /// The element.
         element: String,
@@ -31,8 +31,9 @@ pub enum InstantiateError {
         action: Digest,
         /// The overlay's position.
         index: usize,
-        /// What is wrong.
-        reason: String,
+        /// What is wrong with it (a missing or invalid field keeps its store error).
+        #[source]
+        source: Box<sa_generator::model::OverlayError>,
     },
     /// A recorded action or its input tree is missing or corrupt.
     #[error("action {action} of element {element:?}")]
@@ -58,14 +59,42 @@ pub enum InstantiateError {
         #[source]
         source: Arc<CasError>,
     },
-    /// A store operation failed.
-    #[error("{what}")]
+    /// A store operation failed (the cause keeps what the store said: a gRPC code, a path).
+    #[error("{step} of element {element:?}")]
     Store {
+        /// The element.
+        element: String,
         /// What was being done.
-        what: String,
+        step: Box<StoreStep>,
         /// The cause.
         #[source]
         source: Box<CasError>,
+    },
+}
+
+/// What the instantiator was doing with the store when it failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreStep {
+    /// Looking up the element's actions index.
+    #[error("looking up the actions index")]
+    LookingUpIndex,
+    /// Storing the element's actions index.
+    #[error("storing the actions index")]
+    StoringIndex,
+    /// Fetching the input trees of the element's actions.
+    #[error("fetching the input trees")]
+    FetchingInputTrees,
+    /// Storing the instantiated Directories and Actions.
+    #[error("storing the instantiated actions")]
+    StoringActions,
+    /// Reading the result of an instantiated producer (for an ACTION overlay).
+    #[error("reading the result of {adapted} (instantiated from {producer})")]
+    ReadingResult {
+        /// The instantiated producer.
+        adapted: Digest,
+        /// The producer as recorded.
+        producer: Digest,
     },
 }
 

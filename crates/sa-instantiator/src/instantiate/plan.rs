@@ -12,6 +12,7 @@ use sa_cas::{CasError, DecodedAction, Digest, Store};
 use sa_generator::actions_index::{IndexError, Lookup};
 use sa_generator::{ActionsIndex, IndexedAction, Progress};
 
+use super::error::StoreStep;
 use super::{
     ElementWork, IndexStats, InstantiateError, InstantiatedAction, Instantiator, Overlays,
     Resolutions, may_replace,
@@ -30,6 +31,44 @@ pub(super) struct Planned {
     pub(super) producers: Vec<usize>,
 }
 
+/// The wave of each action: one more than the latest wave of the producers it waits for
+/// (`producers[i]`, positions in the same list; an action naming itself is ignored), whatever
+/// their order in the blob (a generator writes producers first, but nothing read from a store
+/// is taken on trust). Actions in a cycle, or waiting on one, go to one wave after all the
+/// others, where their producers have no result; returns the levels and how many that is.
+fn wave_levels(producers: &[&[usize]]) -> (Vec<usize>, usize) {
+    let n = producers.len();
+    let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut waiting = vec![0usize; n];
+    for (i, list) in producers.iter().enumerate() {
+        let mut distinct: Vec<usize> = list.iter().copied().filter(|&p| p != i && p < n).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        waiting[i] = distinct.len();
+        for p in distinct {
+            consumers[p].push(i);
+        }
+    }
+    let mut level = vec![0usize; n];
+    let mut ready: Vec<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+    let mut placed = 0;
+    while let Some(i) = ready.pop() {
+        placed += 1;
+        for &c in &consumers[i] {
+            level[c] = level[c].max(level[i] + 1);
+            waiting[c] -= 1;
+            if waiting[c] == 0 {
+                ready.push(c);
+            }
+        }
+    }
+    let last = level.iter().copied().max().map_or(0, |m| m + 1);
+    for i in (0..n).filter(|&i| waiting[i] > 0) {
+        level[i] = last;
+    }
+    (level, n - placed)
+}
+
 impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
     /// The element's `SpeculativeActions` as an [`ActionsIndex`]: the stored one (with
     /// [`InstantiateConfig::index`]), or one decoded from the blob, one action at a time (a large
@@ -45,8 +84,9 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             digest: *speculative_actions,
             source: Box::new(source),
         };
-        let store_error = |what: &str, source| InstantiateError::Store {
-            what: format!("{what} the actions index of element {element:?}"),
+        let store_error = |step, source| InstantiateError::Store {
+            element: element.into(),
+            step: Box::new(step),
             source: Box::new(source),
         };
         let mut rebuilding = false;
@@ -63,7 +103,7 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
                 // Whoever can write the ActionCache chooses this one: checked against the blob.
                 None => ActionsIndex::load(self.store, speculative_actions),
             }
-            .map_err(|source| store_error("looking up", source))?;
+            .map_err(|source| store_error(StoreStep::LookingUpIndex, source))?;
             let lookup = match (lookup, named) {
                 (Lookup::Found(index), None) => {
                     let data = self.store.read_blob(speculative_actions).map_err(sa_error)?;
@@ -103,15 +143,14 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
                 source,
             }),
             IndexError::Base { source, .. } => sa_error(*source),
-            IndexError::Overlay { action, index, source } => InstantiateError::Overlay {
-                element: element.into(),
-                action,
-                index,
-                reason: source.to_string(),
-            },
+            IndexError::Overlay { action, index, source } => {
+                InstantiateError::Overlay { element: element.into(), action, index, source }
+            }
         })?;
         if self.config.index {
-            index.store(self.store).map_err(|source| store_error("storing", source))?;
+            index
+                .store(self.store)
+                .map_err(|source| store_error(StoreStep::StoringIndex, source))?;
             self.count_index(
                 |stats| if rebuilding { stats.rebuilt += 1 } else { stats.built += 1 },
             );
@@ -231,7 +270,8 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         let roots: Vec<Digest> = read.iter().map(|(_, root)| *root).collect();
         let fetched = merkle::fetch_forest_partial(self.store, &roots, &self.config.limits)
             .map_err(|source| InstantiateError::Store {
-                what: format!("input trees of element {element:?}"),
+                element: element.into(),
+                step: Box::new(StoreStep::FetchingInputTrees),
                 source: Box::new(source),
             })?;
         if let Some((position, source)) = fetched.broken.into_iter().next() {
@@ -261,7 +301,8 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
                 })
             })
             .map_err(|source| InstantiateError::Store {
-                what: format!("input trees of element {element:?}"),
+                element: element.into(),
+                step: Box::new(StoreStep::FetchingInputTrees),
                 source: Box::new(source),
             })?;
         Ok(forest)
@@ -276,15 +317,15 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         planned: &[Planned],
         progress: &(dyn Fn(Progress) + Sync),
     ) -> Result<Vec<InstantiatedAction>, InstantiateError> {
-        let mut level = vec![0usize; planned.len()];
-        for i in 0..planned.len() {
-            level[i] = planned[i]
-                .producers
-                .iter()
-                .filter(|&&p| p != i)
-                .map(|&p| level[p] + 1)
-                .max()
-                .unwrap_or(0);
+        let producers: Vec<&[usize]> = planned.iter().map(|p| p.producers.as_slice()).collect();
+        let (level, in_cycles) = wave_levels(&producers);
+        if in_cycles > 0 {
+            // Only a blob no generator wrote has a cycle of ACTION overlays: its actions run
+            // last, where their producers have no result, and are reported incomplete.
+            tracing::warn!(
+                "element {element:?}: {in_cycles} actions wait for each other (a cycle of ACTION \
+                 overlays): they cannot be instantiated"
+            );
         }
         let waves = level.iter().copied().max().map_or(0, |m| m + 1);
         let mut outcomes: Vec<Option<InstantiatedAction>> = vec![None; planned.len()];
@@ -324,7 +365,8 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         blobs.sort_unstable_by(|a, b| a.digest().cmp(b.digest()));
         blobs.dedup_by(|a, b| a.digest() == b.digest());
         let store_error = |source| InstantiateError::Store {
-            what: format!("storing the instantiated actions of element {element:?}"),
+            element: element.into(),
+            step: Box::new(StoreStep::StoringActions),
             source: Box::new(source),
         };
         let digests: Vec<Digest> = blobs.iter().map(|b| *b.digest()).collect();
@@ -332,5 +374,30 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             self.store.find_missing(&digests).map_err(store_error)?.into_iter().collect();
         blobs.retain(|b| missing.contains(b.digest()));
         merkle::write_in_batches(self.store, &blobs).map_err(store_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wave_levels;
+
+    #[test]
+    fn waves_follow_producers_whatever_their_order_in_the_blob() {
+        // A chain written consumer first: 0 waits for 1, 1 for 2.
+        assert_eq!(wave_levels(&[&[1], &[2], &[]]), (vec![2, 1, 0], 0));
+        // Producers first (what a generator writes), self-references ignored.
+        assert_eq!(wave_levels(&[&[], &[0, 1], &[0, 1, 1]]), (vec![0, 1, 2], 0));
+        // Independent actions share the first wave.
+        assert_eq!(wave_levels(&[&[], &[], &[]]), (vec![0, 0, 0], 0));
+    }
+
+    #[test]
+    fn actions_in_or_behind_a_cycle_go_last_and_are_counted() {
+        // 0 and 1 wait for each other, 2 waits for 1, 3 is free.
+        let (levels, in_cycles) = wave_levels(&[&[1], &[0], &[1], &[]]);
+        assert_eq!(in_cycles, 3);
+        assert_eq!(levels, vec![1, 1, 1, 0]);
+        // Out-of-range positions are ignored, not a panic.
+        assert_eq!(wave_levels(&[&[7]]), (vec![0], 0));
     }
 }

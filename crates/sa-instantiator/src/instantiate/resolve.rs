@@ -9,6 +9,7 @@ use sa_cas::merkle::{self};
 use sa_cas::{CasError, Digest, Store};
 use sa_generator::model::{Origin, OriginKind, compare_for};
 
+use super::error::StoreStep;
 use super::{
     ElementState, ElementWork, InstantiateError, InstantiatedAction, Instantiator, Planned,
 };
@@ -145,7 +146,8 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         };
         let result =
             self.store.get_action_result(&adapted).map_err(|source| InstantiateError::Store {
-                what: format!("reading the result of {adapted} (instantiated from {producer})"),
+                element: origin.element.to_string(),
+                step: Box::new(StoreStep::ReadingResult { adapted, producer }),
                 source: Box::new(source),
             })?;
         let Some(result) = result else {
@@ -157,7 +159,8 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
                 let digest =
                     Digest::from_proto_field(function, file.digest.as_ref(), "OutputFile.digest")
                         .map_err(|source| InstantiateError::Store {
-                        what: format!("reading the result of {adapted}"),
+                        element: origin.element.to_string(),
+                        step: Box::new(StoreStep::ReadingResult { adapted, producer }),
                         source: Box::new(source),
                     })?;
                 Ok(Resolution::Replace(digest))

@@ -380,9 +380,15 @@ fn missing_or_corrupt_inputs_are_errors_naming_them() {
     let bad = cas.write_blob(bad.encode_to_vec().into()).unwrap();
     let err = instantiator.instantiate_element("e", &bad).unwrap_err();
     assert_eq!(
-        err.to_string(),
+        sa_cas::error_chain(&err),
         format!("overlay 0 of action {base} of element \"e\": unknown overlay type 7")
     );
+    // The cause is kept, typed.
+    assert!(matches!(
+        &err,
+        sa_instantiator::InstantiateError::Overlay { source, .. }
+            if matches!(**source, sa_generator::model::OverlayError::UnknownType(7))
+    ));
 
     // A current source tree that is missing is an error naming the element.
     let s = scenario();
