@@ -72,7 +72,12 @@ pub fn check(root: &Path) -> Result<()> {
         })
         .collect();
     dag_is_acyclic()?;
-    let violations = violations(&edges);
+    let mut violations = violations(&edges);
+    violations.extend(
+        cli_only_in_libraries(root)?
+            .into_iter()
+            .map(|line| format!("a library does what only the CLI may: {line}")),
+    );
     if violations.is_empty() {
         Ok(())
     } else {
@@ -104,6 +109,46 @@ pub fn violations(edges: &[(String, Vec<String>)]) -> Vec<String> {
         }
     }
     found
+}
+
+/// What a library crate never does (the CLI's alone): print, exit the process, or parse
+/// arguments. The test harness (`sa-cas`'s `testing.rs`, a feature for tests) may print.
+const CLI_ONLY: &[&str] =
+    &["println!(", "eprintln!(", "print!(", "eprint!(", "process::exit", "clap::"];
+
+/// Every line of a library crate's `src/` that does what only the CLI may, as
+/// `path:line: text`.
+pub fn cli_only_in_libraries(root: &Path) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    for (name, _) in DAG.iter().filter(|(name, _)| *name != "sa-cli") {
+        let src = root.join("crates").join(name).join("src");
+        let mut stack = vec![src];
+        while let Some(dir) = stack.pop() {
+            for entry in
+                std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+            {
+                let path = entry?.path();
+                if path.is_dir() {
+                    if !path.ends_with("generated") {
+                        stack.push(path);
+                    }
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") || path.ends_with("testing.rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path)?;
+                for (number, line) in text.lines().enumerate() {
+                    let code = line.split("//").next().unwrap_or_default();
+                    if CLI_ONLY.iter().any(|token| code.contains(token)) {
+                        found.push(format!("{}:{}: {}", path.display(), number + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 /// Every edge of the DAG closes nothing into a cycle (each crate's reach excludes itself).

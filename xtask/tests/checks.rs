@@ -82,3 +82,9 @@ fn layering_accepts_the_designed_dag_and_its_reach() {
     assert!(found.is_empty(), "{found:?}");
     layering::dag_is_acyclic().expect("the DAG has no cycle");
 }
+
+#[test]
+fn libraries_never_print_exit_or_parse_arguments() {
+    let found = layering::cli_only_in_libraries(&project_root()).expect("the sources are read");
+    assert!(found.is_empty(), "{found:#?}");
+}

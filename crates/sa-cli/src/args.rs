@@ -235,7 +235,7 @@ pub(crate) enum Command {
     /// Serve an execution service's leases (the remote-workers Bots API, as BuildGrid hands
     /// them out): run each leased action here and answer with its result.
     #[command(
-        after_help = "Example:\n  sa --remote grpc://127.0.0.1:50051 --instance-name main worker --bot-id w1\n\nRuns until interrupted. One action at a time: start several for parallelism."
+        after_help = "Example:\n  sa --remote grpc://127.0.0.1:50051 --instance-name main worker --bot-id w1\n\nRuns until interrupted. --concurrency N runs N leases at once."
     )]
     Worker(worker::WorkerArgs),
     /// Print the subactions recorded in an action's ActionResult.

@@ -76,7 +76,7 @@ pub struct InstantiateConfig {
     pub limits: TreeLimits,
     /// Share rewritten subtrees between actions (off only to test that it changes nothing).
     pub memoize: bool,
-    /// Read each element's `SpeculativeActions` through its stored [`ActionsIndex`] (built and
+    /// Read each element's `SpeculativeActions` through its stored [`ActionsIndex`](sa_generator::ActionsIndex) (built and
     /// stored on first use); off, the blob itself is decoded every time and nothing is stored
     /// beside the instantiated actions.
     pub index: bool,
@@ -88,7 +88,7 @@ impl Default for InstantiateConfig {
     }
 }
 
-/// How the elements' [`ActionsIndex`]es were found.
+/// How the elements' [`ActionsIndex`](sa_generator::ActionsIndex)es were found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IndexStats {
     /// Loaded from the store.
