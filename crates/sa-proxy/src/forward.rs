@@ -101,14 +101,19 @@ fn tls_acceptor(
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use tokio_rustls::rustls::{self, ServerConfig};
     let tls = |what: String| ProxyError::Tls(what);
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect())
+    // Read whole, counted as read: a device or a pipe named as a certificate is held to 4 MiB.
+    let read = |path: &std::path::Path| {
+        sa_cas::read_bounded(path, 4 << 20).map_err(|err| tls(err.to_string()))
+    };
+    let cert_pem = read(cert)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
         .map_err(|e| tls(format!("{}: {e}", cert.display())))?;
     if certs.is_empty() {
         return Err(tls(format!("{}: no certificate", cert.display())));
     }
-    let key_der =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| tls(format!("{}: {e}", key.display())))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&read(key)?)
+        .map_err(|e| tls(format!("{}: {e}", key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

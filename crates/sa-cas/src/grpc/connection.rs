@@ -14,6 +14,9 @@ use crate::error::CasError;
 
 use super::retry::is_transient_connect;
 use super::{GrpcConfig, Retry, RetryPolicy};
+
+/// The largest PEM file (a CA bundle, a certificate chain, a key) read for TLS.
+const MAX_PEM_BYTES: u64 = 4 << 20;
 use crate::error::error_chain;
 
 /// A connection to a REAPI server: its channel, the configured headers and deadline, and the
@@ -195,17 +198,17 @@ fn target(config: &GrpcConfig) -> Result<Target, CasError> {
         let host = host_port.rsplit_once(':').map(|(h, _)| h).unwrap_or(host_port);
         let mut tls =
             ClientTlsConfig::new().domain_name(host.trim_matches(['[', ']'])).with_native_roots();
+        // PEM files are read whole: counted as they are read (a device or a pipe is held to
+        // the limit too).
+        let pem = |path: &std::path::Path| {
+            crate::read_bounded(path, MAX_PEM_BYTES)
+                .map_err(|err| connect_error(config, err.to_string()))
+        };
         if let Some(ca) = &config.tls_ca_cert {
-            let pem = std::fs::read(ca)
-                .map_err(|err| connect_error(config, format!("{}: {err}", ca.display())))?;
-            tls = tls.ca_certificate(Certificate::from_pem(pem));
+            tls = tls.ca_certificate(Certificate::from_pem(pem(ca)?));
         }
         if let Some((cert, key)) = &config.tls_client_identity {
-            let cert_pem = std::fs::read(cert)
-                .map_err(|err| connect_error(config, format!("{}: {err}", cert.display())))?;
-            let key_pem = std::fs::read(key)
-                .map_err(|err| connect_error(config, format!("{}: {err}", key.display())))?;
-            tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
+            tls = tls.identity(Identity::from_pem(pem(cert)?, pem(key)?));
         }
         endpoint =
             endpoint.tls_config(tls).map_err(|err| connect_error(config, error_chain(&err)))?;

@@ -316,6 +316,10 @@ fn grpcs_verifies_the_server_certificate() {
             "{host} {ca:?}: {err}"
         );
     }
+    // A certificate file that never ends is refused as it is read, not read forever.
+    let endless = PathBuf::from("/dev/zero");
+    let err = GrpcCas::connect(config("localhost", Some(&endless))).unwrap_err().to_string();
+    assert!(err.contains("/dev/zero holds more than 4194304 bytes"), "{err}");
 }
 
 #[test]
