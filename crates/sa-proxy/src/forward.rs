@@ -26,7 +26,10 @@ use tonic::body::Body;
 use tower::{Service, ServiceExt};
 
 use crate::limits::{Admitted, Budget, Connections, ProxyLimits, Share, StreamGuard, Throttled};
-use crate::recording::Recorder;
+use crate::recording::{RecordWriter, Recorder};
+
+/// Recorded lines waiting for the writing thread, at most (each a few hundred bytes).
+const MAX_WAITING_LINES: usize = 65_536;
 
 const EXECUTE: &str = "/build.bazel.remote.execution.v2.Execution/Execute";
 const WAIT_EXECUTION: &str = "/build.bazel.remote.execution.v2.Execution/WaitExecution";
@@ -153,7 +156,7 @@ struct State {
     channel: tonic::transport::Channel,
     upstream: String,
     headers: Vec<(HeaderName, HeaderValue)>,
-    recorder: Recorder,
+    recorder: RecordWriter,
     /// Operation name → what its Execute was about, for WaitExecution.
     operations: Mutex<HashMap<String, Call>>,
     limits: ProxyLimits,
@@ -178,6 +181,7 @@ impl Proxy {
     pub fn start(listen: &Listen, config: ProxyConfig) -> Result<Proxy, ProxyError> {
         let io = |what: String| move |source| ProxyError::Io { what, source };
         let recorder = Recorder::new(&config.record_dir)
+            .and_then(|recorder| RecordWriter::start(recorder, MAX_WAITING_LINES))
             .map_err(io(format!("recording directory {}", config.record_dir.display())))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -703,9 +707,8 @@ fn write_line(state: &State, call: &Call, status: i32, cached: bool, exit_code: 
         line.insert(key.clone(), value.clone());
     }
     let invocation = call.metadata.get("tool_invocation_id").and_then(Value::as_str);
-    if let Err(err) = state.recorder.append(invocation, &Value::Object(line)) {
-        tracing::error!("recording {} {action}: {err}", call.kind);
-    }
+    // Handed to the writing thread: no request waits on the file system.
+    state.recorder.submit(invocation, Value::Object(line));
 }
 
 /// The outcome an Execute stream's final Operation carried: status code, cached flag, and

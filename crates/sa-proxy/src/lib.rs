@@ -35,4 +35,4 @@ mod recording;
 
 pub use forward::{Listen, Proxy, ProxyConfig, ProxyError};
 pub use limits::ProxyLimits;
-pub use recording::{Recorder, Recording, read_recording};
+pub use recording::{RecordWriter, Recorder, Recording, read_recording};

@@ -130,6 +130,59 @@ fn open_repaired(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+/// Appends a [`Recorder`]'s lines from a thread of its own, so that no request waits on the
+/// file system: the forwarding path only hands a line over. At most `capacity` lines wait; past
+/// that a line is dropped and counted (said once every 10 s), never queued without bound and
+/// never waited for. Lines still waiting when the process is killed are lost.
+#[derive(Debug)]
+pub struct RecordWriter {
+    sender: std::sync::mpsc::SyncSender<(Option<String>, Value)>,
+    dropped: std::sync::atomic::AtomicU64,
+    last_warning: Mutex<Option<std::time::Instant>>,
+}
+
+impl RecordWriter {
+    /// Starts the writing thread for `recorder`.
+    pub fn start(recorder: Recorder, capacity: usize) -> io::Result<RecordWriter> {
+        let (sender, lines) = std::sync::mpsc::sync_channel::<(Option<String>, Value)>(capacity);
+        std::thread::Builder::new().name("sa-proxy-recorder".into()).spawn(move || {
+            // Ends when every sender is gone (the proxy stopped), after the last line.
+            for (invocation, line) in lines {
+                if let Err(err) = recorder.append(invocation.as_deref(), &line) {
+                    tracing::error!(
+                        "recording into {}: {err}",
+                        recorder.path(invocation.as_deref()).display()
+                    );
+                }
+            }
+        })?;
+        Ok(RecordWriter {
+            sender,
+            dropped: std::sync::atomic::AtomicU64::new(0),
+            last_warning: Mutex::new(None),
+        })
+    }
+
+    /// Hands `line` to the writing thread, without waiting.
+    pub fn submit(&self, invocation: Option<&str>, line: Value) {
+        use std::sync::atomic::Ordering;
+        if self.sender.try_send((invocation.map(str::to_owned), line)).is_ok() {
+            return;
+        }
+        let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = self.last_warning.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(10)) {
+            *last = Some(std::time::Instant::now());
+            tracing::warn!("the recording falls behind: {dropped} lines dropped so far");
+        }
+    }
+
+    /// Lines dropped because the writing thread fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// A recording read back.
 #[derive(Debug, Default)]
 pub struct Recording {
@@ -184,6 +237,32 @@ mod tests {
         let recorder = Recorder::new(dir.path()).unwrap();
         recorder.append(Some("inv-1"), &serde_json::json!({"n": 3})).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":1}\n{\"n\":3}\n");
+    }
+
+    #[test]
+    fn the_writer_thread_appends_in_order_and_drops_past_its_capacity_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = RecordWriter::start(Recorder::new(dir.path()).unwrap(), 4096).unwrap();
+        for n in 0..100 {
+            writer.submit(Some("inv"), serde_json::json!({ "n": n }));
+        }
+        let path = dir.path().join("inv.jsonl");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut lines = Vec::new();
+        while lines.len() < 100 && std::time::Instant::now() < deadline {
+            lines = read_recording(&path, 1 << 20).unwrap_or_default().lines;
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let numbers: Vec<i64> = lines.iter().map(|l| l["n"].as_i64().unwrap()).collect();
+        assert_eq!(numbers, (0..100).collect::<Vec<_>>());
+        assert_eq!(writer.dropped(), 0);
+        // A writer whose thread cannot keep up (capacity 1, a flood): submit never blocks,
+        // and what does not fit is counted.
+        let flooded = RecordWriter::start(Recorder::new(dir.path()).unwrap(), 1).unwrap();
+        for n in 0..10_000 {
+            flooded.submit(Some("flood"), serde_json::json!({ "n": n }));
+        }
+        assert!(flooded.dropped() > 0, "some lines did not fit");
     }
 
     #[test]
