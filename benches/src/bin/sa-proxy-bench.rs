@@ -1,8 +1,9 @@
-//! `sa-proxy-bench --sa PATH`: what `sa proxy` costs in front of a real buildbox-casd on
-//! loopback. Added latency per unary RPC (FindMissingBlobs of one digest, direct and proxied
-//! calls interleaved), ByteStream read and write throughput through the proxy against direct,
-//! and the proxy process's peak RSS while 64 clients upload 100 MiB each at once. Prints one
-//! JSON object.
+//! `sa-proxy-bench --sa PATH [--nginx PATH]`: what `sa proxy` costs in front of a real
+//! buildbox-casd on loopback. Added latency per unary RPC (FindMissingBlobs of one digest,
+//! direct, through `sa proxy` and, with `--nginx`, through nginx's `grpc_pass` (h2c both
+//! sides), calls interleaved), the proxy's CPU time per unary call, ByteStream read and write
+//! throughput through the proxy against direct, and the proxy process's peak RSS while 64
+//! clients upload 100 MiB each at once. Prints one JSON object.
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -93,6 +94,63 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[index].as_secs_f64() * 1e6
 }
 
+/// CPU time (user + system) a process has used, in microseconds.
+fn cpu_us(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat[stat.rfind(')').context("stat")? + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(ticks as f64 * 1e6 / 100.0)
+}
+
+/// nginx as a plain gRPC proxy (h2c in, h2c out) in front of `upstream_port`, in `dir`: its
+/// port and process. One worker, no access log, upstream connections kept alive (as `sa proxy`
+/// keeps its one channel), no body size limit in the way of ByteStream.
+fn start_nginx(
+    nginx: &str,
+    dir: &std::path::Path,
+    upstream_port: u16,
+) -> Result<(u16, std::process::Child)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    std::fs::create_dir_all(dir)?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\nevents {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n\
+             proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n\
+             uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             client_max_body_size 0;\n\
+             upstream casd {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n\
+             server {{\n    listen 127.0.0.1:{port} http2;\n\
+             location / {{ grpc_pass grpc://casd; }}\n  }}\n}}\n",
+            d = dir.display()
+        ),
+    )?;
+    let child = Command::new(nginx)
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {nginx}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "nginx did not listen on {port}: {}",
+                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((port, child))
+}
+
 fn peak_rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
@@ -106,8 +164,14 @@ fn main() -> Result<()> {
     let stream_mib: usize = arg(&args, "--stream-mib", Some("256"))?.parse()?;
     let clients: usize = arg(&args, "--clients", Some("64"))?.parse()?;
     let upload_mib: usize = arg(&args, "--upload-mib", Some("100"))?.parse()?;
+    let nginx_path = arg(&args, "--nginx", Some("")).ok().filter(|p| !p.is_empty());
     let dir = tempfile::tempdir()?;
     let casd = Casd::start(&dir.path().join("casd"));
+    let mut nginx = match &nginx_path {
+        Some(path) => Some(start_nginx(path, &dir.path().join("nginx"), casd.port())?),
+        None => None,
+    };
+    let nginx_url = nginx.as_ref().map(|(port, _)| format!("http://127.0.0.1:{port}"));
     let mut proxy = Command::new(&sa)
         .args(["--json", "proxy", "--listen", "127.0.0.1:0", "--upstream", &casd.endpoint()])
         .arg("--record")
@@ -125,14 +189,21 @@ fn main() -> Result<()> {
     let result = runtime.block_on(async {
         let direct = Channel::from_shared(direct_url)?.connect().await?;
         let proxied = Channel::from_shared(proxied_url.clone())?.connect().await?;
+        let via_nginx = match &nginx_url {
+            Some(url) => Some(Channel::from_shared(url.clone())?.connect().await?),
+            None => None,
+        };
         // Unary latency, interleaved.
         let request = FindMissingBlobsRequest {
             blob_digests: vec![SHA.hash_bytes(b"absent").to_proto()],
             ..Default::default()
         };
-        let mut times = [Vec::with_capacity(calls), Vec::with_capacity(calls)];
+        let mut times = [Vec::with_capacity(calls), Vec::with_capacity(calls), Vec::new()];
+        let sides: Vec<&Channel> =
+            [Some(&direct), Some(&proxied), via_nginx.as_ref()].into_iter().flatten().collect();
+        let cpu_before = cpu_us(proxy.id())?;
         for i in 0..calls + 100 {
-            for (side, channel) in [&direct, &proxied].into_iter().enumerate() {
+            for (side, &channel) in sides.iter().enumerate() {
                 let start = Instant::now();
                 ContentAddressableStorageClient::new(channel.clone())
                     .find_missing_blobs(request.clone())
@@ -142,6 +213,7 @@ fn main() -> Result<()> {
                 }
             }
         }
+        let proxy_cpu_us_per_call = (cpu_us(proxy.id())? - cpu_before) / (calls + 100) as f64;
         for side in &mut times {
             side.sort();
         }
@@ -185,7 +257,18 @@ fn main() -> Result<()> {
         let concurrent_seconds = start.elapsed().as_secs_f64();
         let p50 = [percentile(&times[0], 0.5), percentile(&times[1], 0.5)];
         let p99 = [percentile(&times[0], 0.99), percentile(&times[1], 0.99)];
+        let nginx_numbers = (!times[2].is_empty()).then(|| {
+            let (n50, n99) = (percentile(&times[2], 0.5), percentile(&times[2], 0.99));
+            json!({
+                "p50_us": n50,
+                "p99_us": n99,
+                "added_p50_us": n50 - p50[0],
+                "added_p99_us": n99 - p99[0],
+            })
+        });
         Ok::<Value, anyhow::Error>(json!({
+            "nginx": nginx_numbers,
+            "proxy_cpu_us_per_call": proxy_cpu_us_per_call,
             "unary_calls": calls,
             "unary_direct_p50_us": p50[0],
             "unary_proxied_p50_us": p50[1],
@@ -206,6 +289,10 @@ fn main() -> Result<()> {
     let rss = peak_rss_kib(proxy.id());
     let _ = proxy.kill();
     let _ = proxy.wait();
+    if let Some((_, child)) = &mut nginx {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let mut result = result?;
     result["proxy_peak_rss_mib"] = json!(rss? as f64 / 1024.0);
     println!("{result}");
