@@ -69,14 +69,22 @@ fn bench_generate_instantiate(c: &mut Criterion) {
         );
         // Specs of build 1 for every element, then build 2's states.
         let mut specs = std::collections::HashMap::new();
+        let mut indexes = std::collections::HashMap::new();
         for name in workload::ELEMENTS {
             let input = workload::generate_input(&fx.workload.build1, name);
-            specs.insert(
-                name,
-                sa_generator::generate(&fx.cas, &input, &config).expect("generate").digest,
-            );
+            let generated = sa_generator::generate(&fx.cas, &input, &config).expect("generate");
+            specs.insert(name, generated.digest);
+            indexes.extend(generated.index.map(|index| (name, index)));
         }
-        let states = || workload::states(&fx.workload.build1, &fx.workload.build2, &specs);
+        // As `sa instantiate` runs: the graph names each index `sa generate` stored.
+        let states = || {
+            workload::states_with_indexes(
+                &fx.workload.build1,
+                &fx.workload.build2,
+                &specs,
+                &indexes,
+            )
+        };
         let config = InstantiateConfig::default();
         group.bench_function(
             BenchmarkId::new("instantiate_cold", format!("{profile}/actions={actions}")),
@@ -152,8 +160,9 @@ fn bench_duplicate_content(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("generate", format!("{name}/files={files}")), |b| {
             b.iter(|| sa_generator::generate(&cas, &case.input, &config).expect("generate"))
         });
-        let spec = sa_generator::generate(&cas, &case.input, &config).expect("generate").digest;
-        let states = || vec![case.state(spec)];
+        let generated = sa_generator::generate(&cas, &case.input, &config).expect("generate");
+        let spec = generated.digest;
+        let states = || vec![case.state(&generated)];
         group.bench_function(
             BenchmarkId::new("instantiate", format!("{name}/files={files}")),
             |b| {
@@ -183,11 +192,13 @@ fn bench_instantiate_edit(c: &mut Criterion) {
         let cas = MemoryCas::new(F);
         let w = workload::generate_edit(&cas, &profile, 1, edit).expect("the workload generates");
         let mut specs = std::collections::HashMap::new();
+        let mut indexes = std::collections::HashMap::new();
         for element in workload::ELEMENTS {
             let input = workload::generate_input(&w.build1, element);
             let generated =
                 sa_generator::generate(&cas, &input, &GenerateConfig::default()).expect("generate");
             specs.insert(element, generated.digest);
+            indexes.extend(generated.index.map(|index| (element, index)));
         }
         let actions = w.truth.len();
         let changed = w.truth.iter().filter(|(a, b)| a != b).count();
@@ -197,7 +208,8 @@ fn bench_instantiate_edit(c: &mut Criterion) {
             let label = if index { "indexed" } else { "blob_decoded" };
             group.bench_function(BenchmarkId::new(label, id), |b| {
                 b.iter(|| {
-                    let states = workload::states(&w.build1, &w.build2, &specs);
+                    let states =
+                        workload::states_with_indexes(&w.build1, &w.build2, &specs, &indexes);
                     let instantiator = Instantiator::new(&cas, states, config).expect("new");
                     instantiator.instantiate_element("app.bst", &specs["app.bst"]).expect("ok")
                 })

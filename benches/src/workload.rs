@@ -664,15 +664,28 @@ pub fn generate_input(graph: &Graph, name: &str) -> sa_generator::GenerateInput 
 
 /// What `sa instantiate` gives the instantiator: build 2's states with build 1's keys and
 /// SpeculativeActions (`specs`, by element), through the one mapping
-/// ([`sa_instantiator::ElementState::from_graphs`]).
+/// ([`sa_instantiator::ElementState::from_graphs`]). No actions index is named: the
+/// instantiator finds one in the store and checks it against the blob (a BuildStream graph).
 pub fn states(
     build1: &Graph,
     build2: &Graph,
     specs: &std::collections::HashMap<&str, Digest>,
 ) -> Vec<sa_instantiator::ElementState> {
+    states_with_indexes(build1, build2, specs, &std::collections::HashMap::new())
+}
+
+/// [`states`] with the actions indexes `sa generate` stored (`indexes`, by element), as the
+/// graph `sa generate --output` writes names them: the path `sa instantiate` takes.
+pub fn states_with_indexes(
+    build1: &Graph,
+    build2: &Graph,
+    specs: &std::collections::HashMap<&str, Digest>,
+    indexes: &std::collections::HashMap<&str, Digest>,
+) -> Vec<sa_instantiator::ElementState> {
     let mut previous = build1.clone();
     for element in &mut previous.elements {
         element.speculative_actions = specs.get(element.name.as_str()).copied();
+        element.actions_index = indexes.get(element.name.as_str()).copied();
     }
     sa_instantiator::ElementState::from_graphs(build2, &previous)
 }
@@ -690,14 +703,16 @@ pub struct DuplicateCase {
 }
 
 impl DuplicateCase {
-    /// The element's state after the edit, with `spec`, its SpeculativeActions before it.
-    pub fn state(&self, spec: Digest) -> sa_instantiator::ElementState {
+    /// The element's state after the edit, with what generate made of the build before it
+    /// (its SpeculativeActions and the actions index the graph would name).
+    pub fn state(&self, generated: &sa_generator::Generated) -> sa_instantiator::ElementState {
         sa_instantiator::ElementState {
             name: self.input.element.name.clone(),
             sources: Some(self.sources2),
             previous_key: Some("1".into()),
             current_key: Some("2".into()),
-            previous_speculative_actions: Some(spec),
+            previous_speculative_actions: Some(generated.digest),
+            previous_actions_index: generated.index,
             ..Default::default()
         }
     }

@@ -29,17 +29,18 @@ fn main() -> Result<()> {
         let case = workload::duplicate_case(&cas, files, identical)?;
         let config = GenerateConfig::default();
         let mut generate = Vec::new();
-        let mut spec = None;
+        let mut generated = None;
         for _ in 0..3 {
             let start = Instant::now();
-            spec = Some(sa_generator::generate(&cas, &case.input, &config)?.digest);
+            generated = Some(sa_generator::generate(&cas, &case.input, &config)?);
             generate.push(start.elapsed().as_secs_f64());
         }
-        let spec = spec.context("generated")?;
+        let generated = generated.context("generated")?;
+        let spec = generated.digest;
         let mut instantiate = Vec::new();
         for _ in 0..3 {
             let start = Instant::now();
-            let states = vec![case.state(spec)];
+            let states = vec![case.state(&generated)];
             let instantiator = Instantiator::new(&cas, states, InstantiateConfig::default())?;
             instantiator.instantiate_element("py.bst", &spec)?;
             instantiate.push(start.elapsed().as_secs_f64());
