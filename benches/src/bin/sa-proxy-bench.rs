@@ -151,6 +151,83 @@ fn start_nginx(
     Ok((port, child))
 }
 
+/// `calls` FindMissingBlobs on each of `sides`, interleaved, after 100 of each to warm up:
+/// each side's latencies, sorted.
+async fn unary_latency(sides: &[&Channel], calls: usize) -> Result<Vec<Vec<Duration>>> {
+    let request = FindMissingBlobsRequest {
+        blob_digests: vec![SHA.hash_bytes(b"absent").to_proto()],
+        ..Default::default()
+    };
+    let mut times: Vec<Vec<Duration>> = (0..3).map(|_| Vec::with_capacity(calls)).collect();
+    for i in 0..calls + 100 {
+        for (side, &channel) in sides.iter().enumerate() {
+            let start = Instant::now();
+            ContentAddressableStorageClient::new(channel.clone())
+                .find_missing_blobs(request.clone())
+                .await?;
+            if i >= 100 {
+                times[side].push(start.elapsed());
+            }
+        }
+    }
+    for side in &mut times {
+        side.sort();
+    }
+    Ok(times)
+}
+
+/// One blob of `size` bytes written each way, then read back each way 3 times: MiB/s of each
+/// (write direct, write proxied, read direct, read proxied), sorted.
+async fn throughput(
+    direct: &Channel,
+    proxied: &Channel,
+    stream_mib: usize,
+    size: usize,
+) -> Result<Vec<Vec<f64>>> {
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); 4];
+    for (side, channel) in [direct, proxied].into_iter().enumerate() {
+        let seed = 1_000 + side as u64;
+        let start = Instant::now();
+        upload(channel.clone(), seed, size).await?;
+        rates[side].push(stream_mib as f64 / start.elapsed().as_secs_f64());
+    }
+    let digest = blob_digest(1_000, size);
+    for _ in 0..3 {
+        for (side, channel) in [direct, proxied].into_iter().enumerate() {
+            let start = Instant::now();
+            let got = download(channel.clone(), &digest).await?;
+            if got != size {
+                bail!("read {got} of {size} bytes");
+            }
+            rates[2 + side].push(stream_mib as f64 / start.elapsed().as_secs_f64());
+        }
+    }
+    for r in &mut rates {
+        r.sort_by(f64::total_cmp);
+    }
+    Ok(rates)
+}
+
+/// `sa proxy` in front of `upstream`, recording into `record`: the process and its URL.
+fn start_proxy(
+    sa: &str,
+    upstream: &str,
+    record: &std::path::Path,
+) -> Result<(std::process::Child, String)> {
+    let mut proxy = Command::new(sa)
+        .args(["--json", "proxy", "--listen", "127.0.0.1:0", "--upstream", upstream])
+        .arg("--record")
+        .arg(record)
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {sa} proxy"))?;
+    let mut line = String::new();
+    std::io::BufReader::new(proxy.stdout.take().context("proxy stdout")?).read_line(&mut line)?;
+    let started: Value = serde_json::from_str(&line).context("the proxy's first line")?;
+    let url = started["listening"].as_str().context("listening")?.replace("grpc://", "http://");
+    Ok((proxy, url))
+}
+
 fn peak_rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
@@ -172,18 +249,7 @@ fn main() -> Result<()> {
         None => None,
     };
     let nginx_url = nginx.as_ref().map(|(port, _)| format!("http://127.0.0.1:{port}"));
-    let mut proxy = Command::new(&sa)
-        .args(["--json", "proxy", "--listen", "127.0.0.1:0", "--upstream", &casd.endpoint()])
-        .arg("--record")
-        .arg(dir.path().join("rec"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {sa} proxy"))?;
-    let mut line = String::new();
-    std::io::BufReader::new(proxy.stdout.take().context("proxy stdout")?).read_line(&mut line)?;
-    let started: Value = serde_json::from_str(&line).context("the proxy's first line")?;
-    let proxied_url =
-        started["listening"].as_str().context("listening")?.replace("grpc://", "http://");
+    let (mut proxy, proxied_url) = start_proxy(&sa, &casd.endpoint(), &dir.path().join("rec"))?;
     let direct_url = casd.endpoint().replace("grpc://", "http://");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(async {
@@ -194,52 +260,14 @@ fn main() -> Result<()> {
             None => None,
         };
         // Unary latency, interleaved.
-        let request = FindMissingBlobsRequest {
-            blob_digests: vec![SHA.hash_bytes(b"absent").to_proto()],
-            ..Default::default()
-        };
-        let mut times = [Vec::with_capacity(calls), Vec::with_capacity(calls), Vec::new()];
         let sides: Vec<&Channel> =
             [Some(&direct), Some(&proxied), via_nginx.as_ref()].into_iter().flatten().collect();
         let cpu_before = cpu_us(proxy.id())?;
-        for i in 0..calls + 100 {
-            for (side, &channel) in sides.iter().enumerate() {
-                let start = Instant::now();
-                ContentAddressableStorageClient::new(channel.clone())
-                    .find_missing_blobs(request.clone())
-                    .await?;
-                if i >= 100 {
-                    times[side].push(start.elapsed());
-                }
-            }
-        }
+        let times = unary_latency(&sides, calls).await?;
         let proxy_cpu_us_per_call = (cpu_us(proxy.id())? - cpu_before) / (calls + 100) as f64;
-        for side in &mut times {
-            side.sort();
-        }
         // ByteStream throughput: write one blob each way, read it back each way (3 runs).
         let size = stream_mib << 20;
-        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); 4];
-        for (side, channel) in [&direct, &proxied].into_iter().enumerate() {
-            let seed = 1_000 + side as u64;
-            let start = Instant::now();
-            upload(channel.clone(), seed, size).await?;
-            rates[side].push(stream_mib as f64 / start.elapsed().as_secs_f64());
-        }
-        let digest = blob_digest(1_000, size);
-        for _ in 0..3 {
-            for (side, channel) in [&direct, &proxied].into_iter().enumerate() {
-                let start = Instant::now();
-                let got = download(channel.clone(), &digest).await?;
-                if got != size {
-                    bail!("read {got} of {size} bytes");
-                }
-                rates[2 + side].push(stream_mib as f64 / start.elapsed().as_secs_f64());
-            }
-        }
-        for r in &mut rates {
-            r.sort_by(f64::total_cmp);
-        }
+        let rates = throughput(&direct, &proxied, stream_mib, size).await?;
         let median = |r: &Vec<f64>| r[r.len() / 2];
         // Many large uploads at once through the proxy, each on its own connection.
         let start = Instant::now();
