@@ -128,6 +128,22 @@ impl BotWorker {
                     finished.clear();
                     self.create_session()?
                 }
+                // A worker is a service: an overloaded or restarting server, past the call's own
+                // retries, is ridden out, not a reason to leave the farm (the leases it finished
+                // are reported on the next update that goes through).
+                Err(BotError::Rpc {
+                    code:
+                        code @ (Code::Unavailable
+                        | Code::ResourceExhausted
+                        | Code::DeadlineExceeded
+                        | Code::Cancelled),
+                    message,
+                    ..
+                }) => {
+                    tracing::warn!("UpdateBotSession: {code:?}: {message}; trying again");
+                    std::thread::sleep(std::time::Duration::from_secs(2));
+                    continue;
+                }
                 Err(err) => return Err(err),
             };
         }
