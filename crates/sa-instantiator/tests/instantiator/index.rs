@@ -141,11 +141,11 @@ fn plant_index(cas: &LocalCas, spec: &Digest, message: &sa_proto::sa::v1::Action
     plant_entry(cas, spec, vec![("actions-index", digest)]);
 }
 
-#[test]
-fn a_hostile_actions_index_is_refused_rebuilt_and_replaced() {
-    let c = case(&GenerateConfig::default());
+/// The valid index of the case's blob, as its wire message, changed by what the caller asks.
+fn mutations_of(
+    c: &Case,
+) -> impl Fn(&dyn Fn(&mut sa_proto::sa::v1::ActionsIndex)) -> sa_proto::sa::v1::ActionsIndex {
     let spec = c.generated.digest;
-    let (reference, _) = instantiate(&c.cas, c.sources2, &spec, false);
     let valid = sa_proto::sa::v1::ActionsIndex::decode(
         ActionsIndex::from_speculative_actions(F, spec, &c.cas.read_blob(&spec).unwrap())
             .unwrap()
@@ -154,11 +154,19 @@ fn a_hostile_actions_index_is_refused_rebuilt_and_replaced() {
             .clone(),
     )
     .unwrap();
-    let mutated = |change: &dyn Fn(&mut sa_proto::sa::v1::ActionsIndex)| {
+    move |change| {
         let mut message = valid.clone();
         change(&mut message);
         message
-    };
+    }
+}
+
+#[test]
+fn a_hostile_actions_index_is_refused_rebuilt_and_replaced() {
+    let c = case(&GenerateConfig::default());
+    let spec = c.generated.digest;
+    let (reference, _) = instantiate(&c.cas, c.sources2, &spec, false);
+    let mutated = mutations_of(&c);
     let garbage = c.cas.write_blob(vec![0xffu8; 64].into()).unwrap();
     let absent = F.hash_bytes(b"an index nobody stored");
     let absurd = Digest::new(F, *F.hash_bytes(b"x").hash(), 1 << 40).unwrap();
@@ -268,20 +276,7 @@ fn instantiate_named(
 /// Structurally valid lies an ActionCache writer can plant: every one passes the checks of
 /// the index itself, and would change what runs or what is primed if it were believed.
 fn lies(c: &Case, other_action: Digest) -> Vec<(&'static str, sa_proto::sa::v1::ActionsIndex)> {
-    let spec = c.generated.digest;
-    let valid = sa_proto::sa::v1::ActionsIndex::decode(
-        ActionsIndex::from_speculative_actions(F, spec, &c.cas.read_blob(&spec).unwrap())
-            .unwrap()
-            .to_blob(F)
-            .data()
-            .clone(),
-    )
-    .unwrap();
-    let mutated = |change: &dyn Fn(&mut sa_proto::sa::v1::ActionsIndex)| {
-        let mut message = valid.clone();
-        change(&mut message);
-        message
-    };
+    let mutated = mutations_of(c);
     vec![
         (
             "every base digest replaced by another Action",
