@@ -129,7 +129,9 @@ impl LocalCas {
     /// Writes the `digest-function` file of a store made here.
     fn mark_digest_function(&self) -> Result<(), CasError> {
         let marker = self.root.join(DIGEST_FUNCTION_FILE);
-        let tmp = self.root.join(format!("{DIGEST_FUNCTION_FILE}.tmp"));
+        // A temp name of this process's own: builds start many `sa record`s on a new store at
+        // once, and a shared temp name made all but the first rename fail.
+        let tmp = self.root.join(format!("{DIGEST_FUNCTION_FILE}.{}.tmp", std::process::id()));
         fs::write(&tmp, format!("{}\n", self.config.digest_function))
             .and_then(|()| fs::rename(&tmp, &marker))
             .map_err(io_error(&marker))

@@ -154,3 +154,34 @@ fn outputs_go_through_a_symlink_the_user_made_in_the_workspace() {
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.lines().last().unwrap().ends_with(" hit"), "{logged}");
 }
+
+#[test]
+fn many_processes_opening_a_new_store_at_once_all_succeed() {
+    // What a parallel build does on its first compile: every `sa record` makes the store.
+    for round in 0..3 {
+        let work = tempfile::tempdir().unwrap();
+        let src = work.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("f"), "x").unwrap();
+        let store = work.path().join("store").display().to_string();
+        let children: Vec<_> = (0..8)
+            .map(|_| {
+                Process::new(env!("CARGO_BIN_EXE_sa"))
+                    .args(["--cas", &store, "ingest", src.to_str().unwrap()])
+                    .env_remove("SA_CAS")
+                    .env_remove("SA_REMOTE")
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
