@@ -21,8 +21,9 @@ pub const DAG: &[(&str, &[&str])] = &[
     ("sa-exec", &["sa-proto", "sa-cas"]),
     ("sa-generator", &["sa-proto", "sa-cas"]),
     ("sa-instantiator", &["sa-generator"]),
+    ("sa-learn", &["sa-generator"]),
     ("sa-prime", &["sa-exec", "sa-instantiator"]),
-    ("sa-cli", &["sa-proxy", "sa-prime"]),
+    ("sa-cli", &["sa-proxy", "sa-prime", "sa-learn"]),
 ];
 
 /// Crates outside the DAG: they may depend on any crate, and no crate may depend on them.

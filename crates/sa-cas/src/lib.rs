@@ -33,6 +33,7 @@ mod confined;
 mod digest;
 mod error;
 mod grpc;
+mod keyed;
 mod limited;
 mod local;
 mod memory;
@@ -52,6 +53,7 @@ pub use grpc::{
     Backoff, Exhausted, GrpcCas, GrpcConfig, GrpcConnection, Retry, RetryLimit, RetryPolicy,
     is_transient, lazy_channel, retry_call,
 };
+pub use keyed::{Entry, EntryKey};
 pub use limited::Limited;
 pub use local::{LocalCas, LocalCasConfig};
 pub use memory::MemoryCas;

@@ -1,14 +1,13 @@
 //! `proxy` (record any REAPI client's actions) and `graph from-recording` (a recording to a
 //! build-graph element for `sa generate`).
 
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use sa_cas::{ActionCache, Digest, merkle};
-use serde_json::{Value, json};
+use sa_cas::{Digest, merkle};
+use serde_json::json;
 
 use crate::args::StoreArgs;
 use crate::graph::{Element, Graph};
@@ -160,93 +159,6 @@ pub(crate) fn graph(args: &StoreArgs, cmd: &GraphArgs, ui: &mut Ui) -> Result<()
     }
 }
 
-/// The actions of a recording that have a successful result, each once, in recorded order.
-fn recorded_actions(
-    lines: &[Value],
-    mnemonics: &[String],
-    args: &StoreArgs,
-) -> Result<Vec<Digest>> {
-    let mut seen = HashSet::new();
-    let mut actions = Vec::new();
-    for (number, line) in lines.iter().enumerate() {
-        let usable = match line["kind"].as_str() {
-            Some("execute") => line["status"] == 0 && line["exit_code"] == 0,
-            Some("get_action_result") => line["status"] == 0 && line["cached"] == true,
-            _ => false,
-        };
-        let wanted = mnemonics.is_empty()
-            || line["action_mnemonic"].as_str().is_some_and(|m| mnemonics.iter().any(|w| w == m));
-        if !usable || !wanted {
-            continue;
-        }
-        let text = line["action"]
-            .as_str()
-            .with_context(|| format!("line {}: no \"action\"", number + 1))?;
-        let digest = Digest::parse(args.digest_function, text)
-            .with_context(|| format!("line {}: \"action\"", number + 1))?;
-        if seen.insert(digest) {
-            actions.push(digest);
-        }
-    }
-    Ok(actions)
-}
-
-/// Orders `actions` so every producer precedes its consumers: P produces for C when an output
-/// file of P's result is an input file of C (the empty blob excepted). Among actions free to
-/// go, the earliest recorded goes first; a cycle (identical outputs) is broken the same way.
-fn producer_order(
-    actions: &[Digest],
-    inputs: &[HashSet<Digest>],
-    outputs: &[Vec<Digest>],
-) -> Vec<usize> {
-    let mut producers: HashMap<Digest, Vec<usize>> = HashMap::new();
-    for (i, files) in outputs.iter().enumerate() {
-        for digest in files.iter().filter(|d| !d.is_empty_blob()) {
-            producers.entry(*digest).or_default().push(i);
-        }
-    }
-    let mut before: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); actions.len()];
-    for (consumer, files) in inputs.iter().enumerate() {
-        for digest in files {
-            for &producer in producers.get(digest).into_iter().flatten() {
-                if producer != consumer {
-                    before[consumer].insert(producer);
-                }
-            }
-        }
-    }
-    let mut waiting: Vec<usize> = before.iter().map(BTreeSet::len).collect();
-    let mut after: Vec<Vec<usize>> = vec![Vec::new(); actions.len()];
-    for (consumer, producers) in before.iter().enumerate() {
-        for &producer in producers {
-            after[producer].push(consumer);
-        }
-    }
-    let mut ready: BinaryHeap<Reverse<usize>> =
-        (0..actions.len()).filter(|&i| waiting[i] == 0).map(Reverse).collect();
-    let mut placed = vec![false; actions.len()];
-    let mut order = Vec::with_capacity(actions.len());
-    while order.len() < actions.len() {
-        let next = match ready.pop() {
-            Some(Reverse(i)) => i,
-            // A cycle: the earliest recorded of what is left goes first.
-            None => (0..actions.len()).find(|&i| !placed[i]).expect("something is left"),
-        };
-        if placed[next] {
-            continue;
-        }
-        placed[next] = true;
-        order.push(next);
-        for &consumer in &after[next] {
-            waiting[consumer] = waiting[consumer].saturating_sub(1);
-            if waiting[consumer] == 0 && !placed[consumer] {
-                ready.push(Reverse(consumer));
-            }
-        }
-    }
-    order
-}
-
 fn from_recording(args: &StoreArgs, cmd: &FromRecordingArgs, ui: &mut Ui) -> Result<()> {
     // A recording is read into memory: bounded like a graph, counted as it is read.
     let limit = args.limits.max_graph_bytes;
@@ -266,9 +178,15 @@ fn from_recording(args: &StoreArgs, cmd: &FromRecordingArgs, ui: &mut Ui) -> Res
             recording.skipped
         );
     }
-    let lines = recording.lines;
-    let actions = recorded_actions(&lines, &cmd.mnemonic, args)
-        .with_context(|| format!("recording {}", cmd.recording.display()))?;
+    let function = args.digest_function;
+    let mut seen = HashSet::new();
+    let actions: Vec<Digest> =
+        sa_learn::recorded_from_proxy(function, &recording.lines, &cmd.mnemonic)
+            .with_context(|| format!("recording {}", cmd.recording.display()))?
+            .into_iter()
+            .filter(|r| r.succeeded && seen.insert(r.action))
+            .map(|r| r.action)
+            .collect();
     if actions.is_empty() {
         bail!(
             "recording {} has no successful Execute or cache hit{}",
@@ -283,44 +201,17 @@ fn from_recording(args: &StoreArgs, cmd: &FromRecordingArgs, ui: &mut Ui) -> Res
     let opened = store::open(args)?;
     ui.watch("store", &opened);
     let store = &opened.store;
-    let function = args.digest_function;
     let limits = args.limits.tree();
-    let mut roots = Vec::with_capacity(actions.len());
-    let mut outputs = Vec::with_capacity(actions.len());
-    for action in &actions {
-        let root = sa_cas::DecodedAction::read(store, action)
-            .with_context(|| format!("recorded action {action}"))?
-            .input_root;
-        roots.push(root);
-        let result = store.get_action_result(action)?.with_context(|| {
-            format!("recorded action {action} has no ActionResult in {}", opened.description)
-        })?;
-        let files = result
-            .output_files
-            .iter()
-            .map(|f| Digest::from_proto_field(function, f.digest.as_ref(), "OutputFile.digest"))
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("ActionResult of {action}"))?;
-        outputs.push(files);
+    let ordered = sa_learn::in_producer_order(store, &actions, &limits)?;
+    if let Some(action) = ordered.without_result.first() {
+        bail!("recorded action {action} has no ActionResult in {}", opened.description);
     }
-    let forest = merkle::fetch_forest(store, &roots, &limits)
-        .context("fetching the recorded input roots")?;
-    let expanded =
-        roots.iter().fold(0u64, |sum, root| sum.saturating_add(forest.expansion(root).entries));
-    limits.check_expanded(expanded, || {
-        format!("the input roots of the {} recorded actions", roots.len())
-    })?;
-    let inputs = roots
-        .iter()
-        .map(|root| Ok(forest.files(root)?.into_iter().map(|file| file.digest).collect()))
-        .collect::<Result<Vec<HashSet<Digest>>, sa_cas::CasError>>()?;
-    let order = producer_order(&actions, &inputs, &outputs);
     let sources = merkle::ingest(store, &cmd.sources, &limits)
         .with_context(|| format!("ingesting --sources {}", cmd.sources.display()))?;
     let element = Element {
         name: cmd.name.clone(),
         sources: Some(sources),
-        subactions: order.iter().map(|&i| actions[i]).collect(),
+        subactions: ordered.actions,
         ..Default::default()
     };
     let text = Graph::new(function, vec![element])?.to_json();
@@ -337,31 +228,4 @@ fn from_recording(args: &StoreArgs, cmd: &FromRecordingArgs, ui: &mut Ui) -> Res
         None => ui.line(text.trim_end())?,
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn d(n: u8) -> Digest {
-        sa_cas::DigestFunction::Sha256.hash_bytes(&[n])
-    }
-
-    #[test]
-    fn producers_come_before_consumers_else_recorded_order() {
-        // 0 links what 2 compiles; 1 is independent; 2 compiles a header 3 generates.
-        let actions = [d(10), d(11), d(12), d(13)];
-        let outputs = vec![vec![d(1)], vec![d(2)], vec![d(3)], vec![d(4)]];
-        let inputs: Vec<HashSet<Digest>> = vec![
-            [d(3)].into_iter().collect(),
-            HashSet::new(),
-            [d(4)].into_iter().collect(),
-            HashSet::new(),
-        ];
-        assert_eq!(producer_order(&actions, &inputs, &outputs), vec![1, 3, 2, 0]);
-        // A cycle (two actions producing what the other reads) keeps recorded order.
-        let inputs: Vec<HashSet<Digest>> =
-            vec![[d(2)].into_iter().collect(), [d(1)].into_iter().collect()];
-        assert_eq!(producer_order(&actions[..2], &inputs, &outputs[..2]), vec![0, 1]);
-    }
 }

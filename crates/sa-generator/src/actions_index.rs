@@ -16,10 +16,8 @@
 use std::collections::HashMap;
 
 use prost::Message;
-use sa_cas::merkle::{self, DirectoryBuilder};
-use sa_cas::{Blob, CasError, Digest, DigestFunction, Store};
+use sa_cas::{Blob, CasError, Digest, DigestFunction, Entry, EntryKey, Store};
 use sa_proto::buildstream::v2::speculative_actions::{Overlay, SpeculativeAction};
-use sa_proto::reapi::{ActionResult, Command, OutputFile};
 use sa_proto::sa::v1 as wire;
 
 use crate::model::{Origin, OverlayError};
@@ -290,48 +288,24 @@ impl ActionsIndex {
     /// The ActionCache key of the index of `speculative_actions`, and the blobs that key names
     /// (its Action, Command and input root).
     pub fn key(function: DigestFunction, speculative_actions: &Digest) -> (Digest, Vec<Blob>) {
-        let command = Blob::from_message(
+        let key = ActionsIndex::entry_key(function, speculative_actions);
+        (key.digest, key.blobs)
+    }
+
+    fn entry_key(function: DigestFunction, speculative_actions: &Digest) -> EntryKey {
+        EntryKey::new(
             function,
-            &Command {
-                arguments: vec!["sa-actions-index".into(), "v1".into()],
-                ..Default::default()
-            },
-        );
-        let root = DirectoryBuilder::new()
-            .file("speculative-actions", speculative_actions, false)
-            .build(function)
-            .expect("a one-file directory is valid");
-        let root = merkle::directory_blob(function, &root);
-        let action = Blob::from_message(
-            function,
-            &sa_proto::reapi::Action {
-                command_digest: Some(command.digest().to_proto()),
-                input_root_digest: Some(root.digest().to_proto()),
-                ..Default::default()
-            },
-        );
-        let key = *action.digest();
-        (key, vec![action, command, root])
+            &["sa-actions-index", "v1"],
+            &[("speculative-actions", speculative_actions)],
+            OUTPUT,
+        )
     }
 
     /// Stores the index and its ActionCache entry; returns the index blob's digest.
     pub fn store(&self, store: &(impl Store + ?Sized)) -> Result<Digest, CasError> {
         let function = store.digest_function();
-        let blob = self.to_blob(function);
-        let digest = *blob.digest();
-        let (key, mut blobs) = ActionsIndex::key(function, &self.speculative_actions);
-        blobs.push(blob);
-        merkle::write_in_batches(store, &blobs)?;
-        let result = ActionResult {
-            output_files: vec![OutputFile {
-                path: OUTPUT.into(),
-                digest: Some(digest.to_proto()),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        store.update_action_result(&key, &result)?;
-        Ok(digest)
+        ActionsIndex::entry_key(function, &self.speculative_actions)
+            .store(store, self.to_blob(function))
     }
 
     /// The index blob `index`, named by a source the caller trusts (the graph `sa generate`
@@ -432,38 +406,15 @@ impl ActionsIndex {
         speculative_actions: &Digest,
     ) -> Result<Lookup, CasError> {
         let function = store.digest_function();
-        let (key, _) = ActionsIndex::key(function, speculative_actions);
-        let Some(result) = store.get_action_result(&key)? else {
-            return Ok(Lookup::Missing);
-        };
-        let entry = || format!("the actions index entry {key} of {speculative_actions}");
-        let [file] = result.output_files.as_slice() else {
-            return Ok(Lookup::Invalid(format!("{} lists no single output", entry())));
-        };
-        if file.path != OUTPUT {
-            return Ok(Lookup::Invalid(format!("{} names output {:?}", entry(), file.path)));
-        }
-        let digest =
-            match Digest::from_proto_field(function, file.digest.as_ref(), "OutputFile.digest") {
-                Ok(digest) => digest,
-                Err(e) => return Ok(Lookup::Invalid(format!("{}: {e}", entry()))),
-            };
+        let key = ActionsIndex::entry_key(function, speculative_actions);
+        let what = || format!("the actions index entry of {speculative_actions}");
         let limit = speculative_actions.size().saturating_add(SLACK_BYTES);
-        if digest.size() > limit {
-            return Ok(Lookup::Invalid(format!(
-                "{}: index {digest} is larger than {limit} bytes",
-                entry()
-            )));
-        }
-        let data = match store.read_blob(&digest) {
-            Ok(data) => data,
-            Err(
-                e @ (CasError::NotFound(_)
-                | CasError::DigestMismatch { .. }
-                | CasError::SizeMismatch { .. }),
-            ) => return Ok(Lookup::Invalid(format!("{}: index {digest}: {e}", entry()))),
-            Err(e) => return Err(e),
+        let (digest, data) = match key.load(store, &what, limit)? {
+            Entry::Found(digest, data) => (digest, data),
+            Entry::Missing => return Ok(Lookup::Missing),
+            Entry::Invalid(why) => return Ok(Lookup::Invalid(why)),
         };
+        let entry = || format!("{} ({})", what(), key.digest);
         Ok(match ActionsIndex::from_blob(function, speculative_actions, &data) {
             Ok(index) => Lookup::Found(index),
             Err(reason) => Lookup::Invalid(format!("{}: index {digest}: {reason}", entry())),
