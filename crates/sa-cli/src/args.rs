@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use sa_cas::DigestFunction;
 
 use crate::ui::Ui;
-use crate::{commands, demo, inspect, prime, proxy, record, store, worker};
+use crate::{commands, demo, inspect, learned, prime, proxy, record, store, worker};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -238,6 +238,15 @@ pub(crate) enum Command {
         after_help = "Example:\n  sa --remote grpc://127.0.0.1:50051 --instance-name main worker --bot-id w1\n\nRuns until interrupted. --concurrency N runs N leases at once."
     )]
     Worker(worker::WorkerArgs),
+    /// Learn from one build (a recording of `sa proxy`, or the log of `sa record`): update the
+    /// project's learned state and generate its speculative actions against the workspace.
+    #[command(
+        after_help = "Examples:\n  sa --remote grpc://127.0.0.1:50051 learn --recording recordings/ID.jsonl --workspace .\n  sa learn --log subactions.log --workspace .\n\nThen, after an edit: sa prime --workspace ."
+    )]
+    Learn(learned::LearnArgs),
+    /// Print a project's learned state: identities, the newest build, the last priming.
+    #[command(after_help = "Example:\n  sa status --workspace .")]
+    Status(learned::StatusArgs),
     /// Print the subactions recorded in an action's ActionResult.
     #[command(after_help = "Example:\n  sa subactions 77be…/142")]
     Subactions(commands::SubactionsArgs),
@@ -298,6 +307,8 @@ impl Command {
             Command::Ingest(args) => ok(commands::ingest(store, args, ui)),
             Command::Record(args) => record::record(store, args),
             Command::Subactions(args) => ok(commands::subactions(store, args, ui)),
+            Command::Learn(args) => ok(learned::learn(store, args, ui)),
+            Command::Status(args) => ok(learned::status(store, args, ui)),
             Command::Proxy(args) => ok(proxy::proxy(store, args, ui)),
             Command::Graph(args) => ok(proxy::graph(store, args, ui)),
             Command::Worker(args) => ok(worker::worker(store, args)),

@@ -126,11 +126,18 @@ pub(crate) fn generate(args: &StoreArgs, cmd: &GenerateArgs, ui: &mut Ui) -> Res
 #[derive(Debug, Args)]
 pub(crate) struct InstantiateArgs {
     /// The build graph (JSON) of the build about to run.
-    #[arg(long, value_name = "NEXT.json")]
-    pub(crate) graph: PathBuf,
+    #[arg(long, value_name = "NEXT.json", required_unless_present = "workspace")]
+    pub(crate) graph: Option<PathBuf>,
     /// The graph written by `sa generate` for the previous build.
-    #[arg(long, value_name = "PREV.json")]
-    pub(crate) previous: PathBuf,
+    #[arg(long, value_name = "PREV.json", required_unless_present = "workspace")]
+    pub(crate) previous: Option<PathBuf>,
+    /// Instead of graphs: the project's learned state (what `sa serve` or `sa learn` learned
+    /// from the builds of this workspace), against the workspace as it is now.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["graph", "previous", "element"])]
+    pub(crate) workspace: Option<PathBuf>,
+    /// With --workspace: the project's name [default: the workspace's absolute path].
+    #[arg(long, value_name = "NAME", requires = "workspace")]
+    pub(crate) name: Option<String>,
     /// Only these elements (repeatable); default: every element with speculative actions.
     #[arg(long, value_name = "NAME")]
     pub(crate) element: Vec<String>,
@@ -154,15 +161,34 @@ impl InstantiateArgs {
 
 /// What `instantiate` and `prime` work on: the element states of NEXT (with the previous
 /// build's keys and SpeculativeActions), and the elements to instantiate, in topological order,
-/// with their previous SpeculativeActions.
+/// with their previous SpeculativeActions; with `--workspace`, the learned project.
 pub(crate) struct Plan {
     pub(crate) states: Vec<ElementState>,
     pub(crate) targets: Vec<(String, Digest)>,
+    pub(crate) learned: Option<LearnedPlan>,
 }
 
-pub(crate) fn plan(args: &StoreArgs, cmd: &InstantiateArgs) -> Result<Plan> {
-    let next = graph::load(&cmd.graph, args)?;
-    let previous = graph::load(&cmd.previous, args)?;
+/// A plan from a learned state: the project as one element, its sources as they are now.
+pub(crate) struct LearnedPlan {
+    pub(crate) state: sa_learn::LearnedState,
+    pub(crate) sources: Digest,
+}
+
+pub(crate) fn plan(
+    args: &StoreArgs,
+    cmd: &InstantiateArgs,
+    opened: &store::Opened,
+) -> Result<Plan> {
+    if let Some(workspace) = &cmd.workspace {
+        let project = crate::learned::ProjectArgs { name: cmd.name.clone() };
+        let name = project.name_for(Some(workspace))?;
+        return learned_plan(args, opened, &name, workspace);
+    }
+    let (Some(graph), Some(previous_path)) = (&cmd.graph, &cmd.previous) else {
+        unreachable!("clap requires --graph and --previous without --workspace")
+    };
+    let next = graph::load(graph, args)?;
+    let previous = graph::load(previous_path, args)?;
     let states = ElementState::from_graphs(&next, &previous);
     let with_spec: HashMap<&str, Digest> = previous
         .elements
@@ -176,7 +202,7 @@ pub(crate) fn plan(args: &StoreArgs, cmd: &InstantiateArgs) -> Result<Plan> {
             None => bail!(
                 "element {:?} has no speculative_actions in {}",
                 element.name,
-                cmd.previous.display()
+                previous_path.display()
             ),
         }
     }
@@ -186,14 +212,45 @@ pub(crate) fn plan(args: &StoreArgs, cmd: &InstantiateArgs) -> Result<Plan> {
             "nothing to instantiate: {} ({} elements) and {} ({} elements, {} with \
              speculative_actions) share no element with speculative_actions; --previous takes the \
              graph `sa generate --output` wrote",
-            cmd.graph.display(),
+            graph.display(),
             next.elements.len(),
-            cmd.previous.display(),
+            previous_path.display(),
             previous.elements.len(),
             with_spec.len()
         );
     }
-    Ok(Plan { states, targets })
+    Ok(Plan { states, targets, learned: None })
+}
+
+/// The learned project `name` as one element whose sources are `workspace` now. The state's
+/// actions index is not trusted as a graph's would be: one found in the store is checked
+/// against the blob before use.
+fn learned_plan(
+    args: &StoreArgs,
+    opened: &store::Opened,
+    name: &str,
+    workspace: &std::path::Path,
+) -> Result<Plan> {
+    let config = sa_learn::LearnConfig {
+        max_state_bytes: args.limits.max_graph_bytes,
+        ..Default::default()
+    };
+    let (_, state) = crate::learned::load_state(opened, name, &config)?;
+    let Some(speculative_actions) = state.speculative_actions else {
+        bail!("the learned state of {name:?} has no speculative actions yet");
+    };
+    let sources = crate::learned::ingest_workspace(&opened.store, workspace, args)?;
+    let states = vec![ElementState {
+        name: name.to_owned(),
+        sources: Some(sources),
+        previous_speculative_actions: Some(speculative_actions),
+        ..Default::default()
+    }];
+    Ok(Plan {
+        states,
+        targets: vec![(name.to_owned(), speculative_actions)],
+        learned: Some(LearnedPlan { state, sources }),
+    })
 }
 
 pub(crate) fn outcome_json(element: &str, o: &InstantiatedAction) -> serde_json::Value {
@@ -211,7 +268,7 @@ pub(crate) fn outcome_json(element: &str, o: &InstantiatedAction) -> serde_json:
 pub(crate) fn instantiate(args: &StoreArgs, cmd: &InstantiateArgs, ui: &mut Ui) -> Result<()> {
     let opened = store::open(args)?;
     ui.watch("store", &opened);
-    let Plan { states, targets } = plan(args, cmd)?;
+    let Plan { states, targets, .. } = plan(args, cmd, &opened)?;
     let instantiator = Instantiator::new(&opened.store, states, cmd.config(args))?;
     // Advanced per action: the count of each element's actions is known once it is decoded.
     let bar = ui.progress(0, "instantiate");

@@ -10,6 +10,7 @@ mod demo;
 mod exit;
 mod graph;
 mod inspect;
+mod learned;
 mod memory;
 mod prime;
 mod proxy;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use sa_cas::Store;
 use sa_exec::{Executor, LocalExecutor, RemoteExecutor, RemoteOptions};
@@ -74,7 +74,7 @@ pub(crate) fn prime(args: &StoreArgs, cmd: &PrimeArgs, ui: &mut Ui) -> Result<()
     if let Some(executor_cas) = &setup.executor_cas {
         ui.watch("execution service", executor_cas);
     }
-    let Plan { states, targets } = plan(args, &cmd.instantiate)?;
+    let Plan { states, targets, learned } = plan(args, &cmd.instantiate, &setup.build)?;
     let instantiator = Instantiator::new(&setup.build.store, states, cmd.instantiate.config(args))?;
     tracing::info!(executor = %setup.executor_description, "priming");
     let progress = ui.progress(0, "prime");
@@ -111,6 +111,14 @@ pub(crate) fn prime(args: &StoreArgs, cmd: &PrimeArgs, ui: &mut Ui) -> Result<()
     );
     progress.finish_and_clear();
     let report = report?;
+    if let Some(learned) = &learned {
+        let config = sa_learn::LearnConfig {
+            max_state_bytes: args.limits.max_graph_bytes,
+            ..Default::default()
+        };
+        crate::learned::keep_priming(&setup.build.store, learned, &report, &config)
+            .context("keeping what the priming did in the learned state")?;
+    }
     for (phase, elapsed) in &report.phases {
         ui.record_phase(phase.name(), *elapsed);
     }

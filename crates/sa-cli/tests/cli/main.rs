@@ -11,6 +11,7 @@ mod errors;
 mod faults;
 mod hostile;
 mod launchers;
+mod learn;
 mod local;
 mod proxy;
 mod record;
