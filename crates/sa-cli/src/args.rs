@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use sa_cas::DigestFunction;
 
 use crate::ui::Ui;
-use crate::{commands, demo, inspect, learned, prime, proxy, record, store, worker};
+use crate::{commands, demo, inspect, learned, prime, proxy, record, serve, store, worker};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -227,6 +227,12 @@ pub(crate) enum Command {
         after_help = "Example:\n  sa proxy --listen 127.0.0.1:8980 --upstream grpc://127.0.0.1:50051 --record recordings/\n  bazel build --remote_executor=grpc://127.0.0.1:8980 //...\n\nRuns until interrupted."
     )]
     Proxy(proxy::ProxyArgs),
+    /// The proxy, learning from every build that goes through it and priming the next one
+    /// whenever the workspace changes: no `sa` command between builds.
+    #[command(
+        after_help = "Example:\n  sa serve --upstream grpc://127.0.0.1:50051 --workspace . --listen 127.0.0.1:8980\n  bazel build --remote_executor=grpc://127.0.0.1:8980 //...\n\nRuns until interrupted; one line per build learned and per priming (--json: events)."
+    )]
+    Serve(serve::ServeArgs),
     /// Build graphs from other sources (a proxy's recording).
     #[command(
         after_help = "Example:\n  sa --remote grpc://127.0.0.1:50051 graph from-recording --recording recordings/ID.jsonl --sources . --name app --output build1.json"
@@ -310,6 +316,7 @@ impl Command {
             Command::Learn(args) => ok(learned::learn(store, args, ui)),
             Command::Status(args) => ok(learned::status(store, args, ui)),
             Command::Proxy(args) => ok(proxy::proxy(store, args, ui)),
+            Command::Serve(args) => ok(serve::serve(store, args, ui)),
             Command::Graph(args) => ok(proxy::graph(store, args, ui)),
             Command::Worker(args) => ok(worker::worker(store, args)),
         }

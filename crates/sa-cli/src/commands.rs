@@ -182,7 +182,7 @@ pub(crate) fn plan(
     if let Some(workspace) = &cmd.workspace {
         let project = crate::learned::ProjectArgs { name: cmd.name.clone() };
         let name = project.name_for(Some(workspace))?;
-        return learned_plan(args, opened, &name, workspace);
+        return learned_plan(args, opened, &name, workspace, None);
     }
     let (Some(graph), Some(previous_path)) = (&cmd.graph, &cmd.previous) else {
         unreachable!("clap requires --graph and --previous without --workspace")
@@ -222,14 +222,15 @@ pub(crate) fn plan(
     Ok(Plan { states, targets, learned: None })
 }
 
-/// The learned project `name` as one element whose sources are `workspace` now. The state's
-/// actions index is not trusted as a graph's would be: one found in the store is checked
-/// against the blob before use.
-fn learned_plan(
+/// The learned project `name` as one element whose sources are `workspace` now (`sources`
+/// when the caller has just ingested it). The state's actions index is not trusted as a
+/// graph's would be: one found in the store is checked against the blob before use.
+pub(crate) fn learned_plan(
     args: &StoreArgs,
     opened: &store::Opened,
     name: &str,
     workspace: &std::path::Path,
+    sources: Option<Digest>,
 ) -> Result<Plan> {
     let config = sa_learn::LearnConfig {
         max_state_bytes: args.limits.max_graph_bytes,
@@ -239,7 +240,10 @@ fn learned_plan(
     let Some(speculative_actions) = state.speculative_actions else {
         bail!("the learned state of {name:?} has no speculative actions yet");
     };
-    let sources = crate::learned::ingest_workspace(&opened.store, workspace, args)?;
+    let sources = match sources {
+        Some(sources) => sources,
+        None => crate::learned::ingest_workspace(&opened.store, workspace, args)?,
+    };
     let states = vec![ElementState {
         name: name.to_owned(),
         sources: Some(sources),

@@ -15,6 +15,7 @@ mod memory;
 mod prime;
 mod proxy;
 mod record;
+mod serve;
 mod store;
 mod ui;
 mod worker;

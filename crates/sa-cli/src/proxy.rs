@@ -16,16 +16,24 @@ use crate::ui::Ui;
 
 #[derive(Debug, Args)]
 pub(crate) struct ProxyArgs {
+    #[command(flatten)]
+    service: ServiceArgs,
+    /// Directory of the recordings: one DIR/<tool_invocation_id>.jsonl per client invocation.
+    #[arg(long, value_name = "DIR")]
+    record: PathBuf,
+}
+
+/// Where the proxy listens, what it forwards to, and what clients may make it hold (`proxy`
+/// and `serve`).
+#[derive(Debug, Args)]
+pub(crate) struct ServiceArgs {
     /// Where clients connect: IP:PORT (loopback unless you name another address) or unix:/PATH.
     #[arg(long, default_value = "127.0.0.1:8980", value_name = "ADDR")]
     listen: String,
     /// The REAPI server to forward to: grpc://HOST:PORT, grpcs://HOST:PORT or unix:/PATH
     /// (with --remote-header, --tls-ca-cert, --tls-client-cert/--tls-client-key for it).
     #[arg(long, value_name = "URL")]
-    upstream: String,
-    /// Directory of the recordings: one DIR/<tool_invocation_id>.jsonl per client invocation.
-    #[arg(long, value_name = "DIR")]
-    record: PathBuf,
+    pub(crate) upstream: String,
     /// PEM certificate (chain) to serve TLS with: clients connect with grpcs:// (with
     /// --listen-tls-key).
     #[arg(long, value_name = "PEM", requires = "listen_tls_key")]
@@ -35,6 +43,24 @@ pub(crate) struct ProxyArgs {
     listen_tls_key: Option<PathBuf>,
     #[command(flatten)]
     limits: ServiceLimitArgs,
+}
+
+impl ServiceArgs {
+    /// Starts the recording proxy into `record`.
+    pub(crate) fn start(
+        &self,
+        args: &StoreArgs,
+        record: &std::path::Path,
+    ) -> Result<sa_proxy::Proxy> {
+        let upstream = store::grpc_config(args, &self.upstream)?;
+        let listen = sa_proxy::Listen::parse(&self.listen)?;
+        let mut config = sa_proxy::ProxyConfig::new(upstream, record.to_owned());
+        config.listen_tls = self.listen_tls_cert.clone().zip(self.listen_tls_key.clone());
+        config.limits = self.limits.limits()?;
+        raise_file_limit();
+        sa_proxy::Proxy::start(&listen, config)
+            .with_context(|| format!("starting the proxy to {}", self.upstream))
+    }
 }
 
 /// What clients may make the proxy hold (anyone who can connect is a client).
@@ -96,22 +122,15 @@ pub(crate) fn raise_file_limit() {
 }
 
 pub(crate) fn proxy(args: &StoreArgs, cmd: &ProxyArgs, ui: &mut Ui) -> Result<()> {
-    let upstream = store::grpc_config(args, &cmd.upstream)?;
-    let listen = sa_proxy::Listen::parse(&cmd.listen)?;
-    let mut config = sa_proxy::ProxyConfig::new(upstream, cmd.record.clone());
-    config.listen_tls = cmd.listen_tls_cert.clone().zip(cmd.listen_tls_key.clone());
-    config.limits = cmd.limits.limits()?;
-    raise_file_limit();
-    let proxy = sa_proxy::Proxy::start(&listen, config)
-        .with_context(|| format!("starting the proxy to {}", cmd.upstream))?;
+    let proxy = cmd.service.start(args, &cmd.record)?;
     let line = if ui.json() {
-        json!({"listening": proxy.endpoint(), "upstream": cmd.upstream, "record": cmd.record})
+        json!({"listening": proxy.endpoint(), "upstream": cmd.service.upstream, "record": cmd.record})
             .to_string()
     } else {
         format!(
             "sa proxy: {} -> {}, recording into {}",
             proxy.endpoint(),
-            cmd.upstream,
+            cmd.service.upstream,
             cmd.record.display()
         )
     };

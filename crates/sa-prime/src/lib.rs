@@ -22,6 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sa_cas::merkle::{self, TreeLimits};
@@ -177,6 +178,8 @@ pub enum Event<'e> {
 pub struct PrimeReport {
     /// Every speculative action of the targets, in target order then blob order.
     pub actions: Vec<PrimedAction>,
+    /// Whether it was cancelled ([`prime_until`]) before every wave ran.
+    pub cancelled: bool,
     /// Waves that executed something.
     pub waves: usize,
     /// Distinct adapted actions handed to the executor.
@@ -259,7 +262,25 @@ pub fn prime<S: Store + ?Sized>(
     limits: &TreeLimits,
     events: &mut dyn FnMut(Event<'_>),
 ) -> Result<PrimeReport, PrimeError> {
+    let never = AtomicBool::new(false);
+    prime_until(stores, executor, instantiator, targets, limits, &never, events)
+}
+
+/// [`prime`], stopped before the next wave once `cancel` is set (a newer change to the
+/// sources makes this priming's unsubmitted actions pointless): the actions not yet handed to
+/// the executor are [`Status::Incomplete`] ("cancelled"), [`PrimeReport::cancelled`] is set.
+/// What was submitted runs to its end.
+pub fn prime_until<S: Store + ?Sized>(
+    stores: Stores<'_, S>,
+    executor: &dyn Executor,
+    instantiator: &Instantiator<'_, S>,
+    targets: &[(String, Digest)],
+    limits: &TreeLimits,
+    cancel: &AtomicBool,
+    events: &mut dyn FnMut(Event<'_>),
+) -> Result<PrimeReport, PrimeError> {
     let started = Instant::now();
+    let mut cancelled = false;
     let mut timer = Timer::default();
     let mut statuses: HashMap<Digest, Status> = HashMap::new();
     let mut waves = 0;
@@ -274,6 +295,10 @@ pub fn prime<S: Store + ?Sized>(
             .filter(|d| seen.insert(*d))
             .collect();
         if wave.is_empty() {
+            break outcomes;
+        }
+        if cancel.load(Ordering::Relaxed) {
+            cancelled = true;
             break outcomes;
         }
         waves += 1;
@@ -297,7 +322,8 @@ pub fn prime<S: Store + ?Sized>(
         });
     };
     Ok(PrimeReport {
-        actions: primed_actions(outcomes, &statuses),
+        actions: primed_actions(outcomes, &statuses, cancelled),
+        cancelled,
         waves,
         submitted: statuses.len(),
         phases: timer.phases,
@@ -334,7 +360,9 @@ fn bring_back<S: Store + ?Sized>(
 fn primed_actions(
     outcomes: Vec<(String, InstantiatedAction)>,
     statuses: &HashMap<Digest, Status>,
+    cancelled: bool,
 ) -> Vec<PrimedAction> {
+    let unsubmitted = if cancelled { "cancelled before it was submitted" } else { "not executed" };
     outcomes
         .into_iter()
         .map(|(element, o)| {
@@ -344,7 +372,7 @@ fn primed_actions(
                 statuses
                     .get(&o.action)
                     .cloned()
-                    .unwrap_or_else(|| Status::Incomplete("not executed".into()))
+                    .unwrap_or_else(|| Status::Incomplete(unsubmitted.into()))
             };
             PrimedAction { element, base: o.base, action: o.action, status }
         })

@@ -16,6 +16,7 @@ mod local;
 mod proxy;
 mod record;
 mod remote;
+mod serve;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
