@@ -760,6 +760,7 @@ pub fn duplicate_case(
         },
         dependencies: Vec::new(),
         subactions: vec![action],
+        earlier_sources: Vec::new(),
     };
     Ok(DuplicateCase { input, sources2 })
 }

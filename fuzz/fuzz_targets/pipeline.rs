@@ -33,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
         element: ElementTrees { name: "e".into(), sources: blobs.get(1).copied(), artifact: None },
         dependencies: vec![],
         subactions: vec![action],
+        earlier_sources: Vec::new(),
     };
     let config = GenerateConfig { limits, ..Default::default() };
     let _ = sa_generator::generate(&cas, &input, &config);

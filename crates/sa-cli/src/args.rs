@@ -282,6 +282,11 @@ pub(crate) fn settle_stores(cli: &mut Cli, matches: &clap::ArgMatches) -> Result
     let remote_flag = cli.store.remote.is_some() && on_command_line(matches, "remote");
     match &cli.command {
         Command::Prime(_) => Ok(()),
+        Command::Serve(_) if cas_flag => Err(
+            "sa serve keeps what it learns in the store of the builds it serves (--upstream, or \
+             --remote): drop --cas"
+                .into(),
+        ),
         Command::Demo(_) if cas_flag => Err(
             "sa demo makes its own store in its work directory (--workdir to keep it): drop --cas"
                 .into(),

@@ -36,6 +36,9 @@ use crate::ui::Ui;
 /// Invocations followed at once; more are learned once these end.
 const MAX_INVOCATIONS: usize = 256;
 
+/// Actions a `primed` event lists at most.
+const MAX_LISTED: usize = 10_000;
+
 /// How often the learner looks at the recordings.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -101,10 +104,14 @@ struct Primer {
 }
 
 impl Primer {
-    fn request(&self) {
+    /// Asks for a priming; `sources_changed` (the watcher's requests) also cancels the running
+    /// one's unsubmitted waves, which the change made pointless.
+    fn request(&self, sources_changed: bool) {
         let mut requested = self.requested.lock().unwrap_or_else(|e| e.into_inner());
         *requested += 1;
-        self.cancel.lock().unwrap_or_else(|e| e.into_inner()).store(true, Ordering::Relaxed);
+        if sources_changed {
+            self.cancel.lock().unwrap_or_else(|e| e.into_inner()).store(true, Ordering::Relaxed);
+        }
         self.wake.notify_all();
     }
 
@@ -210,11 +217,12 @@ pub(crate) fn serve(args: &StoreArgs, cmd: &ServeArgs, ui: &mut Ui) -> Result<()
     ui.flush()?;
     std::thread::scope(|scope| -> Result<()> {
         let service = &service;
-        scope.spawn(move || learner(service, &record, quiet, cmd.record.is_none()));
+        let activity = proxy.activity();
+        scope.spawn(move || learner(service, &record, &activity, quiet, cmd.record.is_none()));
         scope.spawn(move || primer(service));
         let _watcher = if cmd.no_watch { None } else { Some(watch(scope, service)?) };
         // What a previous run learned may be stale against the workspace: prime once now.
-        service.primer.request();
+        service.primer.request(false);
         print_events(ui, events)
     })?;
     drop(proxy);
@@ -229,8 +237,16 @@ fn print_events(ui: &mut Ui, events: Receiver<(Value, String)>) -> Result<()> {
     Ok(())
 }
 
-/// Follows the recordings; learns each invocation once it has been quiet for `quiet`.
-fn learner(service: &Service<'_>, record: &Path, quiet: Duration, remove: bool) {
+/// Follows the recordings; learns each invocation once it has been quiet for `quiet`: no
+/// recorded call open (a long Execute writes nothing until it ends) and its recording
+/// unchanged.
+fn learner(
+    service: &Service<'_>,
+    record: &Path,
+    activity: &sa_proxy::Activity,
+    quiet: Duration,
+    remove: bool,
+) {
     struct Followed {
         snapshot: Digest,
         len: u64,
@@ -271,14 +287,21 @@ fn learner(service: &Service<'_>, record: &Path, quiet: Duration, remove: bool) 
                 f.len = metadata.len();
                 f.changed = Instant::now();
             }
-            if f.len > f.learned && f.changed.elapsed() >= quiet {
+            let stem =
+                path.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+            let ended = match activity.of(&stem) {
+                sa_proxy::InvocationState::Busy => false,
+                sa_proxy::InvocationState::Quiet(since) => since >= quiet,
+                sa_proxy::InvocationState::Unknown => true,
+            };
+            if f.len > f.learned && ended && f.changed.elapsed() >= quiet {
                 f.learned = f.len;
                 let snapshot = f.snapshot;
                 learn_invocation(service, &path, snapshot);
                 if remove && std::fs::remove_file(&path).is_ok() {
                     followed.remove(&path);
                 }
-                service.primer.request();
+                service.primer.request(false);
             }
         }
         followed.retain(|path, _| present.contains(path));
@@ -395,13 +418,27 @@ fn prime_once(service: &Service<'_>, cancel: &AtomicBool) -> Result<()> {
         cancel,
         &mut |_| {},
     )?;
-    crate::learned::keep_priming(&service.store.store, learned, &report, &config)?;
+    if !report.cancelled {
+        // A cancelled priming is redone for the newest sources; what it executed is then found
+        // cached and kept as that priming's.
+        crate::learned::keep_priming(&service.store.store, learned, &report, &config)?;
+    }
     let count = |kind| report.count(kind);
     let changed = report.actions.iter().filter(|a| a.action != a.base).count();
     let mut event = json!({
         "event": "primed", "sources": sources.to_string(), "actions": report.actions.len(),
         "changed": changed, "cancelled": report.cancelled, "seconds": report.elapsed.as_secs_f64(),
     });
+    // The adapted actions now in the cache, for scripts that check them against the build.
+    let primed: Vec<String> = report
+        .actions
+        .iter()
+        .filter(|a| a.action != a.base)
+        .filter(|a| matches!(a.status.kind(), StatusKind::Executed | StatusKind::Cached))
+        .map(|a| a.action.to_string())
+        .collect();
+    event["primed_truncated"] = (primed.len() > MAX_LISTED).into();
+    event["primed"] = primed.into_iter().take(MAX_LISTED).collect::<Vec<_>>().into();
     let mut said = Vec::new();
     for kind in StatusKind::ALL {
         event[kind.name()] = count(kind).into();
@@ -465,7 +502,7 @@ fn watch<'scope>(
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
-            service.primer.request();
+            service.primer.request(true);
         }
     });
     Ok(watcher)

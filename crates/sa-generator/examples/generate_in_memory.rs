@@ -41,6 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             artifact: Some(artifact),
         }],
         subactions: vec![action],
+        earlier_sources: Vec::new(),
     };
     let generated = generate(&cas, &input, &GenerateConfig::default())?;
     println!("SpeculativeActions {} ({} overlays)", generated.digest, generated.stats.overlays());

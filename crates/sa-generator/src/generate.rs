@@ -39,6 +39,11 @@ pub struct GenerateInput {
     pub dependencies: Vec<ElementTrees>,
     /// The Action digests its build recorded, in the order they ran.
     pub subactions: Vec<Digest>,
+    /// Earlier snapshots of the element's own sources, for subactions recorded against them
+    /// (a learned action an incremental build did not re-run): a file found only there is
+    /// attributed to the element's sources at its path there, which instantiation resolves
+    /// against the element's current sources. The current sources win where both have it.
+    pub earlier_sources: Vec<Digest>,
 }
 
 impl GenerateInput {
@@ -61,6 +66,7 @@ impl GenerateInput {
                 .map(trees)
                 .collect(),
             subactions: element.subactions.clone(),
+            earlier_sources: Vec::new(),
         })
     }
 }
@@ -571,6 +577,15 @@ fn origin_trees(input: &GenerateInput) -> Vec<OriginTree<'_>> {
             root,
         });
     }
+    for &root in &input.earlier_sources {
+        trees.push(OriginTree {
+            kind: OriginKind::Source,
+            element,
+            overlay_element: "",
+            what: "earlier sources",
+            root,
+        });
+    }
     for dep in &input.dependencies {
         let name = dep.name.as_str();
         let tree = |kind, what, root| OriginTree {
@@ -605,8 +620,10 @@ fn check_input(input: &GenerateInput, function: DigestFunction) -> Result<(), Ge
         }
     }
     let trees = std::iter::once(&input.element).chain(&input.dependencies);
-    let digests =
-        trees.flat_map(|t| t.sources.iter().chain(t.artifact.iter())).chain(&input.subactions);
+    let digests = trees
+        .flat_map(|t| t.sources.iter().chain(t.artifact.iter()))
+        .chain(&input.subactions)
+        .chain(&input.earlier_sources);
     for digest in digests {
         if digest.function() != function {
             return Err(invalid(format!(

@@ -35,6 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         element: ElementTrees { name: "app.bst".into(), sources: Some(sources1), artifact: None },
         dependencies: vec![],
         subactions: vec![action1],
+        earlier_sources: Vec::new(),
     };
     let spec = generate(&cas, &input, &GenerateConfig::default())?.digest;
     // The edit; build 2 has not run yet. (`compile` here only to know what it will ask for.)

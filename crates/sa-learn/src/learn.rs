@@ -236,6 +236,10 @@ pub fn learn(
         .collect();
     let mut update = state.update(&observed, config.forget_after);
     update.summary.invocation = invocation.to_owned();
+    let number = state.builds;
+    for entry in state.entries.values_mut().filter(|e| e.learned_in == number) {
+        entry.sources = Some(sources);
+    }
     let (generated, gone) = generate(store, &mut state, sources, config)?;
     update.summary.dropped += gone.len() as u64;
     state.sources = Some(sources);
@@ -267,10 +271,16 @@ fn generate(
         }
     }
     let ordered = in_producer_order(store, &readable, &config.limits)?;
+    // Entries an incremental build did not re-run were recorded against older sources: a
+    // declared input the build did not read (a header its compile does not include) may have
+    // changed since, and is found in the snapshot the entry was learned from.
+    let earlier: std::collections::BTreeSet<Digest> =
+        state.entries.values().filter_map(|e| e.sources).filter(|s| *s != sources).collect();
     let input = GenerateInput {
         element: ElementTrees { name: state.name.clone(), sources: Some(sources), artifact: None },
         dependencies: Vec::new(),
         subactions: ordered.actions,
+        earlier_sources: earlier.into_iter().collect(),
     };
     let generate_config =
         GenerateConfig { skip_broken_subactions: true, limits: config.limits, skip_index: false };

@@ -21,10 +21,13 @@ pub struct Entry {
     pub action: Digest,
     /// The build (1 for the first learned) that recorded it last.
     pub learned_in: u64,
+    /// The sources that build saw (set by [`crate::learn`]): the action's inputs are found
+    /// there even after newer builds have moved past them without re-running it.
+    pub sources: Option<Digest>,
     /// Builds in a row in which it ran and failed (reset by a success).
     pub failures: u32,
-    /// Builds in a row in which `sa` predicted it (its inputs changed, or could not be
-    /// resolved) and the build did not ask for it: gone from the build, or not built any more.
+    /// Builds in a row in which `sa` could not predict it (an input's origin is gone) or its
+    /// prediction failed, and the build did not ask for it: gone from the build.
     pub stale: u32,
 }
 
@@ -113,7 +116,8 @@ pub struct Update {
     pub learned: Vec<Identity>,
     /// Identities that ran and failed.
     pub failed: Vec<Identity>,
-    /// Identities predicted by the last priming that the build did not ask for.
+    /// Identities predicted by the last priming that the build did not ask for (counted
+    /// stale unless the prediction was complete and ran).
     pub not_asked: Vec<Identity>,
     /// Identities forgotten.
     pub dropped: Vec<Identity>,
@@ -136,8 +140,8 @@ impl LearnedState {
 
     /// Learns from one build, given what it asked for in the order asked. An identity that
     /// succeeded takes its (last successful) action; one that failed keeps its action and
-    /// counts a failure; one the last priming predicted that the build did not ask for counts
-    /// a stale build; the others (not re-run, so their inputs did not change) stay as they
+    /// counts a failure; one the last priming could not complete (or whose priming failed)
+    /// that the build did not ask for counts a stale build; the others (not re-run, so their inputs did not change) stay as they
     /// are. An identity is forgotten once it has `forget_after` failures or stale builds in a
     /// row. The priming is consumed: it was for this build.
     pub fn update(&mut self, build: &[Observed], forget_after: u32) -> Update {
@@ -168,7 +172,8 @@ impl LearnedState {
             .collect();
         let mut update = Update::default();
         for (identity, action) in &succeeded {
-            let entry = Entry { action: *action, learned_in: number, failures: 0, stale: 0 };
+            let entry =
+                Entry { action: *action, learned_in: number, sources: None, failures: 0, stale: 0 };
             if self.entries.get(*identity).is_none_or(|e| e.action != *action) {
                 update.learned.push((*identity).clone());
             }
@@ -185,9 +190,16 @@ impl LearnedState {
             if succeeded.contains_key(identity) || failed.contains(identity) {
                 continue;
             }
+            update.not_asked.push(identity.clone());
+            // A prediction that was complete and ran is a true action the build did not need
+            // (Bazel and make re-run a compile only when an input it read changed, not when a
+            // header it could read did): nothing says the identity is gone. One that could not
+            // be completed (its source is gone) or failed is a sign that it is.
+            if matches!(prediction.status.as_str(), "executed" | "cached" | "accepted") {
+                continue;
+            }
             if let Some(entry) = self.entries.get_mut(identity) {
                 entry.stale += 1;
-                update.not_asked.push(identity.clone());
             }
         }
         self.entries.retain(|identity, entry| {
@@ -234,6 +246,7 @@ impl LearnedState {
                     outputs: identity.outputs.clone(),
                     action: e.action.to_string(),
                     learned_in: e.learned_in,
+                    sources: e.sources.map(|d| d.to_string()),
                     failures: e.failures,
                     stale: e.stale,
                 })
@@ -293,10 +306,21 @@ impl LearnedState {
                 return Err(format!("entry {position} ({identity}) is out of order or repeated"));
             }
             let action = digest(&format!("entry {position} ({identity}): action"), &e.action)?;
+            let sources = e
+                .sources
+                .as_deref()
+                .map(|t| digest(&format!("entry {position} ({identity}): sources"), t))
+                .transpose()?;
             previous = Some(identity.clone());
             entries.insert(
                 identity,
-                Entry { action, learned_in: e.learned_in, failures: e.failures, stale: e.stale },
+                Entry {
+                    action,
+                    learned_in: e.learned_in,
+                    sources,
+                    failures: e.failures,
+                    stale: e.stale,
+                },
             );
         }
         let priming = match wire.priming {
@@ -355,6 +379,7 @@ struct WireEntry {
     outputs: Vec<String>,
     action: String,
     learned_in: u64,
+    sources: Option<String>,
     failures: u32,
     stale: u32,
 }

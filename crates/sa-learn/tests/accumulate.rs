@@ -230,17 +230,24 @@ fn failures_and_predictions_never_asked_for_are_forgotten_after_n_builds_in_a_ro
     let update = state.update(&[failed(&a, act(8))], 3);
     assert_eq!(update.dropped, [a.clone()]);
     assert!(!state.entries.contains_key(&a));
-    // `b` is predicted and never asked for, three builds in a row: dropped; a build without a
-    // priming counts nothing.
+    // `b` is predicted and executed but never asked for (the build did not need it): kept.
+    let executed = |status: &str| Priming {
+        sources: act(0),
+        predictions: vec![Prediction {
+            identity: b.clone(),
+            action: act(9),
+            status: status.into(),
+        }],
+    };
+    for _ in 0..5 {
+        state.priming = Some(executed("executed"));
+        assert_eq!(state.update(&[], 3).not_asked, [b.clone()]);
+    }
+    assert_eq!(state.entries[&b].stale, 0);
+    // `b` cannot be predicted (its source is gone) and is never asked for, three builds in a
+    // row: dropped; a build without a priming counts nothing.
     for round in 0..3 {
-        state.priming = Some(Priming {
-            sources: act(0),
-            predictions: vec![Prediction {
-                identity: b.clone(),
-                action: act(9),
-                status: "executed".into(),
-            }],
-        });
+        state.priming = Some(executed("incomplete"));
         let update = state.update(&[], 3);
         assert_eq!(update.not_asked, [b.clone()]);
         state.update(&[], 3);

@@ -198,3 +198,39 @@ fn a_hostile_state_in_the_action_cache_is_an_error_naming_it_never_a_fresh_start
     let err = load(&cas, "app", &config).unwrap_err().to_string();
     assert!(err.contains("learned state of \"app\"") && err.contains(&absent.to_string()), "{err}");
 }
+
+#[test]
+fn an_action_not_re_run_keeps_the_origins_of_the_sources_it_was_recorded_against() {
+    // b.c's compile has lib.h in its input root but does not read it: a build with input
+    // discovery (Bazel, make with .d files) does not re-run it when lib.h changes, and links
+    // the b.o it has.
+    let cas = MemoryCas::new(F);
+    let config = LearnConfig::default();
+    let mut project = Project::new();
+    let build1 = project.build(&cas);
+    learn(&cas, "app", "1", &ran(&build1), project.sources(&cas), &config).unwrap();
+    let old_b = cas.get_action_result(&build1[1]).unwrap().unwrap().output_files[0].clone();
+    for (n, header) in ["int lib(void); /* 2 */\n", "int lib(void); /* 3 */\n"].iter().enumerate() {
+        project.files.insert("include/lib.h", header.to_string());
+        let a = project.build(&cas)[0];
+        let new_a = cas.get_action_result(&a).unwrap().unwrap().output_files[0].clone();
+        let objects = [new_a, old_b.clone()]
+            .map(|f| (f.path, Digest::from_proto(F, &f.digest.unwrap()).unwrap()));
+        let link = Project::action(&cas, &objects, "app").0;
+        let learned = learn(
+            &cas,
+            "app",
+            &format!("{}", n + 2),
+            &ran(&[a, link]),
+            project.sources(&cas),
+            &config,
+        )
+        .unwrap();
+        assert_eq!(learned.state.entries.len(), 3);
+        assert_eq!(learned.state.entries.values().filter(|e| e.action == build1[1]).count(), 1);
+        // b.o's lib.h (build 1's) is gone from the sources, yet still attributed: to the
+        // path it had in the snapshot b.o was learned from, which instantiation resolves
+        // against the sources of the day.
+        assert_eq!(learned.generate.unattributed_inputs, 0, "after build {}", n + 2);
+    }
+}

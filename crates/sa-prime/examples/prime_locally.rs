@@ -40,6 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         element: ElementTrees { name: "app.bst".into(), sources: Some(sources1), artifact: None },
         dependencies: vec![],
         subactions: vec![action1],
+        earlier_sources: Vec::new(),
     };
     let spec = generate(&cas, &input, &GenerateConfig::default())?.digest;
     let (build2_asks, sources2) = step(&cas, "int main(void)\n{\n  return 2;\n}\n")?;

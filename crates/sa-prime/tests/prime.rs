@@ -105,6 +105,7 @@ fn two_builds(cas: &dyn Store) -> (Digest, Digest, [Digest; 2]) {
             element: ElementTrees { name: "app".into(), sources: Some(sources1), artifact: None },
             dependencies: vec![],
             subactions: vec![compile1, link1],
+            earlier_sources: Vec::new(),
         },
         &GenerateConfig::default(),
     )
@@ -164,6 +165,38 @@ fn waves_resolve_action_overlays_and_each_action_is_executed_once() {
         report.phases.iter().map(|(p, d)| (p.name(), *d)).collect();
     assert!(phases.contains_key("instantiate") && phases.contains_key("execute"), "{phases:?}");
     assert!(!phases.contains_key("upload"), "one store: nothing to upload");
+}
+
+#[test]
+fn a_cancelled_priming_submits_no_further_wave() {
+    let cas = MemoryCas::new(SHA);
+    let (spec, sources2, truth) = two_builds(&cas);
+    let instantiator =
+        Instantiator::new(&cas, states(sources2, spec), InstantiateConfig::default()).unwrap();
+    let executor = Fake { store: &cas, given: Mutex::new(Vec::new()) };
+    // A newer change arrives while wave 1 runs: the link (wave 2) is never submitted.
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let report = sa_prime::prime_until(
+        Stores { build: &cas, executor_cas: None },
+        &executor,
+        &instantiator,
+        &[("app".into(), spec)],
+        &TreeLimits::default(),
+        &cancel,
+        &mut |event| {
+            if matches!(event, Event::Done { .. }) {
+                cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        },
+    )
+    .unwrap();
+    assert!(report.cancelled);
+    assert_eq!(*executor.given.lock().unwrap(), [truth[0]], "wave 1 only");
+    assert_eq!(report.actions[0].status, Status::Executed);
+    assert_eq!(
+        report.actions[1].status,
+        Status::Incomplete("cancelled before it was submitted".into())
+    );
 }
 
 #[test]

@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 use tonic::body::Body;
 use tower::{Service, ServiceExt};
 
+use crate::activity::Activity;
 use crate::limits::{Admitted, Budget, Connections, ProxyLimits, Share, StreamGuard, Throttled};
 use crate::recording::{RecordWriter, Recorder};
 
@@ -157,6 +158,8 @@ struct State {
     upstream: String,
     headers: Vec<(HeaderName, HeaderValue)>,
     recorder: RecordWriter,
+    /// Recorded calls open per invocation.
+    activity: Arc<Activity>,
     /// Operation name → what its Execute was about, for WaitExecution.
     operations: Mutex<HashMap<String, Call>>,
     limits: ProxyLimits,
@@ -171,6 +174,7 @@ struct State {
 /// A running proxy; dropping it stops it.
 #[derive(Debug)]
 pub struct Proxy {
+    activity: Arc<Activity>,
     runtime: Option<tokio::runtime::Runtime>,
     endpoint: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -202,11 +206,13 @@ impl Proxy {
             let _guard = runtime.enter();
             sa_cas::lazy_channel(&config.upstream).map_err(ProxyError::Upstream)?
         };
+        let activity = Arc::new(Activity::default());
         let state = Arc::new(State {
             channel,
             upstream: config.upstream.endpoint.clone(),
             headers,
             recorder,
+            activity: activity.clone(),
             operations: Mutex::new(HashMap::new()),
             budget: Budget::new(config.limits.recorded_budget_bytes),
             connections: Connections::new(config.limits.max_connections),
@@ -243,7 +249,12 @@ impl Proxy {
                 }
             }
         })?;
-        Ok(Proxy { runtime: Some(runtime), endpoint, shutdown: Some(shutdown) })
+        Ok(Proxy { runtime: Some(runtime), endpoint, shutdown: Some(shutdown), activity })
+    }
+
+    /// Which invocations have recorded calls open, and since when each has been quiet.
+    pub fn activity(&self) -> Arc<Activity> {
+        self.activity.clone()
     }
 
     /// The URL clients use: `grpc://IP:PORT` or `unix:/PATH`.
@@ -443,6 +454,13 @@ struct Call {
     metadata: Map<String, Value>,
 }
 
+impl Call {
+    /// Its invocation's recording file stem.
+    fn stem(&self) -> String {
+        crate::recording::file_stem(self.metadata.get("tool_invocation_id").and_then(Value::as_str))
+    }
+}
+
 fn status_response(code: tonic::Code, message: String) -> Response<Body> {
     tonic::Status::new(code, message).into_http()
 }
@@ -465,6 +483,9 @@ async fn handle(
             Err(status) => return Ok(guarded(status.into_http(), guard, share)),
         };
         let call = describe(&path, &bytes, &parts.headers, &state);
+        if let Some(call) = &call {
+            state.activity.begin(&call.stem());
+        }
         (Body::new(http_body_util::Full::new(bytes)), call)
     } else {
         (Body::new(incoming), None)
@@ -691,7 +712,10 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
+/// Records a call that ended: every call `describe` gave comes here exactly once (its
+/// `Pending`, `finish_early` or `Watched`).
 fn write_line(state: &State, call: &Call, status: i32, cached: bool, exit_code: Option<i32>) {
+    state.activity.end(&call.stem());
     let Some(action) = &call.action else { return };
     let mut line = Map::new();
     line.insert("time".into(), now_rfc3339().into());

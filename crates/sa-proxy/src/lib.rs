@@ -29,10 +29,12 @@
 
 #![deny(missing_docs)]
 
+mod activity;
 mod forward;
 mod limits;
 mod recording;
 
+pub use activity::{Activity, State as InvocationState};
 pub use forward::{Listen, Proxy, ProxyConfig, ProxyError};
 pub use limits::ProxyLimits;
 pub use recording::{RecordWriter, Recorder, Recording, read_recording};

@@ -39,7 +39,7 @@ fn identity(metadata: &std::fs::Metadata) -> (u64, u64) {
 /// The names the proxy uses itself, `unknown` (no `RequestMetadata`) and `id-<hex>` (a digest),
 /// are never a client's plain name: a client that sends one gets a digest too, so no client
 /// can write into another's file.
-fn file_stem(invocation: Option<&str>) -> String {
+pub(crate) fn file_stem(invocation: Option<&str>) -> String {
     match invocation {
         None | Some("") => "unknown".into(),
         Some(id)

@@ -354,3 +354,62 @@ fn leases_longer_than_the_keepalive_complete_and_concurrency_runs_leases_at_once
     let _ = worker.kill();
     let _ = worker.wait();
 }
+
+/// A build that asks for an action while `sa` is priming it: what BuildGrid 0.9.1 does with
+/// the second Execute of an action whose job is still running. It merges them (its scheduler's
+/// `create_operation_for_existing_job`): one execution, both callers get its result.
+#[test]
+fn buildgrid_merges_a_builds_execute_with_the_same_action_being_primed() {
+    use sa_cas::{Cas, write_message};
+    use sa_exec::{Executor, Outcome, RemoteExecutor, RemoteOptions};
+    use sa_proto::reapi::{Action, Command, command::EnvironmentVariable};
+
+    let dir = tempfile::tempdir().unwrap();
+    let grid = BuildGrid::start(&dir.path().join("grid"), INSTANCE, 30, 128);
+    let workers = Workers::start(&grid, dir.path(), 2);
+    let store = grid_store(&grid.endpoint());
+    let root = store
+        .write_blob(
+            sa_cas::merkle::directory_blob(store.digest_function(), &Default::default())
+                .into_data(),
+        )
+        .unwrap();
+    // Two runs would give two different outputs (the time in nanoseconds).
+    let command = Command {
+        arguments: vec!["/bin/sh".into(), "-c".into(), "sleep 3; date +%s%N > out".into()],
+        environment_variables: vec![EnvironmentVariable {
+            name: "PATH".into(),
+            value: "/usr/bin:/bin".into(),
+        }],
+        output_paths: vec!["out".into()],
+        ..Default::default()
+    };
+    let action = Action {
+        command_digest: Some(write_message(&store, &command).unwrap().to_proto()),
+        input_root_digest: Some(root.to_proto()),
+        ..Default::default()
+    };
+    let action = write_message(&store, &action).unwrap();
+    let execute = |delay: u64| {
+        let endpoint = grid.endpoint();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(delay));
+            let mut config = GrpcConfig::new(endpoint);
+            config.instance_name = INSTANCE.into();
+            let executor = RemoteExecutor::new(
+                sa_cas::GrpcConnection::open(config).unwrap(),
+                RemoteOptions::default(),
+            );
+            match executor.execute_one(&action) {
+                Outcome::Executed(result) => result.output_files[0].digest.clone().unwrap(),
+                other => panic!("{other:?}"),
+            }
+        })
+    };
+    // The priming submits; the build asks for the same action a second later, while it runs.
+    let primed = execute(0);
+    let asked = execute(1000);
+    let (primed, asked) = (primed.join().unwrap(), asked.join().unwrap());
+    assert_eq!(primed, asked, "one result for both");
+    assert_eq!(workers.executed().iter().sum::<usize>(), 1, "executed once: {}", workers.logs());
+}

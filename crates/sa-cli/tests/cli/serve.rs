@@ -66,6 +66,7 @@ impl ServeProcess {
                 .events
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("no {kind} event within {seconds} s"));
+            eprintln!("sa serve: {event}");
             assert_ne!(event["event"], "error", "{event}");
             if event["event"] == kind && accept(&event) {
                 return event;

@@ -38,6 +38,7 @@ fn attributes_sources_dependency_sources_and_artifacts() {
             element("base.bst", None, Some(base_art)),
         ],
         subactions: vec![compile],
+        earlier_sources: Vec::new(),
     };
     let generated = run(&cas, &input);
     check(
@@ -69,6 +70,7 @@ fn equal_suffix_prefers_source_then_action_then_artifact() {
         element: element("e", Some(src), None),
         dependencies: vec![element("d", None, Some(dep_art))],
         subactions: vec![first, second],
+        earlier_sources: Vec::new(),
     };
     check(
         render(&cas, &run(&cas, &input), &[("second", second)]),
@@ -92,6 +94,7 @@ fn identical_files_keep_their_own_origins() {
         element: element("e", Some(src), None),
         dependencies: vec![],
         subactions: vec![compile],
+        earlier_sources: Vec::new(),
     };
     check(
         render(&cas, &run(&cas, &input), &[("compile", compile)]),
@@ -120,6 +123,7 @@ fn action_overlays_name_earlier_producers_in_a_local_store() {
         element: element("e", Some(src), Some(artifact)),
         dependencies: vec![],
         subactions: vec![compile_a, compile_b, link],
+        earlier_sources: Vec::new(),
     };
     let generated = run(&cas, &input);
     let labels = [("compile_a", compile_a), ("compile_b", compile_b), ("link", link)];
@@ -153,6 +157,7 @@ fn subactions_without_overlays_are_left_out_and_duplicates_merged() {
         element: element("e", Some(src), None),
         dependencies: vec![],
         subactions: vec![useless, useful, useful],
+        earlier_sources: Vec::new(),
     };
     let generated = run(&cas, &input);
     check(
@@ -175,6 +180,7 @@ fn output_is_stored_and_identical_across_thread_counts() {
         element: element("e", Some(src), Some(src)),
         dependencies: vec![],
         subactions: actions,
+        earlier_sources: Vec::new(),
     };
     let outputs: Vec<_> = [1, 2, 4]
         .iter()
@@ -214,6 +220,7 @@ fn missing_action_is_an_error_naming_it_unless_skipped() {
         element: element("e", Some(src), None),
         dependencies: vec![],
         subactions: vec![absent, good],
+        earlier_sources: Vec::new(),
     };
     let err = generate_err(&cas, &input);
     assert_eq!(
@@ -236,6 +243,7 @@ fn corrupt_action_and_missing_input_directory_are_named() {
         element: element("e", Some(src), None),
         dependencies: vec![],
         subactions: vec![garbage],
+        earlier_sources: Vec::new(),
     };
     let err = sa_cas::error_chain(&generate_err(&cas, &input));
     assert!(
@@ -260,6 +268,7 @@ fn corrupt_action_and_missing_input_directory_are_named() {
         element: element("e", Some(src), None),
         dependencies: vec![],
         subactions: vec![act],
+        earlier_sources: Vec::new(),
     };
     let err = generate_err(&cas, &input);
     assert_eq!(
@@ -292,6 +301,7 @@ fn unsafe_name_in_an_input_tree_is_an_error() {
         element: element("e", None, None),
         dependencies: vec![],
         subactions: vec![act],
+        earlier_sources: Vec::new(),
     };
     let err = sa_cas::error_chain(&generate_err(&cas, &input));
     assert!(
@@ -308,6 +318,7 @@ fn missing_dependency_tree_is_an_error_naming_the_dependency() {
         element: element("e", None, None),
         dependencies: vec![element("lib.bst", None, Some(gone))],
         subactions: vec![],
+        earlier_sources: Vec::new(),
     };
     let err = generate_err(&cas, &input);
     assert!(
@@ -325,6 +336,7 @@ fn inconsistent_input_is_rejected() {
         element: element("e", None, None),
         dependencies: vec![element("d", None, None), element("d", None, None)],
         subactions: vec![],
+        earlier_sources: Vec::new(),
     };
     assert_eq!(
         generate_err(&cas, &dup).to_string(),
@@ -335,6 +347,7 @@ fn inconsistent_input_is_rejected() {
         element: element("e", Some(blake), None),
         dependencies: vec![],
         subactions: vec![],
+        earlier_sources: Vec::new(),
     };
     assert!(generate_err(&cas, &wrong).to_string().contains("is blake3, the store uses sha256"));
     let _ = CasError::MissingField("unused");

@@ -46,8 +46,7 @@ proptest! {
         let input = GenerateInput {
             element: element("e", Some(src), None),
             dependencies: vec![element("d", None, Some(art))],
-            subactions: actions.clone(),
-        };
+            subactions: actions.clone(), earlier_sources: Vec::new() };
         let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| run(&cas, &input));
         let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap().install(|| run(&cas, &input));
         prop_assert_eq!(&one.digest, &three.digest);

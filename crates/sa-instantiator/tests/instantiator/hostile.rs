@@ -26,6 +26,7 @@ fn generate_over(cas: &(impl Store + ?Sized), root: Digest) -> Result<(), String
         element: ElementTrees { name: "e".into(), sources: Some(root), artifact: None },
         dependencies: vec![],
         subactions: vec![action],
+        earlier_sources: Vec::new(),
     };
     sa_generator::generate(cas, &input, &GenerateConfig::default())
         .map(|_| ())

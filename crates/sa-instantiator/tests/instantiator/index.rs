@@ -44,6 +44,7 @@ fn case(config: &GenerateConfig) -> Case {
         element: ElementTrees { name: "e".into(), sources: Some(sources), artifact: None },
         dependencies: vec![],
         subactions: actions.to_vec(),
+        earlier_sources: Vec::new(),
     };
     let generated = generate(&cas, &input, config).unwrap();
     let mut edited = src.clone();

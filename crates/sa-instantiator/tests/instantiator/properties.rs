@@ -49,8 +49,7 @@ proptest! {
         let input = GenerateInput {
             element: ElementTrees { name: "e".into(), sources: Some(root1), artifact: None },
             dependencies: vec![],
-            subactions: recorded.clone(),
-        };
+            subactions: recorded.clone(), earlier_sources: Vec::new() };
         let spec = generate(&cas, &input, &GenerateConfig::default()).unwrap();
         let mut edited = sources.clone();
         for (index, content) in &edits {

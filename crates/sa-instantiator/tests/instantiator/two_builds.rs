@@ -135,6 +135,7 @@ fn scenario() -> Scenario {
                 ElementTrees { name: "base.bst".into(), sources: None, artifact: Some(base_art) },
             ],
             subactions,
+            earlier_sources: Vec::new(),
         },
         &GenerateConfig::default(),
     )
@@ -153,6 +154,7 @@ fn scenario() -> Scenario {
                 artifact: Some(base_art),
             }],
             subactions: vec![],
+            earlier_sources: Vec::new(),
         },
         &GenerateConfig::default(),
     )
@@ -298,6 +300,7 @@ fn nothing_is_written_when_nothing_changed() {
             },
             dependencies: vec![],
             subactions: first.compiles.iter().map(|(_, d)| *d).collect(),
+            earlier_sources: Vec::new(),
         },
         &GenerateConfig::default(),
     )
@@ -328,6 +331,7 @@ fn a_deleted_source_file_leaves_the_action_incomplete() {
         element: ElementTrees { name: "e".into(), sources: Some(root), artifact: None },
         dependencies: vec![],
         subactions: vec![recorded],
+        earlier_sources: Vec::new(),
     };
     let spec = generate(&cas, &input, &GenerateConfig::default()).unwrap().digest;
     let root2 = ingest(&cas, &dir.path().join("2"), &files(&[("a.c", "a2")]));
