@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The Bazel loop, end to end (examples/bazel): Bazel 4.2.3 builds a C workspace on BuildGrid
-# (two `sa worker` bots) through `sa proxy`; sa learns from build 1's recording (graph
-# from-recording, generate), the edit is applied (a library header, an application source, one
-# of two identical headers), `sa prime --remote` primes build 2 with no local store, and build 2
-# runs through the proxy. Then the same two builds without priming, on a fresh BuildGrid.
-# Provisions what it needs (bazel-bootstrap, BuildGrid, PostgreSQL) and runs the integration
-# test that is this loop; fails unless every changed compile and link step of build 2 was a
-# cache hit sa primed, and every action sa primed is one Bazel asked for, byte for byte.
+# The Bazel loop, end to end and incremental (examples/bazel): Bazel 4.2.3 builds a C workspace
+# on BuildGrid (two `sa worker` bots) through `sa serve`, one output base and no clean, for three
+# edits in a row (examples/bazel/edits: a library header every compile reads with an
+# application source and one of two identical headers; an application source; a generated
+# header's input with the library header again). No sa command runs between builds: sa serve
+# learns each build and primes each edit by itself. Then the same builds without sa, on a fresh
+# BuildGrid, for the build times. Provisions what it needs (bazel-bootstrap, BuildGrid,
+# PostgreSQL) and runs the integration test that is this loop; fails unless every compile, link
+# and genrule step no earlier build ran was a cache hit sa primed, and every primed action a
+# build did not ask for is one a clean build of the same sources asks for.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/provision-bazel.sh >/dev/null

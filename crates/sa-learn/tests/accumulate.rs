@@ -2,6 +2,8 @@
 //! for the actions whose inputs changed, as Bazel does) accumulates to what a clean build
 //! teaches.
 
+#![allow(clippy::unwrap_used)] // tests: a failure is the test failing
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
@@ -216,7 +218,7 @@ fn failures_and_predictions_never_asked_for_are_forgotten_after_n_builds_in_a_ro
     // meanwhile.
     state.update(&[failed(&a, act(3))], 3);
     let update = state.update(&[failed(&a, act(4))], 3);
-    assert_eq!(update.failed, [a.clone()]);
+    assert_eq!(update.failed, std::slice::from_ref(&a));
     assert_eq!(state.entries[&a].action, act(1));
     assert_eq!(state.entries[&a].failures, 2);
     state.update(&[ok(&a, act(5))], 3);
@@ -228,7 +230,7 @@ fn failures_and_predictions_never_asked_for_are_forgotten_after_n_builds_in_a_ro
         state.update(&[failed(&a, act(8))], 3);
     }
     let update = state.update(&[failed(&a, act(8))], 3);
-    assert_eq!(update.dropped, [a.clone()]);
+    assert_eq!(update.dropped, std::slice::from_ref(&a));
     assert!(!state.entries.contains_key(&a));
     // `b` is predicted and executed but never asked for (the build did not need it): kept.
     let executed = |status: &str| Priming {
@@ -241,7 +243,7 @@ fn failures_and_predictions_never_asked_for_are_forgotten_after_n_builds_in_a_ro
     };
     for _ in 0..5 {
         state.priming = Some(executed("executed"));
-        assert_eq!(state.update(&[], 3).not_asked, [b.clone()]);
+        assert_eq!(state.update(&[], 3).not_asked, std::slice::from_ref(&b));
     }
     assert_eq!(state.entries[&b].stale, 0);
     // `b` cannot be predicted (its source is gone) and is never asked for, three builds in a
@@ -249,7 +251,7 @@ fn failures_and_predictions_never_asked_for_are_forgotten_after_n_builds_in_a_ro
     for round in 0..3 {
         state.priming = Some(executed("incomplete"));
         let update = state.update(&[], 3);
-        assert_eq!(update.not_asked, [b.clone()]);
+        assert_eq!(update.not_asked, std::slice::from_ref(&b));
         state.update(&[], 3);
         assert_eq!(state.entries.contains_key(&b), round < 2, "round {round}");
     }

@@ -1,6 +1,8 @@
 //! Learning against a store: the state is found by the project's name, accumulates over
 //! incremental builds, and whatever the store serves as a state is checked.
 
+#![allow(clippy::unwrap_used)] // tests: a failure is the test failing
+
 use std::collections::BTreeMap;
 
 use sa_cas::merkle::{self, TreeFile};

@@ -90,7 +90,7 @@ mod tests {
             activity.begin(&format!("x{n}"));
             activity.end(&format!("x{n}"));
         }
-        assert_eq!(activity.invocations.lock().unwrap().len(), MAX_REMEMBERED);
+        assert_eq!(activity.invocations.lock().expect("not poisoned").len(), MAX_REMEMBERED);
         assert_eq!(activity.of("a"), State::Unknown, "the quietest was forgotten");
     }
 }
