@@ -95,6 +95,14 @@ pub(crate) fn read_proxy_recording(args: &StoreArgs, path: &Path) -> Result<Vec<
             recording.skipped
         );
     }
+    let cancelled = recording.lines.iter().filter(|l| l["status"] == 1).count();
+    if cancelled > 0 {
+        eprintln!(
+            "warning: recording {}: {cancelled} calls were cancelled (the build was interrupted, \
+             or its client went away): what they would have run is not learned",
+            path.display()
+        );
+    }
     sa_learn::recorded_from_proxy(args.digest_function, &recording.lines, &[])
         .with_context(|| format!("recording {}", path.display()))
 }
@@ -137,7 +145,18 @@ pub(crate) fn ingest_workspace(
     workspace: &Path,
     args: &StoreArgs,
 ) -> Result<Digest> {
-    merkle::ingest(store, workspace, &args.limits.tree())
+    ingest_workspace_cached(store, workspace, args, &merkle::IngestCache::default())
+}
+
+/// [`ingest_workspace`], hashing only files `cache` does not know unchanged.
+pub(crate) fn ingest_workspace_cached(
+    store: &(impl Store + ?Sized),
+    workspace: &Path,
+    args: &StoreArgs,
+    cache: &merkle::IngestCache,
+) -> Result<Digest> {
+    sa_cas::ConfinedDir::open(workspace)
+        .and_then(|top| merkle::ingest_cached(store, &top, &args.limits.tree(), cache))
         .with_context(|| format!("ingesting --workspace {}", workspace.display()))
 }
 

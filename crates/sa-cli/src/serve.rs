@@ -85,6 +85,8 @@ struct Service<'a> {
     store: store::Opened,
     events: Mutex<Sender<(Value, String)>>,
     snapshots: Mutex<Snapshots>,
+    /// Each ingest of the workspace reads only what changed since the last.
+    ingest_cache: sa_cas::merkle::IngestCache,
     primer: Primer,
 }
 
@@ -152,8 +154,12 @@ impl Service<'_> {
             }
         }
         let taken = Instant::now();
-        let digest =
-            crate::learned::ingest_workspace(&self.store.store, &self.workspace, self.args)?;
+        let digest = crate::learned::ingest_workspace_cached(
+            &self.store.store,
+            &self.workspace,
+            self.args,
+            &self.ingest_cache,
+        )?;
         let mut snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
         if snapshots.latest.is_none_or(|(_, t)| t < taken) {
             snapshots.latest = Some((digest, taken));
@@ -197,6 +203,7 @@ pub(crate) fn serve(args: &StoreArgs, cmd: &ServeArgs, ui: &mut Ui) -> Result<()
         store: opened,
         events: Mutex::new(sender),
         snapshots: Mutex::new(Snapshots { latest: None, changed: Instant::now() }),
+        ingest_cache: sa_cas::merkle::IngestCache::default(),
         primer: Primer::default(),
     };
     let listening = json!({

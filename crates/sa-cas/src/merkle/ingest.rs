@@ -53,6 +53,82 @@ pub fn ingest_dir(
     top: &ConfinedDir,
     limits: &TreeLimits,
 ) -> Result<Digest, CasError> {
+    ingest_cached(cas, top, limits, &IngestCache::default())
+}
+
+/// What a file was when it was last hashed: if its device, inode, size, mode and both times
+/// are the same, its content is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mode: u32,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+/// Digests of the files an earlier ingest of the same directory hashed, by path and
+/// [`Stamp`], so a directory ingested again (a workspace watched for changes) costs a `stat`
+/// per unchanged file, not a read. A file changed less than two seconds before it was hashed
+/// is not remembered (its next change could keep the same times: git's "racily clean"). Only
+/// the files of the newest ingest are kept.
+#[derive(Debug, Default)]
+pub struct IngestCache {
+    files: std::sync::Mutex<HashMap<String, (Stamp, Digest)>>,
+    hits: std::sync::atomic::AtomicU64,
+}
+
+impl IngestCache {
+    /// Files hashed by an earlier ingest and found unchanged, so far.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The digest of the file `rel` (opened as `file`; `path` names it in errors), and its
+    /// stamp when it may be remembered.
+    fn digest(
+        &self,
+        function: DigestFunction,
+        file: &fs::File,
+        rel: &str,
+        path: &Path,
+    ) -> Result<(Digest, Option<Stamp>), CasError> {
+        let io_err = |source: std::io::Error| CasError::Io { path: path.to_path_buf(), source };
+        let stat = rustix::fs::fstat(file).map_err(|e| io_err(e.into()))?;
+        let stamp = Stamp {
+            dev: stat.st_dev as u64,
+            ino: stat.st_ino as u64,
+            size: stat.st_size as u64,
+            mode: stat.st_mode as u32,
+            mtime: (stat.st_mtime as i64, stat.st_mtime_nsec as i64),
+            ctime: (stat.st_ctime as i64, stat.st_ctime_nsec as i64),
+        };
+        let known = self.files.lock().unwrap_or_else(|e| e.into_inner()).get(rel).copied();
+        if let Some((known, digest)) = known
+            && known == stamp
+            && digest.function() == function
+        {
+            self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok((digest, Some(stamp)));
+        }
+        let digest = function.hash_file(&ConfinedDir::fd_path(file))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let settled = stamp.mtime.0 < now - 2;
+        Ok((digest, settled.then_some(stamp)))
+    }
+}
+
+/// [`ingest_dir`], hashing only the files `cache` does not know unchanged, and remembering
+/// this ingest's files in it.
+pub fn ingest_cached(
+    cas: &(impl Cas + ?Sized),
+    top: &ConfinedDir,
+    limits: &TreeLimits,
+    cache: &IngestCache,
+) -> Result<Digest, CasError> {
     let function = cas.digest_function();
     // Scan: directories in pre-order; each holds its entries.
     let mut dirs: Vec<Vec<DiskEntry>> = Vec::new();
@@ -66,11 +142,18 @@ pub fn ingest_dir(
             _ => None,
         })
         .collect();
-    // Hash every file in parallel, through a descriptor opened without following anything.
-    let digests: Vec<Digest> = files
+    // Hash every file in parallel, through a descriptor opened without following anything
+    // (unless the cache knows it unchanged).
+    let hashed: Vec<(Digest, Option<Stamp>)> = files
         .par_iter()
-        .map(|rel| function.hash_file(&ConfinedDir::fd_path(&open_below(top, rel)?)))
+        .map(|rel| cache.digest(function, &open_below(top, rel)?, rel, &top.child_path(rel)))
         .collect::<Result<_, _>>()?;
+    let digests: Vec<Digest> = hashed.iter().map(|(d, _)| *d).collect();
+    *cache.files.lock().unwrap_or_else(|e| e.into_inner()) = files
+        .iter()
+        .zip(&hashed)
+        .filter_map(|(rel, (digest, stamp))| stamp.map(|s| (rel.to_string(), (s, *digest))))
+        .collect();
     let file_digest: HashMap<&str, Digest> =
         files.iter().copied().zip(digests.iter().copied()).collect();
     let dir_blobs = build_directories(function, &dirs, &file_digest)?;

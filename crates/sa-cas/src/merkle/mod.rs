@@ -24,7 +24,7 @@ pub use forest::{
     Expansion, Forest, PartialForest, TreeFile, fetch_forest, fetch_forest_partial, fetch_tree,
     join,
 };
-pub use ingest::{build_tree, ingest, ingest_dir};
+pub use ingest::{IngestCache, build_tree, ingest, ingest_cached, ingest_dir};
 pub use materialize::{
     DEFAULT_MAX_MATERIALIZE_BYTES, MaterializeOptions, materialize, materialize_in,
 };

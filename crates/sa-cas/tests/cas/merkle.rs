@@ -305,3 +305,42 @@ fn build_tree_agrees_with_ingest_and_refuses_bad_paths() {
         assert!(err.to_string().contains(reason), "{paths:?}: {err}");
     }
 }
+
+#[test]
+fn an_ingest_cache_skips_unchanged_files_and_never_hides_a_change() {
+    use std::time::{Duration, SystemTime};
+    let cas = MemoryCas::new(DigestFunction::Sha256);
+    let dir = tempfile::tempdir().unwrap();
+    let limits = TreeLimits::default();
+    std::fs::create_dir(dir.path().join("src")).unwrap();
+    // Files written "long ago" (times set 10 s back) are remembered; a fresh one is not.
+    let old = SystemTime::now() - Duration::from_secs(10);
+    for name in ["src/a.c", "src/b.c"] {
+        std::fs::write(dir.path().join(name), name).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(dir.path().join(name))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    std::fs::write(dir.path().join("fresh.h"), "1").unwrap();
+    let top = sa_cas::ConfinedDir::open(dir.path()).unwrap();
+    let cache = merkle::IngestCache::default();
+    let first = merkle::ingest_cached(&cas, &top, &limits, &cache).unwrap();
+    assert_eq!(
+        first,
+        merkle::ingest(&cas, dir.path(), &limits).unwrap(),
+        "the same tree as ingest"
+    );
+    assert_eq!(cache.hits(), 0);
+    assert_eq!(merkle::ingest_cached(&cas, &top, &limits, &cache).unwrap(), first);
+    assert_eq!(cache.hits(), 2, "a.c and b.c read once; fresh.h (just written) hashed again");
+    // A change of content with the same size and times put back is still seen (ctime moves).
+    let a = dir.path().join("src/a.c");
+    std::fs::write(&a, "SRC/A.C").unwrap();
+    std::fs::File::options().write(true).open(&a).unwrap().set_modified(old).unwrap();
+    let changed = merkle::ingest_cached(&cas, &top, &limits, &cache).unwrap();
+    assert_ne!(changed, first);
+    assert_eq!(changed, merkle::ingest(&cas, dir.path(), &limits).unwrap());
+}
