@@ -180,15 +180,19 @@ pub(crate) fn serve(args: &StoreArgs, cmd: &ServeArgs, ui: &mut Ui) -> Result<()
         Duration::try_from_secs_f64(cmd.quiet_after).ok().filter(|d| !d.is_zero()).with_context(
             || format!("--quiet-after {}: expected a positive number of seconds", cmd.quiet_after),
         )?;
-    let temporary;
+    // Default: a temporary directory, removed when serve ends (on a signal too).
+    let (_temporary, _removed_on_signal);
     let record = match &cmd.record {
         Some(dir) => dir.clone(),
         None => {
-            temporary = tempfile::Builder::new()
+            let dir = tempfile::Builder::new()
                 .prefix("sa-serve-")
                 .tempdir()
                 .context("making a recording directory")?;
-            temporary.path().to_owned()
+            _removed_on_signal = sa_exec::ScratchGuard::register(dir.path());
+            let path = dir.path().to_owned();
+            _temporary = dir;
+            path
         }
     };
     let proxy = cmd.service.start(args, &record)?;

@@ -86,12 +86,15 @@ impl Drop for GroupGuard {
     }
 }
 
-/// A registered scratch directory, unregistered (not removed) on drop.
+/// A registered scratch directory, unregistered (not removed) on drop: [`interrupt`] removes
+/// it while registered.
 #[derive(Debug)]
-pub(crate) struct ScratchGuard(PathBuf);
+pub struct ScratchGuard(PathBuf);
 
 impl ScratchGuard {
-    pub(crate) fn register(path: &Path) -> ScratchGuard {
+    /// Registers `path` for removal by [`interrupt`] (a directory this process made, such as
+    /// `sa serve`'s temporary recordings).
+    pub fn register(path: &Path) -> ScratchGuard {
         registry().scratch.push(path.to_path_buf());
         ScratchGuard(path.to_path_buf())
     }

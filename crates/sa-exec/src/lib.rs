@@ -53,7 +53,7 @@ mod run;
 mod sandbox;
 
 pub use bots::{BotError, BotOptions, BotWorker};
-pub use cleanup::{interrupt, interrupted};
+pub use cleanup::{ScratchGuard, interrupt, interrupted};
 pub use executor::{
     DEFAULT_REMOTE_JOBS, Executor, ExecutorCounters, Failure, Finished, LocalExecutor, Outcome,
     RemoteExecutor, RemoteOptions,

@@ -3,6 +3,7 @@
 //! every edit is primed with no `sa` command between builds.
 
 use std::io::BufRead;
+use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use super::*;
 pub(crate) struct ServeProcess {
     child: std::process::Child,
     pub(crate) endpoint: String,
+    pub(crate) record: PathBuf,
     pub(crate) events: Receiver<Value>,
 }
 
@@ -49,7 +51,8 @@ impl ServeProcess {
         let started = events.recv_timeout(Duration::from_secs(30)).expect("serve starts");
         assert_eq!(started["event"], "listening", "{started}");
         let endpoint = started["listening"].as_str().unwrap().to_owned();
-        ServeProcess { child, endpoint, events }
+        let record = PathBuf::from(started["record"].as_str().unwrap());
+        ServeProcess { child, endpoint, record, events }
     }
 
     /// The next event of `kind` that `accept` accepts, within `seconds`; errors fail the test.
@@ -161,4 +164,21 @@ fn serve_learns_every_build_and_primes_every_edit_with_no_command_between() {
         (Some(3), Some(3)),
         "{status}"
     );
+}
+
+#[test]
+fn serve_stopped_by_a_signal_removes_its_temporary_recordings() {
+    let dir = tempfile::tempdir().unwrap();
+    let casd = Casd::start(&dir.path().join("casd"));
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let serve = ServeProcess::start(&[], &casd.endpoint(), &ws, &["--name", "app"]);
+    assert!(serve.record.is_dir() && !serve.record.starts_with(&ws), "{}", serve.record.display());
+    let status =
+        Process::new("kill").args(["-TERM", &serve.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let mut serve = serve;
+    let code = serve.child.wait().unwrap().code();
+    assert_eq!(code, Some(128 + 15));
+    assert!(!serve.record.exists(), "{} left behind", serve.record.display());
 }
