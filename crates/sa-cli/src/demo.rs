@@ -483,7 +483,8 @@ impl Summary {
             unprimed: actions2.difference(&predicted).cloned().collect(),
             executed: count(&run.primed, "status", "executed".into()),
             cached: count(&run.primed, "status", "cached".into()),
-            failed: count(&run.primed, "status", "failed".into()),
+            failed: count(&run.primed, "status", "failed".into())
+                + count(&run.primed, "status", "error".into()),
         }
     }
 

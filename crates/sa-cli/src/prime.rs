@@ -46,6 +46,11 @@ pub(crate) struct PrimeArgs {
     /// results (actions that need another's output then stay incomplete).
     #[arg(long)]
     no_wait: bool,
+    /// Exit 1 when a speculative action ran and failed, too (by default that is a wrong
+    /// prediction, reported as `failed`, and the exit code says only whether priming could be
+    /// done: 1 when an action could not be executed, status `error`).
+    #[arg(long)]
+    strict: bool,
 }
 
 /// Where actions run: here (the executor borrows the build's store, made in `prime`), or on
@@ -123,9 +128,22 @@ pub(crate) fn prime(args: &StoreArgs, cmd: &PrimeArgs, ui: &mut Ui) -> Result<()
         ui.record_phase(phase.name(), *elapsed);
     }
     print_report(ui, &report, &setup.executor_description)?;
+    let errors = report.count(StatusKind::Error);
+    if errors > 0 {
+        bail!(
+            "{errors} actions could not be executed (status error): priming was not done for them"
+        );
+    }
     let failed = report.count(StatusKind::Failed);
     if failed > 0 {
-        bail!("{failed} actions failed to execute");
+        let wrong = format!(
+            "{failed} speculative actions ran and failed (status failed): those predictions did \
+             not come true"
+        );
+        if cmd.strict {
+            bail!("{wrong} (--strict)");
+        }
+        eprintln!("warning: {wrong}");
     }
     Ok(())
 }
@@ -219,7 +237,10 @@ fn print_report(ui: &mut Ui, report: &PrimeReport, executor: &str) -> Result<()>
                 line["detail"] = primed.status.detail().into();
             }
             ui.line(line)?;
-        } else if matches!(primed.status, Status::Failed(_) | Status::Incomplete(_)) {
+        } else if matches!(
+            primed.status,
+            Status::Failed(_) | Status::Error(_) | Status::Incomplete(_)
+        ) {
             ui.line(format!(
                 "{}: {} {}: {}",
                 primed.element,

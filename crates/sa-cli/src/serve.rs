@@ -457,7 +457,10 @@ fn prime_once(service: &Service<'_>, cancel: &AtomicBool) -> Result<()> {
             said.push(format!("{} {}", count(kind), kind.name()));
         }
     }
-    for failed in report.actions.iter().filter(|a| a.status.kind() == StatusKind::Failed) {
+    let wrong = |a: &&sa_prime::PrimedAction| {
+        matches!(a.status.kind(), StatusKind::Failed | StatusKind::Error)
+    };
+    for failed in report.actions.iter().filter(wrong) {
         service.say(
             json!({"event": "warning", "action": failed.action.to_string(), "warning": failed.status.detail()}),
             format!("warning: primed action {} failed: {}", failed.action, failed.status.detail()),

@@ -51,8 +51,12 @@ pub enum Status {
     Executed,
     /// Submitted and accepted, not waited for.
     Accepted,
-    /// It could not be executed, or its command failed: why.
+    /// It ran and its command failed (a speculation that did not come true): the exit code
+    /// and the start of its stderr.
     Failed(String),
+    /// It could not be executed, or its result not kept (the executor's or a store's error):
+    /// priming could not be done for it.
+    Error(String),
     /// It could not be completely instantiated (an input's origin is unknown, or its
     /// producer has no result): why.
     Incomplete(String),
@@ -69,17 +73,20 @@ pub enum StatusKind {
     Accepted,
     /// [`Status::Failed`].
     Failed,
+    /// [`Status::Error`].
+    Error,
     /// [`Status::Incomplete`].
     Incomplete,
 }
 
 impl StatusKind {
     /// Every kind, in report order.
-    pub const ALL: [StatusKind; 5] = [
+    pub const ALL: [StatusKind; 6] = [
         StatusKind::Cached,
         StatusKind::Executed,
         StatusKind::Accepted,
         StatusKind::Failed,
+        StatusKind::Error,
         StatusKind::Incomplete,
     ];
 
@@ -90,6 +97,7 @@ impl StatusKind {
             StatusKind::Executed => "executed",
             StatusKind::Accepted => "accepted",
             StatusKind::Failed => "failed",
+            StatusKind::Error => "error",
             StatusKind::Incomplete => "incomplete",
         }
     }
@@ -103,6 +111,7 @@ impl Status {
             Status::Executed => StatusKind::Executed,
             Status::Accepted => StatusKind::Accepted,
             Status::Failed(_) => StatusKind::Failed,
+            Status::Error(_) => StatusKind::Error,
             Status::Incomplete(_) => StatusKind::Incomplete,
         }
     }
@@ -110,7 +119,7 @@ impl Status {
     /// The reason of a failed or incomplete action ("" otherwise).
     pub fn detail(&self) -> &str {
         match self {
-            Status::Failed(why) | Status::Incomplete(why) => why,
+            Status::Failed(why) | Status::Error(why) | Status::Incomplete(why) => why,
             _ => "",
         }
     }
@@ -348,7 +357,7 @@ fn bring_back<S: Store + ?Sized>(
         Ok(()) => status,
         // The action ran but its outputs cannot be brought back: ACTION overlays on it cannot
         // resolve, so say so for this action.
-        Err(err) => Status::Failed(format!(
+        Err(err) => Status::Error(format!(
             "copying the result of {action} back: {}",
             sa_cas::error_chain(&err)
         )),
@@ -422,7 +431,7 @@ fn status_of<S: Store + ?Sized>(
         Outcome::Cached(result) => (result, true),
         Outcome::Executed(result) => (result, false),
         Outcome::Accepted { .. } => return (Status::Accepted, None),
-        Outcome::Failed(why) => return (Status::Failed(why.message), None),
+        Outcome::Failed(why) => return (Status::Error(why.message), None),
     };
     if result.exit_code != 0 {
         let stderr = match stores.executor_cas {

@@ -302,7 +302,7 @@ fn a_result_naming_outputs_outside_the_working_directory_is_never_kept() {
         let first = &report.actions[0];
         assert_eq!(first.action, truth[0], "{what}");
         assert!(
-            matches!(&first.status, Status::Failed(why) if why.contains("copying the result")),
+            matches!(&first.status, Status::Error(why) if why.contains("copying the result")),
             "{what}: {:?}",
             first.status
         );

@@ -230,6 +230,7 @@ fn buildgrid_restarted_mid_prime_and_a_cut_stream_are_picked_up() {
     let summary = lines(&stdout).last().unwrap()["summary"].clone();
     assert!(summary["retries"].as_u64().unwrap() > 0, "the restart was noticed: {summary}");
     assert_eq!(summary["counts"]["failed"], 0, "{summary}");
+    assert_eq!(summary["counts"]["error"], 0, "{summary}");
     // BuildGrid's ActionCache (an LRU in memory) forgets what finished before the restart: a
     // second prime executes that again, and then every action hits.
     let again = prime_remote(&p2, &grid.endpoint(), &out2, &home, &[]);

@@ -115,10 +115,10 @@ fn across_a_restart(casd: &mut Casd, args: &[&str]) -> bool {
         let stdout = String::from_utf8_lossy(&out.stdout);
         eprintln!("failed across the restart: {text}{stdout}");
         let clear = text.contains("127.0.0.1")
-            || (text.contains("actions failed to execute")
+            || (text.contains("actions could not be executed")
                 && lines(&stdout)
                     .iter()
-                    .any(|l| l["status"] == "failed" && l["detail"].is_string()));
+                    .any(|l| l["status"] == "error" && l["detail"].is_string()));
         assert!(text.starts_with("error: ") && clear, "{text}\n{stdout}");
     }
     out.status.success()

@@ -140,3 +140,42 @@ fn learn_and_prime_say_what_is_missing() {
     let out = sa(&["--cas", &store, "prime", "--local", "--workspace", ws, "--graph", "g.json"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_speculation_that_fails_is_reported_and_exits_0_unless_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store").display().to_string();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::write(ws.join("Makefile"), MAKEFILE).unwrap();
+    std::fs::write(ws.join("lib.h"), "int lib(void);\n").unwrap();
+    for name in ["a", "b"] {
+        std::fs::write(
+            ws.join(format!("{name}.c")),
+            "#include \"lib.h\"\nint f(void) { return lib(); }\n",
+        )
+        .unwrap();
+    }
+    std::fs::write(ws.join("c.c"), "int c(void) { return 3; }\n").unwrap();
+    let log = dir.path().join("build.log");
+    make(&ws, &store, &log);
+    learn(&store, &ws, &log);
+    // An edit the compiler rejects: the predictions run and fail.
+    std::fs::write(ws.join("lib.h"), "#error half-way through an edit\n").unwrap();
+    let prime =
+        ["--cas", &store, "--json", "prime", "--local", "--workspace", ws.to_str().unwrap()];
+    let out = sa(&prime);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let failed: Vec<Value> =
+        prime_lines(&stdout).into_iter().filter(|l| l["status"] == "failed").collect();
+    assert_eq!(failed.len(), 2, "{stdout}");
+    assert!(
+        failed.iter().all(|l| l["detail"].as_str().unwrap().contains("half-way through an edit")),
+        "{stdout}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 speculative actions ran and failed"));
+    let out = sa(&[&prime[..], &["--strict"]].concat());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(--strict)"));
+}

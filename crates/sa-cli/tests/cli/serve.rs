@@ -124,8 +124,8 @@ fn serve_learns_every_build_and_primes_every_edit_with_no_command_between() {
     std::fs::write(ws.join("lib.h"), "#define N 2\n").unwrap();
     let primed = serve.wait_for("primed", 120, |e| e["changed"] == 2);
     assert_eq!(
-        (primed["executed"].as_u64(), primed["failed"].as_u64()),
-        (Some(2), Some(0)),
+        (primed["executed"].as_u64(), primed["failed"].as_u64(), primed["error"].as_u64()),
+        (Some(2), Some(0), Some(0)),
         "{primed}"
     );
 
