@@ -41,7 +41,8 @@ rm -rf target/debug/.fingerprint/sa-*
 cargo package --workspace --locked --offline --allow-dirty --quiet
 echo "== examples (each library crate used alone)"
 for example in sa-proto:wire sa-exec:run_locally sa-generator:generate_in_memory \
-    sa-instantiator:instantiate_in_memory sa-prime:prime_locally sa-learn:incremental; do
+    sa-instantiator:instantiate_in_memory sa-prime:prime_locally sa-learn:incremental \
+    sa-compile:recognize; do
     cargo run --quiet --locked -p "${example%%:*}" --example "${example#*:}" >/dev/null
 done
 cargo run --quiet --locked -p sa-cas --example cas_client -- crates/sa-cli/demo >/dev/null

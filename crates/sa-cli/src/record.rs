@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 use std::time::Duration;
 
@@ -20,6 +20,8 @@ use clap::Args;
 use sa_cas::{Cas, Digest, merkle, write_message};
 use sa_proto::reapi::{Action, ActionResult, Command, command::EnvironmentVariable};
 
+use sa_compile::{Compile, normalize, parse_compile, parse_make_deps, relativize_args, under};
+
 use crate::args::StoreArgs;
 use crate::store;
 
@@ -27,41 +29,6 @@ use crate::store;
 /// the same Action digest on every machine with the same toolchain, so caches are shared.
 /// `--pass-env NAME` adds a variable with the host's value (its choice, its digests).
 const FIXED_ENV: &[(&str, &str)] = &[("LC_ALL", "C"), ("PATH", "/usr/local/bin:/usr/bin:/bin")];
-
-/// Options that take their value as the next argument.
-const VALUE_OPTIONS: &[&str] = &[
-    "-o",
-    "-I",
-    "-D",
-    "-U",
-    "-include",
-    "-imacros",
-    "-isystem",
-    "-iquote",
-    "-idirafter",
-    "-iprefix",
-    "-iwithprefix",
-    "-iwithprefixbefore",
-    "-isysroot",
-    "-MF",
-    "-MT",
-    "-MQ",
-    "-x",
-    "-Xpreprocessor",
-    "-Xassembler",
-    "-Xclang",
-    "-aux-info",
-    "-arch",
-    "-target",
-    "--param",
-];
-
-/// Options whose value (joined or separate) is a path that may be made relative.
-const PATH_OPTIONS: &[&str] =
-    &["-I", "-isystem", "-iquote", "-idirafter", "-include", "-imacros", "-o", "-MF"];
-
-const SOURCE_EXTENSIONS: &[&str] =
-    &["c", "cc", "cp", "cpp", "cxx", "c++", "C", "CPP", "i", "ii", "m", "mm", "s", "S"];
 
 #[derive(Debug, Args)]
 pub(crate) struct RecordArgs {
@@ -94,181 +61,6 @@ pub(crate) struct RecordArgs {
     /// The compiler and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMPILER ARGS")]
     command: Vec<String>,
-}
-
-/// A single-source compile found in a command line.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Compile {
-    /// The arguments that list the dependencies (`-M`) instead of compiling.
-    deps_args: Vec<String>,
-    /// The output file as given.
-    output: String,
-    /// The dependency file `-MD`/`-MMD` writes, if any.
-    dep_file: Option<String>,
-}
-
-fn value_of(arg: &str, option: &str) -> Option<String> {
-    arg.strip_prefix(option).filter(|v| !v.is_empty()).map(str::to_owned)
-}
-
-/// Recognizes a single-source compile; `None` for anything else (links, preprocessing,
-/// several sources, response files, standard input).
-pub(crate) fn parse_compile(argv: &[String]) -> Option<Compile> {
-    let mut compile_only = false;
-    let mut language_given = false;
-    let mut output = None;
-    let mut dep_file = None;
-    let mut writes_deps = false;
-    let mut sources = Vec::new();
-    let mut deps_args = vec![argv.first()?.clone()];
-    let mut i = 1;
-    while i < argv.len() {
-        let arg = argv[i].as_str();
-        let next = argv.get(i + 1).cloned();
-        match arg {
-            "-c" => compile_only = true,
-            "-E" | "-S" | "-M" | "-MM" | "-" => return None,
-            "-MD" | "-MMD" => {
-                writes_deps = true;
-                i += 1;
-                continue;
-            }
-            "-MP" => {
-                i += 1;
-                continue;
-            }
-            _ if arg.starts_with('@') => return None,
-            _ => {}
-        }
-        if VALUE_OPTIONS.contains(&arg) {
-            let value = next?;
-            match arg {
-                "-o" => output = Some(value.clone()),
-                "-MF" => dep_file = Some(value.clone()),
-                "-x" => language_given = true,
-                _ => {}
-            }
-            if !matches!(arg, "-o" | "-MF" | "-MT" | "-MQ") {
-                deps_args.extend([arg.to_owned(), value]);
-            }
-            i += 2;
-            continue;
-        }
-        if let Some(value) = value_of(arg, "-o") {
-            output = Some(value);
-        } else if let Some(value) = value_of(arg, "-MF") {
-            dep_file = Some(value);
-        } else if arg.starts_with("-MT") || arg.starts_with("-MQ") {
-        } else {
-            if !arg.starts_with('-') {
-                sources.push(arg.to_owned());
-            }
-            deps_args.push(arg.to_owned());
-        }
-        i += 1;
-    }
-    let [source] = sources.as_slice() else { return None };
-    let extension = Path::new(source).extension().and_then(|e| e.to_str()).unwrap_or("");
-    if !compile_only || !(language_given || SOURCE_EXTENSIONS.contains(&extension)) {
-        return None;
-    }
-    let output = output.unwrap_or_else(|| {
-        let stem = Path::new(source).file_stem().and_then(|s| s.to_str()).unwrap_or("a");
-        format!("{stem}.o")
-    });
-    let dep_file = match (writes_deps, dep_file) {
-        (false, _) => None,
-        (true, Some(file)) => Some(file),
-        (true, None) => Some(match output.rsplit_once('.') {
-            Some((stem, _)) if !stem.is_empty() && !stem.ends_with('/') => format!("{stem}.d"),
-            _ => format!("{output}.d"),
-        }),
-    };
-    deps_args.extend(["-M".into(), "-MT".into(), "sa-record-deps".into()]);
-    Some(Compile { deps_args, output, dep_file })
-}
-
-/// The files of a make rule `sa-record-deps: a.c b.h …` as the compiler printed them.
-pub(crate) fn parse_make_deps(text: &str) -> Result<Vec<String>> {
-    let joined = text.replace("\\\r\n", " ").replace("\\\n", " ");
-    let Some(rest) = joined.trim_start().strip_prefix("sa-record-deps:") else {
-        bail!("the compiler's dependency output does not start with the rule asked for");
-    };
-    let mut files = Vec::new();
-    let mut current = String::new();
-    let mut chars = rest.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' if chars.peek().is_some_and(|n| *n == ' ' || *n == '#') => {
-                current.push(chars.next().expect("peeked"));
-            }
-            '$' if chars.peek() == Some(&'$') => {
-                chars.next();
-                current.push('$');
-            }
-            c if c.is_whitespace() => {
-                if !current.is_empty() {
-                    files.push(std::mem::take(&mut current));
-                }
-            }
-            c => current.push(c),
-        }
-    }
-    if !current.is_empty() {
-        files.push(current);
-    }
-    Ok(files)
-}
-
-/// `path` with `.` and `..` resolved lexically.
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
-}
-
-/// `target` relative to `base`, both absolute and normalized (with `..` where needed).
-fn relative_to(target: &Path, base: &Path) -> String {
-    let t: Vec<_> = target.components().collect();
-    let b: Vec<_> = base.components().collect();
-    let common = t.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    let mut parts: Vec<String> = vec!["..".into(); b.len() - common];
-    parts.extend(t[common..].iter().map(|c| c.as_os_str().to_string_lossy().into_owned()));
-    if parts.is_empty() { ".".into() } else { parts.join("/") }
-}
-
-/// A path under `root` as a slash-separated relative string.
-fn under(path: &Path, root: &Path) -> Option<String> {
-    let rest = path.strip_prefix(root).ok()?;
-    let parts: Vec<&str> = rest.iter().map(|p| p.to_str()).collect::<Option<_>>()?;
-    Some(parts.join("/"))
-}
-
-/// The arguments with absolute paths under `root` made relative to `cwd` (recc does the same),
-/// so the Action does not depend on where the tree is checked out.
-fn relativize_args(argv: &[String], root: &Path, cwd: &Path) -> Vec<String> {
-    let rewrite = |text: &str| -> Option<String> {
-        let path = Path::new(text);
-        (path.is_absolute() && normalize(path).starts_with(root))
-            .then(|| relative_to(&normalize(path), cwd))
-    };
-    let mut out = vec![argv[0].clone()];
-    for arg in &argv[1..] {
-        let joined = PATH_OPTIONS.iter().find_map(|option| {
-            let value = arg.strip_prefix(option).filter(|v| v.starts_with('/'))?;
-            Some(format!("{option}{}", rewrite(value)?))
-        });
-        out.push(joined.or_else(|| rewrite(arg)).unwrap_or_else(|| arg.clone()));
-    }
-    out
 }
 
 fn exit_code(code: i32) -> u8 {
@@ -350,7 +142,7 @@ pub(crate) fn record(args: &StoreArgs, cmd: &RecordArgs) -> Result<u8> {
             cas.read_blob_to(&digest, &mut out)?;
         }
     }
-    tracing::info!(%action, cached, "recorded {}", compile.output);
+    tracing::info!(%action, cached, "recorded {}", compile.output());
     if result.exit_code == 0
         && let Some(log) = &cmd.log
     {
@@ -369,7 +161,7 @@ pub(crate) fn record(args: &StoreArgs, cmd: &RecordArgs) -> Result<u8> {
 /// compiler fails, its exit code (its diagnostics already on our stderr).
 fn list_dependencies(argv: &[String], compile: &Compile) -> Result<Result<Vec<String>, u8>> {
     let listed = Process::new(&argv[0])
-        .args(&compile.deps_args[1..])
+        .args(&compile.deps_args()[1..])
         .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("running {:?} to list dependencies", argv[0]))?;
@@ -385,7 +177,7 @@ fn list_dependencies(argv: &[String], compile: &Compile) -> Result<Result<Vec<St
 /// sorted; `None` (and a message) where one is outside it, which is not recorded.
 fn output_paths(compile: &Compile, cwd: &Path) -> Option<Vec<String>> {
     let mut outputs = Vec::new();
-    for output in std::iter::once(&compile.output).chain(&compile.dep_file) {
+    for output in std::iter::once(compile.output()).chain(compile.dep_file()) {
         let full = normalize(&cwd.join(output));
         match under(&full, cwd) {
             Some(relative) if !relative.is_empty() => outputs.push(relative),
@@ -523,63 +315,4 @@ fn write_outputs(
     cwd: &Path,
 ) -> Result<(), sa_cas::CasError> {
     sa_exec::write_outputs_in(cas, command, result, cwd, sa_exec::OutputParents::UserWorkspace)
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)] // a failing unwrap names the line, which is what a test wants
-mod tests {
-    use super::*;
-
-    fn argv(text: &str) -> Vec<String> {
-        text.split_whitespace().map(str::to_owned).collect()
-    }
-
-    #[test]
-    fn recognizes_single_source_compiles_only() {
-        let compile = parse_compile(&argv("gcc -O2 -Iinc -c src/a.c -o obj/a.o -MD")).unwrap();
-        assert_eq!(compile.output, "obj/a.o");
-        assert_eq!(compile.dep_file.as_deref(), Some("obj/a.d"));
-        assert_eq!(compile.deps_args, argv("gcc -O2 -Iinc -c src/a.c -M -MT sa-record-deps"));
-        let compile = parse_compile(&argv("cc -c x.cpp -MMD -MF deps/x.dep -I inc")).unwrap();
-        assert_eq!(
-            (compile.output.as_str(), compile.dep_file.as_deref()),
-            ("x.o", Some("deps/x.dep"))
-        );
-        for not_a_compile in [
-            "gcc a.o b.o -o app",
-            "gcc -c a.c b.c",
-            "gcc -E a.c",
-            "gcc -c -",
-            "gcc @args.rsp",
-            "gcc -c notes.txt",
-            "gcc -c a.c -o",
-            "ar rcs lib.a a.o",
-        ] {
-            assert_eq!(parse_compile(&argv(not_a_compile)), None, "{not_a_compile}");
-        }
-        assert!(parse_compile(&argv("gcc -x c -c notes.txt")).is_some());
-    }
-
-    #[test]
-    fn parses_make_rules_with_escapes_and_continuations() {
-        let text = "sa-record-deps: a.c /usr/include/stdio.h \\\n  my\\ dir/b.h c$$.h\n";
-        assert_eq!(
-            parse_make_deps(text).unwrap(),
-            ["a.c", "/usr/include/stdio.h", "my dir/b.h", "c$.h"]
-        );
-        assert!(parse_make_deps("other: a.c").is_err());
-    }
-
-    #[test]
-    fn absolute_paths_under_the_root_become_relative() {
-        let root = Path::new("/w/root");
-        let cwd = Path::new("/w/root/app");
-        let args = argv(
-            "gcc -I/w/root/sysroot/include -c /w/root/app/main.c -o /w/root/app/m.o -I/usr/include",
-        );
-        assert_eq!(
-            relativize_args(&args, root, cwd),
-            argv("gcc -I../sysroot/include -c main.c -o m.o -I/usr/include")
-        );
-    }
 }
