@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod codegen;
 pub mod layering;
+pub mod replay;
 
 use std::path::{Path, PathBuf};
 

@@ -9,10 +9,12 @@
 //! - `workload --profile small|medium|large --out DIR [--seed N]`: the synthetic two-build
 //!   workload (runs the `sa-workload` binary of sa-benches in release mode).
 //! - `bench-report [--profiles medium,large] [--runs N]`: writes BENCHMARKS.md.
+//! - `replay --bundle B [--project lz4] (--last N | --commits A,B,…) [--dir D]`: a real
+//!   history built commit after commit through `sa record`, primed between commits.
 
 use std::process::ExitCode;
 
-use xtask::{bench, codegen, layering, project_root};
+use xtask::{bench, codegen, layering, project_root, replay};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
         Some("layering") if args.len() == 1 => layering::check(&project_root()),
         Some("workload") => bench::workload(&project_root(), &args[1..]),
         Some("bench-report") => bench::report(&project_root(), &args[1..]),
+        Some("replay") => replay::command(&project_root(), &args[1..]),
         _ => return usage(),
     };
     match result {
@@ -41,7 +44,7 @@ fn main() -> ExitCode {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask codegen [--check] | layering | workload --profile P --out DIR [--seed N] | bench-report [--profiles A,B] [--runs N]"
+        "usage: cargo xtask codegen [--check] | layering | workload --profile P --out DIR [--seed N] | bench-report [--profiles A,B] [--runs N] | replay --bundle B (--last N | --commits A,B) [--dir D]"
     );
     ExitCode::from(2)
 }

@@ -1,0 +1,264 @@
+//! `cargo xtask replay`: a real project's history, commit after commit, built with
+//! `make CC="sa record … -- gcc"` and primed with `sa prime --local --workspace` between
+//! commits; per commit, how many compile steps changed and how many `sa` primed exactly.
+//!
+//! Each commit is checked out into one workspace (the same path for every commit; the git
+//! directory is outside it) and its library's objects built from clean, so the build asks for
+//! every compile step; `sa learn --log` learns it. Before the next commit's build, the
+//! workspace holds that commit and `sa prime --local --workspace` predicts. A changed step is
+//! one the previous commit's build did not run; primed exactly, one of those `sa` executed (or
+//! found cached) before the build asked; wrong, a prediction executed that the build did not
+//! ask for; unpredictable, a prediction that could not be completed; failed, one that ran and
+//! failed.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// A project whose history can be replayed: how its library's objects are built.
+struct Project {
+    name: &'static str,
+    /// The directory the compiles run in, relative to the workspace.
+    dir: &'static str,
+}
+
+const PROJECTS: &[Project] = &[Project { name: "lz4", dir: "lib" }];
+
+/// One commit's numbers.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CommitReport {
+    /// The commit (abbreviated).
+    pub commit: String,
+    /// Compile steps its build ran.
+    pub steps: usize,
+    /// Of them, steps the previous commit's build ran too (same Action).
+    pub unchanged: usize,
+    /// Steps the previous build did not run.
+    pub changed: usize,
+    /// Changed steps `sa` had primed before the build asked.
+    pub primed: usize,
+    /// Predictions executed that the build did not ask for.
+    pub wrong: usize,
+    /// Predictions that could not be completed.
+    pub unpredictable: usize,
+    /// Predictions that ran and failed.
+    pub failed: usize,
+}
+
+impl CommitReport {
+    /// One line: `COMMIT: N steps, U unchanged, C changed, P primed exactly, …`.
+    pub fn line(&self) -> String {
+        format!(
+            "{}: {} compile steps, {} unchanged, {} changed, {} primed exactly, {} unpredictable, {} wrong, {} failed",
+            self.commit,
+            self.steps,
+            self.unchanged,
+            self.changed,
+            self.primed,
+            self.unpredictable,
+            self.wrong,
+            self.failed
+        )
+    }
+}
+
+fn run(command: &mut Command) -> Result<String> {
+    let out = command.output().with_context(|| format!("running {command:?}"))?;
+    if !out.status.success() {
+        bail!("{command:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Replays `commits` (oldest first) of the project in `bundle` with the `sa` binary `sa`,
+/// everything under `dir`; returns a report per commit after the first (which only teaches).
+pub fn replay(
+    sa: &Path,
+    bundle: &Path,
+    project: &str,
+    commits: &[String],
+    dir: &Path,
+) -> Result<Vec<CommitReport>> {
+    let project = PROJECTS
+        .iter()
+        .find(|p| p.name == project)
+        .with_context(|| format!("no replay recipe for {project:?} (known: lz4)"))?;
+    let ws = dir.join("ws");
+    let store = dir.join("store");
+    if !ws.exists() {
+        run(Command::new("git")
+            .args(["clone", "-q", "--no-checkout", "--separate-git-dir"])
+            .arg(dir.join("repo.git"))
+            .arg(bundle)
+            .arg(&ws))?;
+    }
+    let sa_store = |args: &[&str]| -> Command {
+        let mut command = Command::new(sa);
+        command.arg("--cas").arg(&store).args(args).env_remove("SA_CAS").env_remove("SA_REMOTE");
+        command
+    };
+    let ws_text = ws.display().to_string();
+    let mut previous: Option<BTreeSet<String>> = None;
+    let mut reports = Vec::new();
+    for (n, commit) in commits.iter().enumerate() {
+        run(Command::new("git")
+            .arg("-C")
+            .arg(&ws)
+            .args(["checkout", "-q", "-f", "--detach", commit]))?;
+        let mut report =
+            CommitReport { commit: commit.chars().take(8).collect(), ..Default::default() };
+        let mut predicted = BTreeSet::new();
+        if previous.is_some() {
+            let out = run(&mut sa_store(&["--json", "prime", "--local", "--workspace", &ws_text]))?;
+            for line in json_lines(&out).iter().filter(|l| l["action"].is_string()) {
+                let changed = line["action"] != line["base_action"];
+                match line["status"].as_str() {
+                    Some("executed" | "cached") if changed => {
+                        predicted.insert(line["action"].as_str().unwrap_or_default().to_owned());
+                    }
+                    Some("incomplete") => report.unpredictable += 1,
+                    Some("failed" | "error") => report.failed += 1,
+                    _ => {}
+                }
+            }
+        }
+        let log = dir.join(format!("build{n}.log"));
+        build(sa, &store, &ws, project, &log)?;
+        let asked: BTreeSet<String> = std::fs::read_to_string(&log)
+            .with_context(|| format!("reading {}", log.display()))?
+            .lines()
+            .filter_map(|l| l.split(' ').next().map(str::to_owned))
+            .collect();
+        run(&mut sa_store(&[
+            "--json",
+            "learn",
+            "--log",
+            &log.display().to_string(),
+            "--workspace",
+            &ws_text,
+        ]))?;
+        if let Some(previous) = &previous {
+            report.steps = asked.len();
+            report.unchanged = asked.intersection(previous).count();
+            report.changed = report.steps - report.unchanged;
+            report.primed = asked.difference(previous).filter(|a| predicted.contains(*a)).count();
+            report.wrong = predicted.difference(&asked).count();
+            reports.push(report);
+        }
+        previous = Some(asked);
+    }
+    Ok(reports)
+}
+
+/// Builds every object of the project's library from clean, each compile through `sa record`.
+fn build(sa: &Path, store: &Path, ws: &Path, project: &Project, log: &Path) -> Result<()> {
+    let dir = ws.join(project.dir);
+    let mut objects = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".c") {
+            objects.push(format!("{stem}.o"));
+        }
+        if name.ends_with(".o") {
+            std::fs::remove_file(dir.join(&name))?;
+        }
+    }
+    objects.sort();
+    let cc = format!(
+        "{} --cas {} record --root {} --log {} -- gcc",
+        sa.display(),
+        store.display(),
+        ws.display(),
+        log.display()
+    );
+    run(Command::new("make")
+        .arg("-C")
+        .arg(&dir)
+        .arg(format!("CC={cc}"))
+        .args(&objects)
+        .env_remove("SA_CAS")
+        .env_remove("SA_REMOTE"))?;
+    Ok(())
+}
+
+/// The `sa` binary of this checkout, built (debug) if it is not up to date.
+pub fn sa_binary(root: &Path) -> Result<PathBuf> {
+    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--quiet", "--locked", "-p", "sa-cli"])
+        .current_dir(root))?;
+    Ok(root.join("target/debug/sa"))
+}
+
+/// `cargo xtask replay --bundle B [--project lz4] (--last N | --commits A,B,…) [--dir D]`.
+pub fn command(root: &Path, args: &[String]) -> Result<()> {
+    let mut bundle = None;
+    let mut project = "lz4".to_owned();
+    let mut last = None;
+    let mut listed: Vec<String> = Vec::new();
+    let mut dir = None;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--bundle" => bundle = Some(PathBuf::from(value)),
+            "--project" => project = value.clone(),
+            "--last" => last = Some(value.parse::<usize>().context("--last")?),
+            "--commits" => listed = value.split(',').map(str::to_owned).collect(),
+            "--dir" => dir = Some(PathBuf::from(value)),
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    let bundle = bundle.context("--bundle is required")?;
+    let scratch;
+    let dir = match dir {
+        Some(dir) => dir,
+        None => {
+            scratch = tempfile::tempdir()?;
+            scratch.path().to_owned()
+        }
+    };
+    let commits = match last {
+        Some(n) => {
+            let text = run(Command::new("git").arg("-C").arg(&dir).args(["init", "-q"]))
+                .and_then(|_| {
+                    run(Command::new("git")
+                        .arg("-C")
+                        .arg(&dir)
+                        .args(["fetch", "-q"])
+                        .arg(&bundle)
+                        .arg("HEAD"))
+                })
+                .and_then(|_| {
+                    run(Command::new("git")
+                        .arg("-C")
+                        .arg(&dir)
+                        .args(["rev-list", "--first-parent", "--reverse", "-n"])
+                        .arg(n.to_string())
+                        .arg("FETCH_HEAD"))
+                })?;
+            text.lines().map(str::to_owned).collect()
+        }
+        None => listed,
+    };
+    let reports = replay(&sa_binary(root)?, &bundle, &project, &commits, &dir)?;
+    for report in &reports {
+        println!("replay {project} {}", report.line());
+    }
+    let changed: usize = reports.iter().map(|r| r.changed).sum();
+    let primed: usize = reports.iter().map(|r| r.primed).sum();
+    let wrong: usize = reports.iter().map(|r| r.wrong).sum();
+    let failed: usize = reports.iter().map(|r| r.failed).sum();
+    println!(
+        "replay {project}: {} commits, {changed} changed compile steps, {primed} primed exactly ({:.0}%), {wrong} wrong, {failed} failed",
+        reports.len(),
+        if changed == 0 { 100.0 } else { 100.0 * primed as f64 / changed as f64 }
+    );
+    Ok(())
+}
