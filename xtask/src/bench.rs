@@ -626,6 +626,18 @@ fn render_proxy(s: &mut String, p: &Value) -> Result<()> {
         nginx("p99_us"),
         nginx("added_p99_us")
     )?;
+    let serve = |key: &str| p["serve"][key].as_f64().unwrap_or(f64::NAN);
+    for (label, key, added) in
+        [("p50", "p50_us", "added_p50_us"), ("p99", "p99_us", "added_p99_us")]
+    {
+        writeln!(
+            s,
+            "| unary {label} through `sa serve` (same run; learner and watcher running) | {:.0} µs | {:.0} µs | +{:.0} µs |",
+            f(&format!("unary_direct_{label}_us")),
+            serve(key),
+            serve(added)
+        )?;
+    }
     writeln!(
         s,
         "| `sa proxy` CPU time per unary call | | {:.0} µs | |",

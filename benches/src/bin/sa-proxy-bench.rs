@@ -153,16 +153,17 @@ fn start_nginx(
 
 /// `calls` FindMissingBlobs on each of `sides`, interleaved, after 100 of each to warm up:
 /// each side's latencies, sorted.
-async fn unary_latency(sides: &[&Channel], calls: usize) -> Result<Vec<Vec<Duration>>> {
+async fn unary_latency(sides: &[Option<&Channel>], calls: usize) -> Result<Vec<Vec<Duration>>> {
     let request = FindMissingBlobsRequest {
         blob_digests: vec![SHA.hash_bytes(b"absent").to_proto()],
         ..Default::default()
     };
-    let mut times: Vec<Vec<Duration>> = (0..3).map(|_| Vec::with_capacity(calls)).collect();
+    let mut times: Vec<Vec<Duration>> = sides.iter().map(|_| Vec::with_capacity(calls)).collect();
     for i in 0..calls + 100 {
-        for (side, &channel) in sides.iter().enumerate() {
+        for (side, channel) in sides.iter().enumerate() {
+            let Some(channel) = channel else { continue };
             let start = Instant::now();
-            ContentAddressableStorageClient::new(channel.clone())
+            ContentAddressableStorageClient::new((*channel).clone())
                 .find_missing_blobs(request.clone())
                 .await?;
             if i >= 100 {
@@ -228,6 +229,40 @@ fn start_proxy(
     Ok((proxy, url))
 }
 
+/// `sa serve` in front of `upstream`, learning builds of an empty workspace: the proxy with
+/// its learner and watcher running beside it.
+fn start_serve(
+    sa: &str,
+    upstream: &str,
+    dir: &std::path::Path,
+) -> Result<(std::process::Child, String)> {
+    let workspace = dir.join("serve-ws");
+    std::fs::create_dir_all(&workspace)?;
+    let mut serve = Command::new(sa)
+        .args([
+            "--json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--name",
+            "bench",
+        ])
+        .arg("--workspace")
+        .arg(&workspace)
+        .arg("--record")
+        .arg(dir.join("serve-rec"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {sa} serve"))?;
+    let mut line = String::new();
+    std::io::BufReader::new(serve.stdout.take().context("serve stdout")?).read_line(&mut line)?;
+    let started: Value = serde_json::from_str(&line).context("serve's first line")?;
+    let url = started["listening"].as_str().context("listening")?.replace("grpc://", "http://");
+    Ok((serve, url))
+}
+
 fn peak_rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
@@ -250,6 +285,7 @@ fn main() -> Result<()> {
     };
     let nginx_url = nginx.as_ref().map(|(port, _)| format!("http://127.0.0.1:{port}"));
     let (mut proxy, proxied_url) = start_proxy(&sa, &casd.endpoint(), &dir.path().join("rec"))?;
+    let (mut serve, serve_url) = start_serve(&sa, &casd.endpoint(), dir.path())?;
     let direct_url = casd.endpoint().replace("grpc://", "http://");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(async {
@@ -259,9 +295,9 @@ fn main() -> Result<()> {
             Some(url) => Some(Channel::from_shared(url.clone())?.connect().await?),
             None => None,
         };
+        let via_serve = Channel::from_shared(serve_url)?.connect().await?;
         // Unary latency, interleaved.
-        let sides: Vec<&Channel> =
-            [Some(&direct), Some(&proxied), via_nginx.as_ref()].into_iter().flatten().collect();
+        let sides = [Some(&direct), Some(&proxied), via_nginx.as_ref(), Some(&via_serve)];
         let cpu_before = cpu_us(proxy.id())?;
         let times = unary_latency(&sides, calls).await?;
         let proxy_cpu_us_per_call = (cpu_us(proxy.id())? - cpu_before) / (calls + 100) as f64;
@@ -294,8 +330,16 @@ fn main() -> Result<()> {
                 "added_p99_us": n99 - p99[0],
             })
         });
+        let (s50, s99) = (percentile(&times[3], 0.5), percentile(&times[3], 0.99));
+        let serve_numbers = json!({
+            "p50_us": s50,
+            "p99_us": s99,
+            "added_p50_us": s50 - p50[0],
+            "added_p99_us": s99 - p99[0],
+        });
         Ok::<Value, anyhow::Error>(json!({
             "nginx": nginx_numbers,
+            "serve": serve_numbers,
             "proxy_cpu_us_per_call": proxy_cpu_us_per_call,
             "unary_calls": calls,
             "unary_direct_p50_us": p50[0],
@@ -317,6 +361,8 @@ fn main() -> Result<()> {
     let rss = peak_rss_kib(proxy.id());
     let _ = proxy.kill();
     let _ = proxy.wait();
+    let _ = serve.kill();
+    let _ = serve.wait();
     if let Some((_, child)) = &mut nginx {
         let _ = child.kill();
         let _ = child.wait();
