@@ -46,18 +46,28 @@ pub struct CommitReport {
     pub unpredictable: usize,
     /// Predictions that ran and failed.
     pub failed: usize,
+    /// Why each changed step `sa` did not prime was missed, counted: `new` (no earlier
+    /// build ran a step with its outputs: a new source file), `flags` (its command line
+    /// changed), `inputs` (same command, other input files: an include added or removed).
+    pub missed: std::collections::BTreeMap<&'static str, usize>,
 }
 
 impl CommitReport {
     /// One line: `COMMIT: N steps, U unchanged, C changed, P primed exactly, …`.
     pub fn line(&self) -> String {
+        let missed: Vec<String> = self.missed.iter().map(|(why, n)| format!("{n} {why}")).collect();
         format!(
-            "{}: {} compile steps, {} unchanged, {} changed, {} primed exactly, {} unpredictable, {} wrong, {} failed",
+            "{}: {} compile steps, {} unchanged, {} changed, {} primed exactly{}, {} unpredictable, {} wrong, {} failed",
             self.commit,
             self.steps,
             self.unchanged,
             self.changed,
             self.primed,
+            if missed.is_empty() {
+                String::new()
+            } else {
+                format!(" (missed: {})", missed.join(", "))
+            },
             self.unpredictable,
             self.wrong,
             self.failed
@@ -150,11 +160,45 @@ pub fn replay(
             report.changed = report.steps - report.unchanged;
             report.primed = asked.difference(previous).filter(|a| predicted.contains(*a)).count();
             report.wrong = predicted.difference(&asked).count();
+            let missed: Vec<&String> =
+                asked.difference(previous).filter(|a| !predicted.contains(*a)).collect();
+            for action in missed {
+                *report.missed.entry(why_missed(&store, action, previous)?).or_default() += 1;
+            }
             reports.push(report);
         }
         previous = Some(asked);
     }
     Ok(reports)
+}
+
+/// The Command of the recorded action `text` (`HASH/SIZE`) in the local store.
+fn command_of(store: &Path, text: &str) -> Result<sa_proto::reapi::Command> {
+    let cas = sa_cas::LocalCas::open(store, sa_cas::LocalCasConfig::default())?;
+    let function = sa_cas::DigestFunction::Sha256;
+    let action = sa_cas::Digest::parse(function, text)?;
+    let decoded = sa_cas::DecodedAction::read(&cas, &action)?;
+    Ok(sa_cas::read_message(&cas, &decoded.command()?, "Command")?)
+}
+
+/// Why a changed step was not primed: no earlier step had its outputs (`new`), one did with
+/// other arguments (`flags`), or with the same arguments (`inputs`).
+fn why_missed(store: &Path, action: &str, previous: &BTreeSet<String>) -> Result<&'static str> {
+    #[allow(deprecated)] // sa record writes output_paths; the older lists count too
+    let outputs = |c: &sa_proto::reapi::Command| {
+        let mut o: Vec<String> = c.output_paths.iter().chain(&c.output_files).cloned().collect();
+        o.sort();
+        (c.working_directory.clone(), o)
+    };
+    let command = command_of(store, action)?;
+    let mut why = "new";
+    for earlier in previous {
+        let before = command_of(store, earlier)?;
+        if outputs(&before) == outputs(&command) {
+            why = if before.arguments == command.arguments { "inputs" } else { "flags" };
+        }
+    }
+    Ok(why)
 }
 
 /// Builds every object of the project's library from clean, each compile through `sa record`.

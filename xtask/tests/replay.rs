@@ -33,4 +33,5 @@ fn lz4_history_edits_are_primed_exactly_and_nothing_wrong_or_failing_runs() {
     // no recorded action predicts (issue 25's re-scan and compilation database will).
     assert_eq!(counts, [(1, 1), (3, 3), (0, 0), (1, 0)], "{reports:#?}");
     assert!(reports.iter().all(|r| r.wrong == 0 && r.failed == 0), "{reports:#?}");
+    assert_eq!(reports[3].missed.get("new"), Some(&1), "lz4file.c is new: {reports:#?}");
 }
