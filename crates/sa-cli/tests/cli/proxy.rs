@@ -196,9 +196,15 @@ fn a_bad_recording_is_an_error_naming_the_file_and_line_and_a_broken_line_is_ski
             "{\"kind\":\"execute\",\"status\":0,\"exit_code\":0}\n".to_owned(),
             "line 1: no \"action\"".to_owned(),
         ),
+        // A failed Execute is read (learning counts failures) but not a subaction; its
+        // action must still be a digest.
+        (
+            format!("{{\"kind\":\"execute\",\"action\":\"{absent}\",\"status\":9}}\n"),
+            "has no successful Execute or cache hit".to_owned(),
+        ),
         (
             "{\"kind\":\"execute\",\"action\":\"x\",\"status\":9}\n".to_owned(),
-            "has no successful Execute or cache hit".to_owned(),
+            "line 1: \"action\": invalid digest \"x\"".to_owned(),
         ),
         (format!("{good}\n"), format!("recorded action {absent}: missing blob {absent}")),
     ];
