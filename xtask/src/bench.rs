@@ -576,6 +576,39 @@ fn render_prime(s: &mut String, p: &Value) -> Result<()> {
 }
 
 /// The proxy section, from `sa-proxy-bench`'s JSON.
+/// The rows of the other paths measured in the same run: nginx's `grpc_pass`, `sa serve`.
+fn comparison_rows(s: &mut String, p: &Value) -> Result<()> {
+    let f = |key: &str| p[key].as_f64().unwrap_or(f64::NAN);
+    let nginx = |key: &str| p["nginx"][key].as_f64().unwrap_or(f64::NAN);
+    writeln!(
+        s,
+        "| unary p50 through nginx `grpc_pass` (same run) | {:.0} µs | {:.0} µs | +{:.0} µs |",
+        f("unary_direct_p50_us"),
+        nginx("p50_us"),
+        nginx("added_p50_us")
+    )?;
+    writeln!(
+        s,
+        "| unary p99 through nginx `grpc_pass` (same run) | {:.0} µs | {:.0} µs | +{:.0} µs |",
+        f("unary_direct_p99_us"),
+        nginx("p99_us"),
+        nginx("added_p99_us")
+    )?;
+    let serve = |key: &str| p["serve"][key].as_f64().unwrap_or(f64::NAN);
+    for (label, key, added) in
+        [("p50", "p50_us", "added_p50_us"), ("p99", "p99_us", "added_p99_us")]
+    {
+        writeln!(
+            s,
+            "| unary {label} through `sa serve` (same run; learner and watcher running) | {:.0} µs | {:.0} µs | +{:.0} µs |",
+            f(&format!("unary_direct_{label}_us")),
+            serve(key),
+            serve(added)
+        )?;
+    }
+    Ok(())
+}
+
 fn render_proxy(s: &mut String, p: &Value) -> Result<()> {
     let f = |key: &str| p[key].as_f64().unwrap_or(f64::NAN);
     let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
@@ -611,33 +644,8 @@ fn render_proxy(s: &mut String, p: &Value) -> Result<()> {
         f("unary_proxied_p99_us"),
         f("unary_added_p99_us")
     )?;
+    comparison_rows(s, p)?;
     let nginx = |key: &str| p["nginx"][key].as_f64().unwrap_or(f64::NAN);
-    writeln!(
-        s,
-        "| unary p50 through nginx `grpc_pass` (same run) | {:.0} µs | {:.0} µs | +{:.0} µs |",
-        f("unary_direct_p50_us"),
-        nginx("p50_us"),
-        nginx("added_p50_us")
-    )?;
-    writeln!(
-        s,
-        "| unary p99 through nginx `grpc_pass` (same run) | {:.0} µs | {:.0} µs | +{:.0} µs |",
-        f("unary_direct_p99_us"),
-        nginx("p99_us"),
-        nginx("added_p99_us")
-    )?;
-    let serve = |key: &str| p["serve"][key].as_f64().unwrap_or(f64::NAN);
-    for (label, key, added) in
-        [("p50", "p50_us", "added_p50_us"), ("p99", "p99_us", "added_p99_us")]
-    {
-        writeln!(
-            s,
-            "| unary {label} through `sa serve` (same run; learner and watcher running) | {:.0} µs | {:.0} µs | +{:.0} µs |",
-            f(&format!("unary_direct_{label}_us")),
-            serve(key),
-            serve(added)
-        )?;
-    }
     writeln!(
         s,
         "| `sa proxy` CPU time per unary call | | {:.0} µs | |",

@@ -28,7 +28,7 @@ struct Project {
 const PROJECTS: &[Project] = &[Project { name: "lz4", dir: "lib" }];
 
 /// One commit's numbers.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct CommitReport {
     /// The commit (abbreviated).
     pub commit: String,
@@ -50,6 +50,10 @@ pub struct CommitReport {
     /// build ran a step with its outputs: a new source file), `flags` (its command line
     /// changed), `inputs` (same command, other input files: an include added or removed).
     pub missed: std::collections::BTreeMap<&'static str, usize>,
+    /// Wall time of the build (every object from clean, through `sa record`).
+    pub build_seconds: f64,
+    /// Wall time of `sa prime` before it: from "sources changed" to every prediction done.
+    pub prime_seconds: f64,
 }
 
 impl CommitReport {
@@ -57,7 +61,7 @@ impl CommitReport {
     pub fn line(&self) -> String {
         let missed: Vec<String> = self.missed.iter().map(|(why, n)| format!("{n} {why}")).collect();
         format!(
-            "{}: {} compile steps, {} unchanged, {} changed, {} primed exactly{}, {} unpredictable, {} wrong, {} failed",
+            "{}: {} compile steps, {} unchanged, {} changed, {} primed exactly{}, {} unpredictable, {} wrong, {} failed; build {:.1} s, prime {:.1} s",
             self.commit,
             self.steps,
             self.unchanged,
@@ -70,7 +74,9 @@ impl CommitReport {
             },
             self.unpredictable,
             self.wrong,
-            self.failed
+            self.failed,
+            self.build_seconds,
+            self.prime_seconds
         )
     }
 }
@@ -96,10 +102,23 @@ pub fn replay(
     commits: &[String],
     dir: &Path,
 ) -> Result<Vec<CommitReport>> {
+    replay_with(sa, bundle, project, commits, dir, true)
+}
+
+/// [`replay`], priming between commits or not (`prime: false` measures the builds alone).
+pub fn replay_with(
+    sa: &Path,
+    bundle: &Path,
+    project: &str,
+    commits: &[String],
+    dir: &Path,
+    prime: bool,
+) -> Result<Vec<CommitReport>> {
     let project = PROJECTS
         .iter()
         .find(|p| p.name == project)
         .with_context(|| format!("no replay recipe for {project:?} (known: lz4)"))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let ws = dir.join("ws");
     let store = dir.join("store");
     if !ws.exists() {
@@ -125,8 +144,10 @@ pub fn replay(
         let mut report =
             CommitReport { commit: commit.chars().take(8).collect(), ..Default::default() };
         let mut predicted = BTreeSet::new();
-        if previous.is_some() {
+        if previous.is_some() && prime {
+            let started = std::time::Instant::now();
             let out = run(&mut sa_store(&["--json", "prime", "--local", "--workspace", &ws_text]))?;
+            report.prime_seconds = started.elapsed().as_secs_f64();
             for line in json_lines(&out).iter().filter(|l| l["action"].is_string()) {
                 let changed = line["action"] != line["base_action"];
                 match line["status"].as_str() {
@@ -140,7 +161,9 @@ pub fn replay(
             }
         }
         let log = dir.join(format!("build{n}.log"));
+        let started = std::time::Instant::now();
         build(sa, &store, &ws, project, &log)?;
+        report.build_seconds = started.elapsed().as_secs_f64();
         let asked: BTreeSet<String> = std::fs::read_to_string(&log)
             .with_context(|| format!("reading {}", log.display()))?
             .lines()
@@ -291,7 +314,10 @@ pub fn command(root: &Path, args: &[String]) -> Result<()> {
         }
         None => listed,
     };
-    let reports = replay(&sa_binary(root)?, &bundle, &project, &commits, &dir)?;
+    let sa = sa_binary(root)?;
+    let reports = replay(&sa, &bundle, &project, &commits, &dir.join("primed"))?;
+    // The same builds with no priming (a store of their own), for the time saved.
+    let plain = replay_with(&sa, &bundle, &project, &commits, &dir.join("plain"), false)?;
     for report in &reports {
         println!("replay {project} {}", report.line());
     }
@@ -303,6 +329,13 @@ pub fn command(root: &Path, args: &[String]) -> Result<()> {
         "replay {project}: {} commits, {changed} changed compile steps, {primed} primed exactly ({:.0}%), {wrong} wrong, {failed} failed",
         reports.len(),
         if changed == 0 { 100.0 } else { 100.0 * primed as f64 / changed as f64 }
+    );
+    let seconds = |r: &[CommitReport], f: fn(&CommitReport) -> f64| r.iter().map(f).sum::<f64>();
+    println!(
+        "replay {project}: builds took {:.1} s primed (after {:.1} s of priming), {:.1} s without",
+        seconds(&reports, |r| r.build_seconds),
+        seconds(&reports, |r| r.prime_seconds),
+        seconds(&plain, |r| r.build_seconds)
     );
     Ok(())
 }

@@ -399,27 +399,7 @@ fn prime_once(service: &Service<'_>, cancel: &AtomicBool) -> Result<()> {
     let instantiate =
         InstantiateConfig { limits: service.args.limits.tree(), ..Default::default() };
     let instantiator = Instantiator::new(&service.store.store, plan.states, instantiate)?;
-    let connection =
-        service.store.grpc.as_ref().expect("serve's store is remote").connection().clone();
-    let upstream_connection;
-    let connection =
-        if service.args.remote.as_ref().is_some_and(|r| *r != service.cmd.service.upstream) {
-            upstream_connection = sa_cas::GrpcConnection::open(store::grpc_config(
-                service.args,
-                &service.cmd.service.upstream,
-            )?)?;
-            upstream_connection
-        } else {
-            connection
-        };
-    let executor = RemoteExecutor::new(
-        connection,
-        RemoteOptions {
-            jobs: service.cmd.jobs as usize,
-            timeout: Duration::from_secs(service.cmd.execute_timeout),
-            ..Default::default()
-        },
-    );
+    let executor = upstream_executor(service)?;
     let report = sa_prime::prime_until(
         Stores { build: &service.store.store, executor_cas: None },
         &executor,
@@ -434,6 +414,31 @@ fn prime_once(service: &Service<'_>, cancel: &AtomicBool) -> Result<()> {
         // cached and kept as that priming's.
         crate::learned::keep_priming(&service.store.store, learned, &report, &config)?;
     }
+    say_primed(service, sources, &report);
+    Ok(())
+}
+
+/// The executor priming submits to: the upstream, on the store's connection when the store
+/// is the upstream.
+fn upstream_executor(service: &Service<'_>) -> Result<RemoteExecutor> {
+    let upstream = &service.cmd.service.upstream;
+    let connection = if service.args.remote.as_ref().is_some_and(|r| r != upstream) {
+        sa_cas::GrpcConnection::open(store::grpc_config(service.args, upstream)?)?
+    } else {
+        service.store.grpc.as_ref().expect("serve's store is remote").connection().clone()
+    };
+    Ok(RemoteExecutor::new(
+        connection,
+        RemoteOptions {
+            jobs: service.cmd.jobs as usize,
+            timeout: Duration::from_secs(service.cmd.execute_timeout),
+            ..Default::default()
+        },
+    ))
+}
+
+/// The `primed` event (and line) of one priming, and a warning per action that failed.
+fn say_primed(service: &Service<'_>, sources: Digest, report: &sa_prime::PrimeReport) {
     let count = |kind| report.count(kind);
     let changed = report.actions.iter().filter(|a| a.action != a.base).count();
     let mut event = json!({
@@ -476,7 +481,6 @@ fn prime_once(service: &Service<'_>, cancel: &AtomicBool) -> Result<()> {
             report.elapsed.as_secs_f64()
         ),
     );
-    Ok(())
 }
 
 /// Watches the workspace: each relevant change marks it changed; once quiet for `--debounce`,
