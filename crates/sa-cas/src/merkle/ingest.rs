@@ -68,8 +68,8 @@ struct Stamp {
     ctime: (i64, i64),
 }
 
-/// Digests of the files an earlier ingest of the same directory hashed, by path and
-/// [`Stamp`], so a directory ingested again (a workspace watched for changes) costs a `stat`
+/// Digests of the files an earlier ingest of the same directory hashed, by path and stamp
+/// (device, inode, size, mode, modification and change times), so a directory ingested again (a workspace watched for changes) costs a `stat`
 /// per unchanged file, not a read. A file changed less than two seconds before it was hashed
 /// is not remembered (its next change could keep the same times: git's "racily clean"). Only
 /// the files of the newest ingest are kept.
