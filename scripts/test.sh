@@ -2,34 +2,34 @@
 # Every check CI runs, in the order that fails fastest. Run from anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "== cargo fmt --check"
+echo "== [$(date +%T)] cargo fmt --check"
 cargo fmt --all --check
-echo "== cargo xtask codegen --check"
+echo "== [$(date +%T)] cargo xtask codegen --check"
 cargo xtask codegen --check
-echo "== cargo xtask layering"
+echo "== [$(date +%T)] cargo xtask layering"
 cargo xtask layering
-echo "== cargo clippy"
+echo "== [$(date +%T)] cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo machete (no unused dependency in any crate)"
+echo "== [$(date +%T)] cargo machete (no unused dependency in any crate)"
 if ! command -v cargo-machete >/dev/null 2>&1; then
     echo "installing cargo-machete" >&2
     cargo install --quiet --locked cargo-machete --version 0.9.2
 fi
 cargo machete
-echo "== cargo doc"
+echo "== [$(date +%T)] cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 # What the tests start must be gone when they end: compare with what is here before.
 mkdir -p target
 bash scripts/leftovers.sh snapshot target/leftovers.before
 export SA_BUILDBOX_DIR="${SA_BUILDBOX_DIR:-$(bash scripts/provision.sh | tail -n 1)}"
-echo "== buildbox: $SA_BUILDBOX_DIR"
+echo "== [$(date +%T)] buildbox: $SA_BUILDBOX_DIR"
 if [ -z "${SA_BGD:-}" ] || [ -z "${SA_PG_BIN:-}" ]; then
     grid=$(bash scripts/provision-buildgrid.sh | tail -n 2)
     export SA_BGD=$(echo "$grid" | sed -n 1p) SA_PG_BIN=$(echo "$grid" | sed -n 2p)
 fi
-echo "== BuildGrid: $SA_BGD, PostgreSQL: $SA_PG_BIN"
-echo "== Bazel: $(bash scripts/provision-bazel.sh | tail -n 1)"
-echo "== cargo package (every crate as it would be published, built from its package)"
+echo "== [$(date +%T)] BuildGrid: $SA_BGD, PostgreSQL: $SA_PG_BIN"
+echo "== [$(date +%T)] Bazel: $(bash scripts/provision-bazel.sh | tail -n 1)"
+echo "== [$(date +%T)] cargo package (every crate as it would be published, built from its package)"
 # cargo verifies each package against the others built as registry crates, which it takes to
 # be immutable: a build of ours from an earlier run (same version, same checkout path) would be
 # reused, sources and all. Forget every build of our crates and their extracted packages first
@@ -39,7 +39,7 @@ for extracted in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/; do
 done
 rm -rf target/debug/.fingerprint/sa-*
 cargo package --workspace --locked --offline --allow-dirty --quiet
-echo "== examples (each library crate used alone)"
+echo "== [$(date +%T)] examples (each library crate used alone)"
 for example in sa-proto:wire sa-exec:run_locally sa-generator:generate_in_memory \
     sa-instantiator:instantiate_in_memory sa-prime:prime_locally sa-learn:incremental \
     sa-compile:recognize; do
@@ -62,13 +62,14 @@ cargo run --quiet --locked -p sa-proxy --example record -- "grpc://127.0.0.1:$po
     --once >/dev/null || { kill "$casd"; echo "the sa-proxy example failed against casd" >&2; exit 1; }
 rm -rf "$recordings"
 kill "$casd"; wait "$casd" 2>/dev/null || true; rm -rf "$casd_dir"
-echo "== fuzz (a bounded run of every target; scripts/fuzz.sh SECONDS for a campaign)"
+echo "== [$(date +%T)] fuzz (a bounded run of every target; scripts/fuzz.sh SECONDS for a campaign)"
 bash scripts/fuzz.sh "${SA_FUZZ_SECONDS:-20}"
-echo "== cargo test"
+echo "== [$(date +%T)] cargo test"
 mkdir -p target
 cargo test --workspace --locked 2>&1 | tee target/test.log
-echo "== leftovers (processes and mounts the tests started)"
+echo "== [$(date +%T)] leftovers (processes and mounts the tests started)"
 bash scripts/leftovers.sh check target/leftovers.before
 # The last binary cargo runs is a doc-test one with 0 tests: close with the totals.
 awk '/^test result:/ {p += $4; f += $6} END {printf "tests: %d passed, %d failed\n", p, f}' \
     target/test.log
+echo "== [$(date +%T)] done"

@@ -35,7 +35,8 @@
 //!     element: ElementTrees { name: "app.bst".into(), sources: Some(sources), artifact: None },
 //!     dependencies: vec![],
 //!     subactions: vec![action],
-//!, earlier_sources: Vec::new() };
+//!     earlier_sources: vec![],
+//! };
 //! let generated = generate(&cas, &input, &GenerateConfig::default()).unwrap();
 //! assert_eq!((generated.stats.actions, generated.stats.source_overlays), (1, 1));
 //! ```

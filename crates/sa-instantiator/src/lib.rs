@@ -41,7 +41,8 @@
 //!     element: ElementTrees { name: "app".into(), sources: Some(old), artifact: None },
 //!     dependencies: vec![],
 //!     subactions: vec![recorded],
-//!, earlier_sources: Vec::new() };
+//!     earlier_sources: vec![],
+//! };
 //! let spec = generate(&cas, &input, &GenerateConfig::default()).unwrap().digest;
 //! let state = ElementState { name: "app".into(), sources: Some(new), ..Default::default() };
 //! let instantiator = Instantiator::new(&cas, vec![state], InstantiateConfig::default()).unwrap();
