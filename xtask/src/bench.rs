@@ -286,18 +286,20 @@ pub fn report(root: &Path, args: &[String]) -> Result<()> {
         match args[i].as_str() {
             "--profiles" => profiles = value.split(',').map(str::to_owned).collect(),
             "--runs" => runs = value.parse().context("--runs")?,
-            "--only" if value == "prime" => only = Some(value.clone()),
+            "--only" if value == "prime" || value == "replay" => only = Some(value.clone()),
             other => {
                 bail!(
                     "unknown argument {other:?} {value:?}; usage: bench-report [--profiles A,B] \
-                     [--runs N] [--only prime]"
+                     [--runs N] [--only prime|replay]"
                 )
             }
         }
         i += 2;
     }
-    if only.is_some() {
-        return prime_only(root);
+    match only.as_deref() {
+        Some("prime") => return prime_only(root),
+        Some(_) => return replay_only(root),
+        None => {}
     }
     if runs == 0 {
         bail!("--runs must be at least 1");
@@ -343,6 +345,7 @@ pub fn report(root: &Path, args: &[String]) -> Result<()> {
     render_duplicate(&mut text, &duplicate)?;
     render_proxy(&mut text, &proxy)?;
     render_prime(&mut text, &prime_bench(&bin)?)?;
+    text.push_str(&replay_section(root)?);
     std::fs::write(root.join("BENCHMARKS.md"), text)?;
     eprintln!("bench-report: wrote BENCHMARKS.md");
     Ok(())
@@ -501,16 +504,117 @@ fn prime_only(root: &Path) -> Result<()> {
         "sa-prime-bench",
     ]))?;
     let prime = prime_bench(&root.join("target/release"))?;
-    let path = root.join("BENCHMARKS.md");
-    let existing = std::fs::read_to_string(&path).context("reading BENCHMARKS.md")?;
-    let mut text = match existing.find(&format!("\n{PRIME_HEADING}")) {
-        Some(at) => existing[..at].to_owned(),
-        None => existing.trim_end().to_owned() + "\n",
-    };
-    render_prime(&mut text, &prime)?;
-    std::fs::write(&path, text)?;
+    let mut section = String::new();
+    render_prime(&mut section, &prime)?;
+    rewrite_section(root, PRIME_HEADING, &section)?;
     eprintln!("bench-report: rewrote the priming section of BENCHMARKS.md");
     Ok(())
+}
+
+/// Replaces the section of BENCHMARKS.md that starts with `heading` (up to the next `## `
+/// heading) by `section`, or appends it.
+fn rewrite_section(root: &Path, heading: &str, section: &str) -> Result<()> {
+    let path = root.join("BENCHMARKS.md");
+    let existing = std::fs::read_to_string(&path).context("reading BENCHMARKS.md")?;
+    let text = match existing.find(&format!("\n{heading}")) {
+        Some(at) => {
+            let rest = &existing[at + 1..];
+            let end = rest.find("\n## ").map_or(existing.len(), |e| at + 1 + e);
+            format!("{}{}{}", existing[..at].trim_end_matches('\n'), section, &existing[end..])
+        }
+        None => existing.trim_end().to_owned() + "\n" + section,
+    };
+    std::fs::write(&path, text)?;
+    Ok(())
+}
+
+const REPLAY_HEADING: &str = "## Build time saved — real histories";
+
+/// The replayed ranges: what they show, the bundle, the last commit, how many commits.
+const REPLAYS: &[(&str, &str, &str, usize)] = &[
+    ("source and header edits, then a new source file", "lz4", "f14be20f", 16),
+    ("a Makefile flag change and a new include", "lz4", "151a50e1", 12),
+];
+
+fn replay_only(root: &Path) -> Result<()> {
+    let section = replay_section(root)?;
+    rewrite_section(root, REPLAY_HEADING, &section)?;
+    eprintln!("bench-report: rewrote the real-history section of BENCHMARKS.md");
+    Ok(())
+}
+
+/// Replays each range of [`REPLAYS`] with and without priming and renders the section.
+fn replay_section(root: &Path) -> Result<String> {
+    use crate::replay;
+    let sa = replay::sa_binary(root)?;
+    let mut s = String::new();
+    writeln!(s)?;
+    writeln!(s, "{REPLAY_HEADING}")?;
+    writeln!(s)?;
+    writeln!(
+        s,
+        "`cargo xtask replay` (machine: {}): each commit checked out into one workspace, its \
+         library's objects built from clean through `sa record`, learned with `sa learn --log`, \
+         and the next commit primed with `sa prime --local --workspace` (the time from \"sources \
+         changed\" to every prediction done); then the same builds with no priming. A build's \
+         time is the compiles that miss the cache: what priming saves. Compiles run in the \
+         bubblewrap sandbox at lz4's own `-O3`.",
+        machine().replace("release profile", "`sa` debug build")
+    )?;
+    for (what, project, end, n) in REPLAYS {
+        let bundle = root.join(format!("../shared/data/histories/{project}.bundle"));
+        let commits = replay::first_parent(&bundle, end, *n)?;
+        let dir = tempfile::tempdir()?;
+        eprintln!("bench-report: replaying {project} up to {end}");
+        let primed = replay::replay(&sa, &bundle, project, &commits, &dir.path().join("primed"))?;
+        let plain =
+            replay::replay_with(&sa, &bundle, project, &commits, &dir.path().join("plain"), false)?;
+        writeln!(s)?;
+        writeln!(s, "### {project}, {} commits up to {end}: {what}", commits.len() - 1)?;
+        writeln!(s)?;
+        writeln!(
+            s,
+            "| commit | steps | changed | primed exactly | missed (why) | unpredictable | wrong | failed | build primed | priming | build unprimed |"
+        )?;
+        writeln!(s, "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")?;
+        for (r, p) in primed.iter().zip(&plain).filter(|(r, _)| r.changed > 0) {
+            let missed: Vec<String> = r.missed.iter().map(|(w, n)| format!("{n} {w}")).collect();
+            writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s | {:.1} s | {:.1} s |",
+                r.commit,
+                r.steps,
+                r.changed,
+                r.primed,
+                missed.join(", "),
+                r.unpredictable,
+                r.wrong,
+                r.failed,
+                r.build_seconds,
+                r.prime_seconds,
+                p.build_seconds
+            )?;
+        }
+        let sum = |rs: &[replay::CommitReport], f: fn(&replay::CommitReport) -> f64| {
+            rs.iter().map(f).sum::<f64>()
+        };
+        let count = |f: fn(&replay::CommitReport) -> usize| primed.iter().map(f).sum::<usize>();
+        writeln!(s)?;
+        writeln!(
+            s,
+            "In all: {} changed compile steps, {} primed exactly, {} wrong, {} failed; the builds \
+             took {:.1} s primed (after {:.1} s of priming) against {:.1} s unprimed. Commits that \
+             changed no compile step are left out of the table.",
+            count(|r| r.changed),
+            count(|r| r.primed),
+            count(|r| r.wrong),
+            count(|r| r.failed),
+            sum(&primed, |r| r.build_seconds),
+            sum(&primed, |r| r.prime_seconds),
+            sum(&plain, |r| r.build_seconds)
+        )?;
+    }
+    Ok(s)
 }
 
 /// The priming section, from `sa-prime-bench`'s JSON.

@@ -255,6 +255,17 @@ fn build(sa: &Path, store: &Path, ws: &Path, project: &Project, log: &Path) -> R
     Ok(())
 }
 
+/// The `n` first-parent commits of `bundle` ending at `end`, oldest first.
+pub fn first_parent(bundle: &Path, end: &str, n: usize) -> Result<Vec<String>> {
+    let dir = tempfile::tempdir()?;
+    let git = |args: &[&str]| run(Command::new("git").arg("-C").arg(dir.path()).args(args));
+    git(&["init", "-q", "--bare"])?;
+    git(&["fetch", "-q", &bundle.display().to_string(), "HEAD:refs/heads/main"])?;
+    let end = if end == "HEAD" { "main" } else { end };
+    let text = git(&["rev-list", "--first-parent", "--reverse", "-n", &n.to_string(), end])?;
+    Ok(text.lines().map(str::to_owned).collect())
+}
+
 /// The `sa` binary of this checkout, built (debug) if it is not up to date.
 pub fn sa_binary(root: &Path) -> Result<PathBuf> {
     run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -292,26 +303,7 @@ pub fn command(root: &Path, args: &[String]) -> Result<()> {
         }
     };
     let commits = match last {
-        Some(n) => {
-            let text = run(Command::new("git").arg("-C").arg(&dir).args(["init", "-q"]))
-                .and_then(|_| {
-                    run(Command::new("git")
-                        .arg("-C")
-                        .arg(&dir)
-                        .args(["fetch", "-q"])
-                        .arg(&bundle)
-                        .arg("HEAD"))
-                })
-                .and_then(|_| {
-                    run(Command::new("git")
-                        .arg("-C")
-                        .arg(&dir)
-                        .args(["rev-list", "--first-parent", "--reverse", "-n"])
-                        .arg(n.to_string())
-                        .arg("FETCH_HEAD"))
-                })?;
-            text.lines().map(str::to_owned).collect()
-        }
+        Some(n) => first_parent(&bundle, "HEAD", n)?,
         None => listed,
     };
     let sa = sa_binary(root)?;
