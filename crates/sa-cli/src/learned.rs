@@ -60,8 +60,8 @@ pub(crate) struct LearnArgs {
 /// How learning forgets.
 #[derive(Clone, Debug, Args)]
 pub(crate) struct LearningArgs {
-    /// Forget an action identity that fails, or is predicted and not asked for, this many
-    /// builds in a row.
+    /// Forget an action identity that fails, or that cannot be predicted (its source is gone)
+    /// and is not asked for, this many builds in a row.
     #[arg(long, default_value_t = sa_learn::DEFAULT_FORGET_AFTER, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) forget_after: u32,

@@ -46,6 +46,14 @@ const POLL: Duration = Duration::from_millis(200);
 pub(crate) struct ServeArgs {
     #[command(flatten)]
     service: ServiceArgs,
+    #[command(flatten)]
+    serving: ServingArgs,
+}
+
+/// What `serve` adds to the proxy: the workspace, learning and priming.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Learning and priming")]
+pub(crate) struct ServingArgs {
     /// The directory the builds read their sources from.
     #[arg(long, value_name = "DIR")]
     workspace: PathBuf,
@@ -173,16 +181,21 @@ impl Service<'_> {
 }
 
 pub(crate) fn serve(args: &StoreArgs, cmd: &ServeArgs, ui: &mut Ui) -> Result<()> {
-    let workspace = std::fs::canonicalize(&cmd.workspace)
-        .with_context(|| format!("--workspace {}", cmd.workspace.display()))?;
-    let name = cmd.project.name_for(Some(&workspace))?;
-    let quiet =
-        Duration::try_from_secs_f64(cmd.quiet_after).ok().filter(|d| !d.is_zero()).with_context(
-            || format!("--quiet-after {}: expected a positive number of seconds", cmd.quiet_after),
-        )?;
+    let workspace = std::fs::canonicalize(&cmd.serving.workspace)
+        .with_context(|| format!("--workspace {}", cmd.serving.workspace.display()))?;
+    let name = cmd.serving.project.name_for(Some(&workspace))?;
+    let quiet = Duration::try_from_secs_f64(cmd.serving.quiet_after)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| {
+            format!(
+                "--quiet-after {}: expected a positive number of seconds",
+                cmd.serving.quiet_after
+            )
+        })?;
     // Default: a temporary directory, removed when serve ends (on a signal too).
     let (_temporary, _removed_on_signal);
-    let record = match &cmd.record {
+    let record = match &cmd.serving.record {
         Some(dir) => dir.clone(),
         None => {
             let dir = tempfile::Builder::new()
@@ -229,9 +242,11 @@ pub(crate) fn serve(args: &StoreArgs, cmd: &ServeArgs, ui: &mut Ui) -> Result<()
     std::thread::scope(|scope| -> Result<()> {
         let service = &service;
         let activity = proxy.activity();
-        scope.spawn(move || learner(service, &record, &activity, quiet, cmd.record.is_none()));
+        scope.spawn(move || {
+            learner(service, &record, &activity, quiet, cmd.serving.record.is_none())
+        });
         scope.spawn(move || primer(service));
-        let _watcher = if cmd.no_watch { None } else { Some(watch(scope, service)?) };
+        let _watcher = if cmd.serving.no_watch { None } else { Some(watch(scope, service)?) };
         // What a previous run learned may be stale against the workspace: prime once now.
         service.primer.request(false);
         print_events(ui, events)
@@ -324,7 +339,7 @@ fn learn_invocation(service: &Service<'_>, path: &Path, snapshot: Digest) {
         path.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned());
     let result = (|| -> Result<sa_learn::Learned> {
         let recorded = crate::learned::read_proxy_recording(service.args, path)?;
-        let config = service.cmd.learning.config(service.args);
+        let config = service.cmd.serving.learning.config(service.args);
         Ok(sa_learn::learn(
             &service.store.store,
             &service.name,
@@ -430,8 +445,8 @@ fn upstream_executor(service: &Service<'_>) -> Result<RemoteExecutor> {
     Ok(RemoteExecutor::new(
         connection,
         RemoteOptions {
-            jobs: service.cmd.jobs as usize,
-            timeout: Duration::from_secs(service.cmd.execute_timeout),
+            jobs: service.cmd.serving.jobs as usize,
+            timeout: Duration::from_secs(service.cmd.serving.execute_timeout),
             ..Default::default()
         },
     ))
@@ -492,7 +507,7 @@ fn watch<'scope>(
     use notify::Watcher;
     let (sender, changes) = mpsc::channel::<()>();
     let workspace = service.workspace.clone();
-    let record = service.cmd.record.as_ref().and_then(|r| std::fs::canonicalize(r).ok());
+    let record = service.cmd.serving.record.as_ref().and_then(|r| std::fs::canonicalize(r).ok());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match &event {
             Ok(event) => {
@@ -509,7 +524,7 @@ fn watch<'scope>(
     watcher
         .watch(&service.workspace, notify::RecursiveMode::Recursive)
         .with_context(|| format!("watching {}", service.workspace.display()))?;
-    let debounce = Duration::from_millis(service.cmd.debounce);
+    let debounce = Duration::from_millis(service.cmd.serving.debounce);
     scope.spawn(move || {
         while changes.recv().is_ok() {
             service.changed();
