@@ -9,7 +9,7 @@
 //! - `workload --profile small|medium|large --out DIR [--seed N]`: the synthetic two-build
 //!   workload (runs the `sa-workload` binary of sa-benches in release mode).
 //! - `bench-report [--profiles medium,large] [--runs N]`: writes BENCHMARKS.md.
-//! - `replay --bundle B [--project lz4] (--last N | --commits A,B,…) [--dir D]`: a real
+//! - `replay --bundle B [--project lz4|zlib] (--last N | --commits A,B,…) [--dir D]`: a real
 //!   history built commit after commit through `sa record`, primed between commits.
 
 use std::process::ExitCode;

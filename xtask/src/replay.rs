@@ -23,9 +23,23 @@ struct Project {
     name: &'static str,
     /// The directory the compiles run in, relative to the workspace.
     dir: &'static str,
+    /// Run (with the plain compiler) before each build, when the project configures itself.
+    configure: &'static [&'static str],
+    /// The make target that builds the library from its objects, one compile per object;
+    /// `None`: the objects of the directory's `.c` files, by make's implicit rule.
+    target: Option<&'static str>,
 }
 
-const PROJECTS: &[Project] = &[Project { name: "lz4", dir: "lib" }];
+const PROJECTS: &[Project] = &[
+    // `make -C lib liblz4.a` compiles every source in one gcc call: the objects one by one.
+    Project { name: "lz4", dir: "lib", configure: &[], target: None },
+    Project {
+        name: "zlib",
+        dir: ".",
+        configure: &["./configure", "--static"],
+        target: Some("libz.a"),
+    },
+];
 
 /// One commit's numbers.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -117,7 +131,7 @@ pub fn replay_with(
     let project = PROJECTS
         .iter()
         .find(|p| p.name == project)
-        .with_context(|| format!("no replay recipe for {project:?} (known: lz4)"))?;
+        .with_context(|| format!("no replay recipe for {project:?} (known: lz4, zlib)"))?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let ws = dir.join("ws");
     let store = dir.join("store");
@@ -142,7 +156,14 @@ pub fn replay_with(
             .arg(&ws)
             .args(["checkout", "-q", "-f", "--detach", commit]))?;
         let mut report =
-            CommitReport { commit: commit.chars().take(8).collect(), ..Default::default() };
+            CommitReport { commit: commit.chars().take(8).collect(), ..Default::default() }; // Configuring is part of the sources the build sees (generated headers): before
+        // priming, as a developer's tree is configured before it is built.
+        if !project.configure.is_empty() {
+            run(Command::new(project.configure[0])
+                .args(&project.configure[1..])
+                .current_dir(ws.join(project.dir)))?;
+        }
+
         let mut predicted = BTreeSet::new();
         if previous.is_some() && prime {
             let started = std::time::Instant::now();
@@ -238,6 +259,9 @@ fn build(sa: &Path, store: &Path, ws: &Path, project: &Project, log: &Path) -> R
         }
     }
     objects.sort();
+    if let Some(target) = project.target {
+        objects = vec![target.to_owned()];
+    }
     let cc = format!(
         "{} --cas {} record --root {} --log {} -- gcc",
         sa.display(),
@@ -274,7 +298,7 @@ pub fn sa_binary(root: &Path) -> Result<PathBuf> {
     Ok(root.join("target/debug/sa"))
 }
 
-/// `cargo xtask replay --bundle B [--project lz4] (--last N | --commits A,B,…) [--dir D]`.
+/// `cargo xtask replay --bundle B [--project lz4|zlib] (--last N | --commits A,B,…) [--dir D]`.
 pub fn command(root: &Path, args: &[String]) -> Result<()> {
     let mut bundle = None;
     let mut project = "lz4".to_owned();
