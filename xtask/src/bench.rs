@@ -568,8 +568,14 @@ fn replay_section(root: &Path) -> Result<String> {
         let dir = tempfile::tempdir()?;
         eprintln!("bench-report: replaying {project} up to {end}");
         let primed = replay::replay(&sa, &bundle, project, &commits, &dir.path().join("primed"))?;
-        let plain =
-            replay::replay_with(&sa, &bundle, project, &commits, &dir.path().join("plain"), false)?;
+        let plain = replay::replay_with(
+            &sa,
+            &bundle,
+            project,
+            &commits,
+            &dir.path().join("plain"),
+            replay::Mode::Plain,
+        )?;
         writeln!(s)?;
         writeln!(s, "### {project}, {} commits up to {end}: {what}", commits.len() - 1)?;
         writeln!(s)?;

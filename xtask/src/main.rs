@@ -9,7 +9,7 @@
 //! - `workload --profile small|medium|large --out DIR [--seed N]`: the synthetic two-build
 //!   workload (runs the `sa-workload` binary of sa-benches in release mode).
 //! - `bench-report [--profiles medium,large] [--runs N]`: writes BENCHMARKS.md.
-//! - `replay --bundle B [--project lz4|zlib] (--last N | --commits A,B,…) [--dir D]`: a real
+//! - `replay --bundle B [--project lz4|zlib] (--last N [--end C] | --commits A,B,…) [--dir D] [--database]`: a real
 //!   history built commit after commit through `sa record`, primed between commits.
 
 use std::process::ExitCode;
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask codegen [--check] | layering | workload --profile P --out DIR [--seed N] | bench-report [--profiles A,B] [--runs N] | replay --bundle B (--last N | --commits A,B) [--dir D]"
+        "usage: cargo xtask codegen [--check] | layering | workload --profile P --out DIR [--seed N] | bench-report [--profiles A,B] [--runs N] | replay --bundle B [--project P] (--last N [--end C] | --commits A,B) [--dir D]"
     );
     ExitCode::from(2)
 }

@@ -60,6 +60,8 @@ pub struct CommitReport {
     pub unpredictable: usize,
     /// Predictions that ran and failed.
     pub failed: usize,
+    /// Why each unpredictable prediction was (the start of `sa prime`'s detail).
+    pub unpredictable_reasons: Vec<String>,
     /// Why each changed step `sa` did not prime was missed, counted: `new` (no earlier
     /// build ran a step with its outputs: a new source file), `flags` (its command line
     /// changed), `inputs` (same command, other input files: an include added or removed).
@@ -116,17 +118,38 @@ pub fn replay(
     commits: &[String],
     dir: &Path,
 ) -> Result<Vec<CommitReport>> {
-    replay_with(sa, bundle, project, commits, dir, true)
+    replay_with(sa, bundle, project, commits, dir, Mode::Primed)
 }
 
-/// [`replay`], priming between commits or not (`prime: false` measures the builds alone).
+/// How a replay primes between commits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// No priming: the builds alone.
+    Plain,
+    /// `sa prime --local --workspace`: overlays and dependency re-scans.
+    Primed,
+    /// The same with `--compile-commands`, the next build's compilation database written by
+    /// `compiledb -n` over the same make command (see [`compiledb`]).
+    Database,
+}
+
+/// The `compiledb` of this checkout (`SA_COMPILEDB`, else the venv
+/// `scripts/provision.sh` makes under `target/`).
+pub fn compiledb() -> PathBuf {
+    match std::env::var_os("SA_COMPILEDB") {
+        Some(path) => PathBuf::from(path),
+        None => crate::project_root().join("target/compiledb-venv/bin/compiledb"),
+    }
+}
+
+/// [`replay`], priming between commits as `mode` says.
 pub fn replay_with(
     sa: &Path,
     bundle: &Path,
     project: &str,
     commits: &[String],
     dir: &Path,
-    prime: bool,
+    mode: Mode,
 ) -> Result<Vec<CommitReport>> {
     let project = PROJECTS
         .iter()
@@ -165,17 +188,34 @@ pub fn replay_with(
         }
 
         let mut predicted = BTreeSet::new();
-        if previous.is_some() && prime {
+        if previous.is_some() && mode != Mode::Plain {
             let started = std::time::Instant::now();
-            let out = run(&mut sa_store(&["--json", "prime", "--local", "--workspace", &ws_text]))?;
+            let mut prime = vec!["--json", "prime", "--local", "--workspace", &ws_text];
+            let database = dir.join(format!("compile_commands{n}.json"));
+            let database_text = database.display().to_string();
+            if mode == Mode::Database {
+                let log = dir.join("dry-run.log");
+                let mut dry_run = Command::new(compiledb());
+                dry_run.arg("-n").arg("-o").arg(&database).arg("make");
+                dry_run.args(make_args(sa, &store, &ws, project, &log)?);
+                dry_run.current_dir(ws.join(project.dir));
+                run(dry_run.env_remove("SA_CAS").env_remove("SA_REMOTE"))?;
+                prime.extend(["--compile-commands", &database_text]);
+            }
+            let out = run(&mut sa_store(&prime))?;
             report.prime_seconds = started.elapsed().as_secs_f64();
             for line in json_lines(&out).iter().filter(|l| l["action"].is_string()) {
+                // A new compile (base_action null) is a change too.
                 let changed = line["action"] != line["base_action"];
                 match line["status"].as_str() {
                     Some("executed" | "cached") if changed => {
                         predicted.insert(line["action"].as_str().unwrap_or_default().to_owned());
                     }
-                    Some("incomplete") => report.unpredictable += 1,
+                    Some("unpredictable") => {
+                        report.unpredictable += 1;
+                        let detail = line["detail"].as_str().unwrap_or_default();
+                        report.unpredictable_reasons.push(detail.chars().take(160).collect());
+                    }
                     Some("failed" | "error") => report.failed += 1,
                     _ => {}
                 }
@@ -248,14 +288,36 @@ fn why_missed(store: &Path, action: &str, previous: &BTreeSet<String>) -> Result
 /// Builds every object of the project's library from clean, each compile through `sa record`.
 fn build(sa: &Path, store: &Path, ws: &Path, project: &Project, log: &Path) -> Result<()> {
     let dir = ws.join(project.dir);
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = entry?.file_name();
+        if name.to_string_lossy().ends_with(".o") {
+            std::fs::remove_file(dir.join(&name))?;
+        }
+    }
+    run(Command::new("make")
+        .args(make_args(sa, store, ws, project, log)?)
+        .current_dir(&dir)
+        .env_remove("SA_CAS")
+        .env_remove("SA_REMOTE"))?;
+    Ok(())
+}
+
+/// The arguments of the make command (run in the project's directory) that builds the
+/// library's objects, each compile through `sa record` (the same for the build and its dry
+/// run).
+fn make_args(
+    sa: &Path,
+    store: &Path,
+    ws: &Path,
+    project: &Project,
+    log: &Path,
+) -> Result<Vec<String>> {
+    let dir = ws.join(project.dir);
     let mut objects = Vec::new();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let name = entry?.file_name().to_string_lossy().into_owned();
         if let Some(stem) = name.strip_suffix(".c") {
             objects.push(format!("{stem}.o"));
-        }
-        if name.ends_with(".o") {
-            std::fs::remove_file(dir.join(&name))?;
         }
     }
     objects.sort();
@@ -269,14 +331,10 @@ fn build(sa: &Path, store: &Path, ws: &Path, project: &Project, log: &Path) -> R
         ws.display(),
         log.display()
     );
-    run(Command::new("make")
-        .arg("-C")
-        .arg(&dir)
-        .arg(format!("CC={cc}"))
-        .args(&objects)
-        .env_remove("SA_CAS")
-        .env_remove("SA_REMOTE"))?;
-    Ok(())
+    // Run in the project's directory (`compiledb` follows no `-C`).
+    let mut args = vec![format!("CC={cc}")];
+    args.extend(objects);
+    Ok(args)
 }
 
 /// The `n` first-parent commits of `bundle` ending at `end`, oldest first.
@@ -298,20 +356,28 @@ pub fn sa_binary(root: &Path) -> Result<PathBuf> {
     Ok(root.join("target/debug/sa"))
 }
 
-/// `cargo xtask replay --bundle B [--project lz4|zlib] (--last N | --commits A,B,…) [--dir D]`.
+/// `cargo xtask replay --bundle B [--project lz4|zlib] (--last N [--end C] | --commits A,B,…)
+/// [--dir D] [--database]` (`--database`: prime with the next build's compilation database).
 pub fn command(root: &Path, args: &[String]) -> Result<()> {
     let mut bundle = None;
     let mut project = "lz4".to_owned();
     let mut last = None;
+    let mut end = "HEAD".to_owned();
     let mut listed: Vec<String> = Vec::new();
     let mut dir = None;
+    let mut database = false;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
+        if flag == "--database" {
+            database = true;
+            continue;
+        }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--bundle" => bundle = Some(PathBuf::from(value)),
             "--project" => project = value.clone(),
             "--last" => last = Some(value.parse::<usize>().context("--last")?),
+            "--end" => end = value.clone(),
             "--commits" => listed = value.split(',').map(str::to_owned).collect(),
             "--dir" => dir = Some(PathBuf::from(value)),
             other => bail!("unknown flag {other}"),
@@ -327,15 +393,19 @@ pub fn command(root: &Path, args: &[String]) -> Result<()> {
         }
     };
     let commits = match last {
-        Some(n) => first_parent(&bundle, "HEAD", n)?,
+        Some(n) => first_parent(&bundle, &end, n)?,
         None => listed,
     };
     let sa = sa_binary(root)?;
-    let reports = replay(&sa, &bundle, &project, &commits, &dir.join("primed"))?;
+    let mode = if database { Mode::Database } else { Mode::Primed };
+    let reports = replay_with(&sa, &bundle, &project, &commits, &dir.join("primed"), mode)?;
     // The same builds with no priming (a store of their own), for the time saved.
-    let plain = replay_with(&sa, &bundle, &project, &commits, &dir.join("plain"), false)?;
+    let plain = replay_with(&sa, &bundle, &project, &commits, &dir.join("plain"), Mode::Plain)?;
     for report in &reports {
         println!("replay {project} {}", report.line());
+        for why in &report.unpredictable_reasons {
+            println!("  unpredictable: {why}");
+        }
     }
     let changed: usize = reports.iter().map(|r| r.changed).sum();
     let primed: usize = reports.iter().map(|r| r.primed).sum();

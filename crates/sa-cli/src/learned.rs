@@ -299,9 +299,12 @@ pub(crate) fn keep_priming(
     let mut predictions: Vec<sa_learn::Prediction> = report
         .actions
         .iter()
-        .filter(|a| a.action != a.base || a.status.kind() == sa_prime::StatusKind::Incomplete)
+        .filter(|a| {
+            a.base != Some(a.action) || a.status.kind() == sa_prime::StatusKind::Unpredictable
+        })
+        // A new compile (only the compilation database names it) has no identity learned yet.
         .filter_map(|a| {
-            identities.get(&a.base).map(|identity| sa_learn::Prediction {
+            a.base.and_then(|base| identities.get(&base)).map(|identity| sa_learn::Prediction {
                 identity: (*identity).clone(),
                 action: a.action,
                 status: a.status.kind().name().into(),

@@ -43,9 +43,23 @@ pub(crate) struct PrimeArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     execute_timeout: u64,
     /// Submit each action and move on once the service has accepted it, without waiting for
-    /// results (actions that need another's output then stay incomplete).
+    /// results (actions that need another's output then stay unpredictable, and changed
+    /// compiles are not re-scanned: a scan is waited for).
     #[arg(long)]
     no_wait: bool,
+    /// Do not re-scan the dependencies of changed compiles: run each with the input files its
+    /// recording had, overlays applied (a new include is then a failed prediction, a removed
+    /// one an extra input).
+    #[arg(long)]
+    no_rescan: bool,
+    /// The next build's compiles, from its JSON compilation database (`compiledb` over `make
+    /// -n`, `ninja -t compdb`, CMake, Bear; `sa record … -- CC ARGS` entries are read as `CC
+    /// ARGS`). With --workspace: each entry is matched to a recorded compile by working
+    /// directory and outputs (or source): changed flags and moved outputs are predicted with
+    /// the entry's arguments, an entry with no recorded compile is a new compile, a recorded
+    /// compile no entry names is not run. Input roots come from dependency scans.
+    #[arg(long, value_name = "FILE", requires = "workspace", conflicts_with_all = ["no_rescan", "no_wait"])]
+    compile_commands: Option<std::path::PathBuf>,
     /// Exit 1 when a speculative action ran and failed, too (by default that is a wrong
     /// prediction, reported as `failed`, and the exit code says only whether priming could be
     /// done: 1 when an action could not be executed, status `error`).
@@ -80,6 +94,13 @@ pub(crate) fn prime(args: &StoreArgs, cmd: &PrimeArgs, ui: &mut Ui) -> Result<()
         ui.watch("execution service", executor_cas);
     }
     let Plan { states, targets, learned } = plan(args, &cmd.instantiate, &setup.build)?;
+    let compile_commands =
+        match (&cmd.compile_commands, &cmd.instantiate.workspace, targets.first()) {
+            (Some(file), Some(workspace), Some((element, _))) => {
+                planned_compiles(file, workspace, element, args.limits.max_graph_bytes)?
+            }
+            _ => Vec::new(),
+        };
     let instantiator = Instantiator::new(&setup.build.store, states, cmd.instantiate.config(args))?;
     tracing::info!(executor = %setup.executor_description, "priming");
     let progress = ui.progress(0, "prime");
@@ -105,8 +126,15 @@ pub(crate) fn prime(args: &StoreArgs, cmd: &PrimeArgs, ui: &mut Ui) -> Result<()
         executor,
         &instantiator,
         &targets,
-        &args.limits.tree(),
+        &sa_prime::PrimeOptions {
+            limits: args.limits.tree(),
+            rescan: !cmd.no_rescan && !cmd.no_wait,
+            compile_commands,
+        },
         &mut |event| match event {
+            Event::Scan { actions } => {
+                progress.set_message(format!("scan {actions} changed compiles"));
+            }
             Event::Wave { number, actions } => {
                 progress.set_message(format!("prime wave {number}"));
                 progress.inc_length(actions as u64);
@@ -229,7 +257,7 @@ fn print_report(ui: &mut Ui, report: &PrimeReport, executor: &str) -> Result<()>
         if ui.json() {
             let mut line = json!({
                 "element": primed.element,
-                "base_action": primed.base.to_string(),
+                "base_action": primed.base.map(|b| b.to_string()),
                 "action": primed.action.to_string(),
                 "status": kind.name(),
             });
@@ -239,7 +267,7 @@ fn print_report(ui: &mut Ui, report: &PrimeReport, executor: &str) -> Result<()>
             ui.line(line)?;
         } else if matches!(
             primed.status,
-            Status::Failed(_) | Status::Error(_) | Status::Incomplete(_)
+            Status::Failed(_) | Status::Error(_) | Status::Unpredictable(_)
         ) {
             ui.line(format!(
                 "{}: {} {}: {}",
@@ -305,4 +333,46 @@ fn print_report(ui: &mut Ui, report: &PrimeReport, executor: &str) -> Result<()>
         ))?;
     }
     Ok(())
+}
+
+/// The compiles of the compilation database `file` as priming plans them: working directories
+/// below the workspace, arguments as `sa record` records them. Entries that are not
+/// single-source compiles (links, preprocessing) are left out.
+fn planned_compiles(
+    file: &std::path::Path,
+    workspace: &std::path::Path,
+    element: &str,
+    max_bytes: u64,
+) -> Result<Vec<sa_prime::PlannedCompile>> {
+    let text = sa_cas::read_bounded_text(file, max_bytes)
+        .with_context(|| format!("reading the compilation database {}", file.display()))?;
+    let entries = sa_compile::parse_compile_commands(&text)
+        .with_context(|| format!("compilation database {}", file.display()))?;
+    let root = workspace
+        .canonicalize()
+        .with_context(|| format!("resolving the workspace {}", workspace.display()))?;
+    let base = file.parent().unwrap_or(std::path::Path::new("."));
+    let mut planned = Vec::new();
+    for (index, entry) in entries.into_iter().enumerate() {
+        if sa_compile::parse_compile(&entry.arguments).is_none() {
+            continue;
+        }
+        let directory = sa_compile::normalize(&base.join(&entry.directory));
+        let directory = directory.canonicalize().unwrap_or(directory);
+        let Some(working_directory) = sa_compile::under(&directory, &root) else {
+            bail!(
+                "compilation database {}: entry {index}: its directory {} is not inside the \
+                 workspace {}",
+                file.display(),
+                entry.directory,
+                root.display()
+            );
+        };
+        planned.push(sa_prime::PlannedCompile {
+            element: element.to_owned(),
+            working_directory,
+            arguments: sa_compile::relativize_args(&entry.arguments, &root, &directory),
+        });
+    }
+    Ok(planned)
 }

@@ -420,7 +420,7 @@ fn prime_once(service: &Service<'_>, cancel: &AtomicBool) -> Result<()> {
         &executor,
         &instantiator,
         &plan.targets,
-        &service.args.limits.tree(),
+        &sa_prime::PrimeOptions { limits: service.args.limits.tree(), ..Default::default() },
         cancel,
         &mut |_| {},
     )?;
@@ -455,7 +455,7 @@ fn upstream_executor(service: &Service<'_>) -> Result<RemoteExecutor> {
 /// The `primed` event (and line) of one priming, and a warning per action that failed.
 fn say_primed(service: &Service<'_>, sources: Digest, report: &sa_prime::PrimeReport) {
     let count = |kind| report.count(kind);
-    let changed = report.actions.iter().filter(|a| a.action != a.base).count();
+    let changed = report.actions.iter().filter(|a| a.base != Some(a.action)).count();
     let mut event = json!({
         "event": "primed", "sources": sources.to_string(), "actions": report.actions.len(),
         "changed": changed, "cancelled": report.cancelled, "seconds": report.elapsed.as_secs_f64(),
@@ -464,7 +464,7 @@ fn say_primed(service: &Service<'_>, sources: Digest, report: &sa_prime::PrimeRe
     let primed: Vec<String> = report
         .actions
         .iter()
-        .filter(|a| a.action != a.base)
+        .filter(|a| a.base != Some(a.action))
         .filter(|a| matches!(a.status.kind(), StatusKind::Executed | StatusKind::Cached))
         .map(|a| a.action.to_string())
         .collect();

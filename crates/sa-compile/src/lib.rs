@@ -19,6 +19,11 @@
 
 use std::path::{Component, Path, PathBuf};
 
+mod database;
+pub use database::{
+    CompileCommand, DatabaseError, parse_compile_commands, split_command, unwrap_record,
+};
+
 /// Options that take their value as the next argument.
 pub const VALUE_OPTIONS: &[&str] = &[
     "-o",
@@ -64,6 +69,8 @@ pub struct Compile {
     output: String,
     /// The dependency file `-MD`/`-MMD` writes, if any.
     dep_file: Option<String>,
+    /// The source file, as given.
+    source: String,
 }
 
 fn value_of(arg: &str, option: &str) -> Option<String> {
@@ -144,7 +151,7 @@ pub fn parse_compile(argv: &[String]) -> Option<Compile> {
         }),
     };
     deps_args.extend(["-M".into(), "-MT".into(), "sa-record-deps".into()]);
-    Some(Compile { deps_args, output, dep_file })
+    Some(Compile { deps_args, output, dep_file, source: source.clone() })
 }
 
 /// A dependency listing that is not the rule [`Compile::deps_args`] asked for.
@@ -251,6 +258,44 @@ impl Compile {
     pub fn dep_file(&self) -> Option<&str> {
         self.dep_file.as_deref()
     }
+
+    /// The source file, as given.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The outputs (object and dependency file) as a Command lists them: relative to the
+    /// working directory, normalized, sorted; `None` when one is absolute or outside it (`sa
+    /// record` does not record such a compile).
+    pub fn output_paths(&self) -> Option<Vec<String>> {
+        let mut outputs = Vec::new();
+        for output in std::iter::once(self.output()).chain(self.dep_file()) {
+            outputs.push(below(".", output)?);
+        }
+        outputs.sort();
+        Some(outputs)
+    }
+}
+
+/// `path` (relative to `directory`, both relative) as a normalized path below the directory's
+/// root: `None` when it is absolute, empty, or climbs out.
+pub fn below(directory: &str, path: &str) -> Option<String> {
+    if Path::new(path).is_absolute() || Path::new(directory).is_absolute() {
+        return None;
+    }
+    let joined = Path::new(directory).join(path);
+    let mut parts: Vec<&str> = Vec::new();
+    for component in joined.components() {
+        match component {
+            Component::Normal(name) => parts.push(name.to_str()?),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
 }
 
 #[cfg(test)]

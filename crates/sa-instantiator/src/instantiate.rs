@@ -131,6 +131,8 @@ pub struct Instantiator<'s, S: Store + ?Sized> {
     config: InstantiateConfig,
     elements: HashMap<String, ElementState>,
     instantiated: DashMap<Digest, Digest>,
+    /// Instantiated actions replaced by another (a re-scan's input root), for ACTION overlays.
+    replaced: DashMap<Digest, Digest>,
     path_indexes: DashMap<Digest, Shared<HashMap<String, Digest>>>,
     artifact_overlays: DashMap<Digest, Shared<HashMap<Digest, Vec<Origin>>>>,
     /// Entries of the input roots each element's actions walk, for the run's expansion limit.
@@ -183,6 +185,7 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             config,
             elements: map,
             instantiated: DashMap::new(),
+            replaced: DashMap::new(),
             path_indexes: DashMap::new(),
             artifact_overlays: DashMap::new(),
             expanded: Mutex::new(HashMap::new()),
@@ -195,9 +198,25 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         *self.index_stats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The instantiated (complete) action for a base action, once known.
+    /// The instantiated (complete) action for a base action, once known; its replacement
+    /// where one was given ([`Instantiator::replace`]).
     pub fn instantiated(&self, base: &Digest) -> Option<Digest> {
-        self.instantiated.get(base).map(|d| *d)
+        let action = self.instantiated.get(base).map(|d| *d)?;
+        Some(self.replaced.get(&action).map_or(action, |r| *r))
+    }
+
+    /// Makes `replacement` stand for the instantiated action `action` from now on: ACTION
+    /// overlays on its base resolve against `replacement`'s result (priming re-scanned a
+    /// compile's inputs and runs `replacement` instead). The outcomes of
+    /// [`Instantiator::instantiate_element`] still name `action`: the instantiation itself is
+    /// unchanged.
+    pub fn replace(&self, action: Digest, replacement: Digest) {
+        self.replaced.insert(action, replacement);
+    }
+
+    /// The state of the element `name`, as given.
+    pub fn element(&self, name: &str) -> Option<&ElementState> {
+        self.elements.get(name)
     }
 
     /// Instantiates every action of `element`'s previous `SpeculativeActions`; stores new

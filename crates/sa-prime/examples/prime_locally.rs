@@ -4,12 +4,12 @@
 //!
 //! `cargo run -p sa-prime --example prime_locally`
 
-use sa_cas::merkle::{self, TreeFile, TreeLimits};
+use sa_cas::merkle::{self, TreeFile};
 use sa_cas::{ActionCache, Cas, Digest, DigestFunction, MemoryCas, write_message};
 use sa_exec::{ExecConfig, LocalExecutor};
 use sa_generator::{ElementTrees, GenerateConfig, GenerateInput, generate};
 use sa_instantiator::{ElementState, InstantiateConfig, Instantiator};
-use sa_prime::{Stores, prime};
+use sa_prime::{PrimeOptions, Stores, prime};
 use sa_proto::reapi::{Action, Command};
 
 /// The step as the build runs it on `text`: count the source's lines into `lines.txt`.
@@ -59,7 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &executor,
         &instantiator,
         &[("app.bst".into(), spec)],
-        &TreeLimits::default(),
+        &PrimeOptions::default(),
         &mut |_| {},
     )?;
     for action in &report.actions {

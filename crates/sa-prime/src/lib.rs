@@ -31,6 +31,34 @@ use sa_exec::{Executor, ExecutorCounters, Outcome};
 use sa_instantiator::{InstantiateError, InstantiatedAction, Instantiator};
 use sa_proto::reapi::{Action, ActionResult};
 
+mod database;
+mod rescan;
+pub use database::PlannedCompile;
+use rescan::Scanned;
+pub use rescan::{MAX_SCAN_BYTES, SCAN_FILE};
+
+/// How [`prime`] works.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrimeOptions {
+    /// Bounds on the input trees walked (uploads, re-scans).
+    pub limits: TreeLimits,
+    /// Re-scan the dependencies of compiles whose inputs changed (an overlay replaced one),
+    /// and run them with the input root their scan lists (see the crate documentation).
+    /// Scans are waited for: off with an executor that does not wait.
+    pub rescan: bool,
+    /// The compiles of the next build, from its compilation database (empty: none given).
+    /// Given, they are matched to the recorded compiles of their elements: a changed command
+    /// line is predicted with its new arguments, an unmatched entry is a new compile, a
+    /// recorded compile no entry matches is not run (see [`PlannedCompile`]). Needs `rescan`.
+    pub compile_commands: Vec<PlannedCompile>,
+}
+
+impl Default for PrimeOptions {
+    fn default() -> Self {
+        PrimeOptions { limits: TreeLimits::default(), rescan: true, compile_commands: Vec::new() }
+    }
+}
+
 /// Where blobs live.
 #[derive(Clone, Copy, Debug)]
 pub struct Stores<'a, S: Store + ?Sized> {
@@ -57,9 +85,10 @@ pub enum Status {
     /// It could not be executed, or its result not kept (the executor's or a store's error):
     /// priming could not be done for it.
     Error(String),
-    /// It could not be completely instantiated (an input's origin is unknown, or its
-    /// producer has no result): why.
-    Incomplete(String),
+    /// Its inputs cannot be known, so it was not executed: why (an input's origin is unknown,
+    /// its producer has no result, its dependency scan failed or listed a file the sources
+    /// lack; or the priming was cancelled before it was submitted).
+    Unpredictable(String),
 }
 
 /// The kinds of [`Status`], for counting.
@@ -75,8 +104,8 @@ pub enum StatusKind {
     Failed,
     /// [`Status::Error`].
     Error,
-    /// [`Status::Incomplete`].
-    Incomplete,
+    /// [`Status::Unpredictable`].
+    Unpredictable,
 }
 
 impl StatusKind {
@@ -87,7 +116,7 @@ impl StatusKind {
         StatusKind::Accepted,
         StatusKind::Failed,
         StatusKind::Error,
-        StatusKind::Incomplete,
+        StatusKind::Unpredictable,
     ];
 
     /// The kind's name in reports (`cached`, `executed`, …).
@@ -98,7 +127,7 @@ impl StatusKind {
             StatusKind::Accepted => "accepted",
             StatusKind::Failed => "failed",
             StatusKind::Error => "error",
-            StatusKind::Incomplete => "incomplete",
+            StatusKind::Unpredictable => "unpredictable",
         }
     }
 }
@@ -112,14 +141,14 @@ impl Status {
             Status::Accepted => StatusKind::Accepted,
             Status::Failed(_) => StatusKind::Failed,
             Status::Error(_) => StatusKind::Error,
-            Status::Incomplete(_) => StatusKind::Incomplete,
+            Status::Unpredictable(_) => StatusKind::Unpredictable,
         }
     }
 
-    /// The reason of a failed or incomplete action ("" otherwise).
+    /// The reason of a failed, erroneous or unpredictable action ("" otherwise).
     pub fn detail(&self) -> &str {
         match self {
-            Status::Failed(why) | Status::Error(why) | Status::Incomplete(why) => why,
+            Status::Failed(why) | Status::Error(why) | Status::Unpredictable(why) => why,
             _ => "",
         }
     }
@@ -130,8 +159,8 @@ impl Status {
 pub struct PrimedAction {
     /// The element it belongs to.
     pub element: String,
-    /// The recorded action.
-    pub base: Digest,
+    /// The recorded action (`None`: a new compile only the compilation database names).
+    pub base: Option<Digest>,
     /// The adapted action.
     pub action: Digest,
     /// What became of it.
@@ -149,6 +178,8 @@ pub enum Phase {
     Execute,
     /// Copying results and outputs back to the build's store.
     Download,
+    /// Re-scanning the dependencies of changed compiles.
+    Scan,
 }
 
 impl Phase {
@@ -159,6 +190,7 @@ impl Phase {
             Phase::Upload => "upload",
             Phase::Execute => "execute",
             Phase::Download => "download",
+            Phase::Scan => "scan",
         }
     }
 }
@@ -166,6 +198,11 @@ impl Phase {
 /// Progress, reported as it happens.
 #[derive(Debug)]
 pub enum Event<'e> {
+    /// The dependency scans of `actions` changed compiles start.
+    Scan {
+        /// Compiles re-scanned.
+        actions: usize,
+    },
     /// A wave of `actions` new complete actions starts executing.
     Wave {
         /// 1 for the first wave.
@@ -262,45 +299,83 @@ fn store_error(what: impl fmt::Display) -> impl FnOnce(CasError) -> PrimeError {
 }
 
 /// Primes `targets` (element name, digest of its previous `SpeculativeActions`); see the
-/// crate documentation. `limits` bounds the input trees walked for uploads.
+/// crate documentation.
 pub fn prime<S: Store + ?Sized>(
     stores: Stores<'_, S>,
     executor: &dyn Executor,
     instantiator: &Instantiator<'_, S>,
     targets: &[(String, Digest)],
-    limits: &TreeLimits,
+    options: &PrimeOptions,
     events: &mut dyn FnMut(Event<'_>),
 ) -> Result<PrimeReport, PrimeError> {
     let never = AtomicBool::new(false);
-    prime_until(stores, executor, instantiator, targets, limits, &never, events)
+    prime_until(stores, executor, instantiator, targets, options, &never, events)
 }
 
 /// [`prime`], stopped before the next wave once `cancel` is set (a newer change to the
 /// sources makes this priming's unsubmitted actions pointless): the actions not yet handed to
-/// the executor are [`Status::Incomplete`] ("cancelled"), [`PrimeReport::cancelled`] is set.
+/// the executor are [`Status::Unpredictable`] ("cancelled"), [`PrimeReport::cancelled`] is set.
 /// What was submitted runs to its end.
 pub fn prime_until<S: Store + ?Sized>(
     stores: Stores<'_, S>,
     executor: &dyn Executor,
     instantiator: &Instantiator<'_, S>,
     targets: &[(String, Digest)],
-    limits: &TreeLimits,
+    options: &PrimeOptions,
     cancel: &AtomicBool,
     events: &mut dyn FnMut(Event<'_>),
 ) -> Result<PrimeReport, PrimeError> {
+    let limits = &options.limits;
     let started = Instant::now();
     let mut cancelled = false;
     let mut timer = Timer::default();
     let mut statuses: HashMap<Digest, Status> = HashMap::new();
+    let mut scans: HashMap<Digest, Scanned> = HashMap::new();
     let mut waves = 0;
     let mut latencies = Vec::new();
+    let mut new_compiles = Vec::new();
+    let mut planned = false;
     let outcomes = loop {
         let outcomes = timer.time(Phase::Instantiate, || instantiate(instantiator, targets))?;
+        if options.rescan {
+            let mut changed = Vec::new();
+            if !planned && !options.compile_commands.is_empty() {
+                planned = true;
+                let matched =
+                    database::match_plan(stores.build, &outcomes, &options.compile_commands)?;
+                scans.extend(matched.not_run);
+                changed = matched.requests;
+                new_compiles = matched.new;
+            }
+            let mut seen: HashSet<Digest> = changed.iter().map(|r| r.key).collect();
+            changed.extend(
+                outcomes
+                    .iter()
+                    .filter(|(_, o)| {
+                        o.complete && o.action != o.base && !scans.contains_key(&o.action)
+                    })
+                    .filter(|(_, o)| seen.insert(o.action))
+                    .map(|(element, o)| rescan::Request::changed(element, o.action)),
+            );
+            if !changed.is_empty() && !cancel.load(Ordering::Relaxed) {
+                events(Event::Scan { actions: changed.len() });
+                let scanned = timer.time(Phase::Scan, || {
+                    rescan::rescan(&stores, executor, instantiator, &changed, limits)
+                })?;
+                scans.extend(scanned);
+            }
+        }
         let mut seen = HashSet::new();
         let wave: Vec<Digest> = outcomes
             .iter()
-            .filter(|(_, o)| o.complete && !statuses.contains_key(&o.action))
-            .map(|(_, o)| o.action)
+            .map(|(_, o)| (o.action, o.complete))
+            .chain(new_compiles.iter().map(|(_, key)| (*key, false)))
+            .filter_map(|(action, complete)| match scans.get(&action) {
+                None | Some(Scanned::Stands) => complete.then_some(action),
+                Some(Scanned::Replaced(replacement)) => Some(*replacement),
+                Some(Scanned::Unpredictable(_) | Scanned::Error(_)) => None,
+            })
+            .filter(|d| !statuses.contains_key(d))
             .filter(|d| seen.insert(*d))
             .collect();
         if wave.is_empty() {
@@ -331,7 +406,7 @@ pub fn prime_until<S: Store + ?Sized>(
         });
     };
     Ok(PrimeReport {
-        actions: primed_actions(outcomes, &statuses, cancelled),
+        actions: primed_actions(outcomes, &new_compiles, &statuses, &scans, cancelled),
         cancelled,
         waves,
         submitted: statuses.len(),
@@ -364,28 +439,44 @@ fn bring_back<S: Store + ?Sized>(
     }
 }
 
-/// Every instantiated action with its status: incomplete ones with why, the others with what
-/// the executor made of them.
+/// Every instantiated action (then every new compile) with its status: the executor's word
+/// on what ran, why for what did not.
 fn primed_actions(
     outcomes: Vec<(String, InstantiatedAction)>,
+    new_compiles: &[(String, Digest)],
     statuses: &HashMap<Digest, Status>,
+    scans: &HashMap<Digest, Scanned>,
     cancelled: bool,
 ) -> Vec<PrimedAction> {
     let unsubmitted = if cancelled { "cancelled before it was submitted" } else { "not executed" };
-    outcomes
+    let status_of = |key: &Digest, unresolved: Option<String>| -> (Digest, Status) {
+        let ran = |action: &Digest| {
+            statuses
+                .get(action)
+                .cloned()
+                .unwrap_or_else(|| Status::Unpredictable(unsubmitted.into()))
+        };
+        match (scans.get(key), unresolved) {
+            (Some(Scanned::Unpredictable(why)), _) => (*key, Status::Unpredictable(why.clone())),
+            (Some(Scanned::Error(why)), _) => (*key, Status::Error(why.clone())),
+            (Some(Scanned::Replaced(replacement)), _) => (*replacement, ran(replacement)),
+            (None | Some(Scanned::Stands), Some(why)) => (*key, Status::Unpredictable(why)),
+            (None | Some(Scanned::Stands), None) => (*key, ran(key)),
+        }
+    };
+    let mut primed: Vec<PrimedAction> = outcomes
         .into_iter()
         .map(|(element, o)| {
-            let status = if !o.complete {
-                Status::Incomplete(o.unresolved_reasons.join("; "))
-            } else {
-                statuses
-                    .get(&o.action)
-                    .cloned()
-                    .unwrap_or_else(|| Status::Incomplete(unsubmitted.into()))
-            };
-            PrimedAction { element, base: o.base, action: o.action, status }
+            let unresolved = (!o.complete).then(|| o.unresolved_reasons.join("; "));
+            let (action, status) = status_of(&o.action, unresolved);
+            PrimedAction { element, base: Some(o.base), action, status }
         })
-        .collect()
+        .collect();
+    for (element, key) in new_compiles {
+        let (action, status) = status_of(key, None);
+        primed.push(PrimedAction { element: element.clone(), base: None, action, status });
+    }
+    primed
 }
 
 #[derive(Default)]
