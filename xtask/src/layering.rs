@@ -23,7 +23,7 @@ pub const DAG: &[(&str, &[&str])] = &[
     ("sa-generator", &["sa-proto", "sa-cas"]),
     ("sa-instantiator", &["sa-generator"]),
     ("sa-learn", &["sa-generator"]),
-    ("sa-prime", &["sa-exec", "sa-instantiator"]),
+    ("sa-prime", &["sa-exec", "sa-instantiator", "sa-compile"]),
     ("sa-cli", &["sa-proxy", "sa-prime", "sa-learn", "sa-compile"]),
 ];
 

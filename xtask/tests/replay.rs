@@ -29,9 +29,54 @@ fn lz4_history_edits_are_primed_exactly_and_nothing_wrong_or_failing_runs() {
         println!("replay lz4 {}", report.line());
     }
     let counts: Vec<(usize, usize)> = reports.iter().map(|r| (r.changed, r.primed)).collect();
-    // Edits of existing files: every changed step primed exactly. A new source file is a step
-    // no recorded action predicts (issue 25's re-scan and compilation database will).
+    // Edits of existing files: every changed step primed exactly. Without a compilation
+    // database a new source file is a step no recorded action predicts (the next test has one).
     assert_eq!(counts, [(1, 1), (3, 3), (0, 0), (1, 0)], "{reports:#?}");
     assert!(reports.iter().all(|r| r.wrong == 0 && r.failed == 0), "{reports:#?}");
     assert_eq!(reports[3].missed.get("new"), Some(&1), "lz4file.c is new: {reports:#?}");
+}
+
+/// With the next build's compilation database (`compiledb -n` over the same make command):
+/// a merge that changes lz4's warning flags and adds `lz4opt.h` with an include of it, and a
+/// commit that adds a source file, are primed exactly, with nothing wrong or failing.
+#[test]
+fn with_a_compilation_database_flag_changes_new_includes_and_new_files_are_primed_exactly() {
+    let root = xtask::project_root();
+    let bundle = root.join("../shared/data/histories/lz4.bundle");
+    assert!(bundle.is_file(), "the history {} must be there", bundle.display());
+    let compiledb = xtask::replay::compiledb();
+    assert!(
+        compiledb.is_file(),
+        "{} must be there: scripts/provision.sh installs it",
+        compiledb.display()
+    );
+    let sa = xtask::replay::sa_binary(&root).unwrap();
+    for (commits, expect) in [
+        (
+            [
+                "7628d9d15a399404d3ee4c0c07fcf0f6a2f39ede",
+                "151a50e16e558b9619b979ef1c0a525acc13ed92",
+            ],
+            4,
+        ),
+        (
+            [
+                "5b138c01b4644c133e556d96ad6105d24c401cac",
+                "f14be20f5d21e074211daa2b15beeedb714736df",
+            ],
+            1,
+        ),
+    ] {
+        let commits = commits.map(String::from).to_vec();
+        let dir = tempfile::tempdir().unwrap();
+        let mode = xtask::replay::Mode::Database;
+        let reports =
+            xtask::replay::replay_with(&sa, &bundle, "lz4", &commits, dir.path(), mode).unwrap();
+        for report in &reports {
+            println!("replay lz4 (database) {}", report.line());
+        }
+        let [r] = reports.as_slice() else { panic!("{reports:#?}") };
+        assert_eq!((r.changed, r.primed), (expect, expect), "{r:#?}");
+        assert_eq!((r.wrong, r.failed, r.unpredictable), (0, 0, 0), "{r:#?}");
+    }
 }

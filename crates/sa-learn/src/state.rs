@@ -39,7 +39,7 @@ pub struct Prediction {
     pub identity: Identity,
     /// The adapted action (the recorded one when it could not be completed).
     pub action: Digest,
-    /// What became of it (`executed`, `cached`, `failed`, `incomplete`, …).
+    /// What became of it (`executed`, `cached`, `failed`, `unpredictable`, …).
     pub status: String,
 }
 

@@ -110,7 +110,7 @@ fn observed(actions: &BTreeMap<usize, Digest>, cached: &BTreeSet<Digest>) -> Vec
 }
 
 /// What priming before `next` predicts from `state`: every entry whose action would change
-/// (executed) or whose source is gone (incomplete, as an overlay that no longer resolves).
+/// (executed) or whose source is gone (unpredictable, as an overlay that no longer resolves).
 fn prime(state: &LearnedState, next: &Commit) -> Priming {
     let mut predictions = Vec::new();
     for (identity, entry) in &state.entries {
@@ -121,7 +121,7 @@ fn prime(state: &LearnedState, next: &Commit) -> Priming {
             predictions.push(Prediction {
                 identity: identity.clone(),
                 action: entry.action,
-                status: "incomplete".into(),
+                status: "unpredictable".into(),
             });
         } else if next.action(n) != entry.action {
             predictions.push(Prediction {
@@ -249,7 +249,7 @@ fn failures_and_predictions_never_asked_for_are_forgotten_after_n_builds_in_a_ro
     // `b` cannot be predicted (its source is gone) and is never asked for, three builds in a
     // row: dropped; a build without a priming counts nothing.
     for round in 0..3 {
-        state.priming = Some(executed("incomplete"));
+        state.priming = Some(executed("unpredictable"));
         let update = state.update(&[], 3);
         assert_eq!(update.not_asked, std::slice::from_ref(&b));
         state.update(&[], 3);

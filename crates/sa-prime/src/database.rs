@@ -110,9 +110,11 @@ pub(crate) fn match_plan<S: Store + ?Sized>(
         matched.requests.push(Request {
             element: entry.element.clone(),
             key: r.outcome.action,
-            template: r.outcome.action,
+            // An incomplete action may not be stored: its recorded one is.
+            template: if r.outcome.complete { r.outcome.action } else { r.outcome.base },
             command: Some(command),
             keep_inputs: r.outcome.complete,
+            recorded: None,
         });
     }
     for (r, used) in recorded.iter().zip(&used) {
@@ -154,6 +156,7 @@ pub(crate) fn match_plan<S: Store + ?Sized>(
                 template: t.outcome.action,
                 command: Some(command),
                 keep_inputs: false,
+                recorded: None,
             }),
             None => {
                 matched.not_run.insert(

@@ -355,7 +355,7 @@ pub fn prime_until<S: Store + ?Sized>(
                         o.complete && o.action != o.base && !scans.contains_key(&o.action)
                     })
                     .filter(|(_, o)| seen.insert(o.action))
-                    .map(|(element, o)| rescan::Request::changed(element, o.action)),
+                    .map(|(element, o)| rescan::Request::changed(element, o.base, o.action)),
             );
             if !changed.is_empty() && !cancel.load(Ordering::Relaxed) {
                 events(Event::Scan { actions: changed.len() });

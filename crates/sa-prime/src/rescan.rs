@@ -60,17 +60,23 @@ pub(crate) struct Request {
     /// Keep the template's input files (those not in the next sources as they are); false:
     /// the next sources alone.
     pub keep_inputs: bool,
+    /// The recorded action, when its client chose its input root: the root is rebuilt only if
+    /// the recorded root is exactly what its own scan lists (a client that builds input roots
+    /// by scan, as recc and `sa record` do; Bazel sends every declared header instead, and
+    /// its overlay result stands).
+    pub recorded: Option<Digest>,
 }
 
 impl Request {
-    /// The scan of an instantiated action whose inputs changed.
-    pub(crate) fn changed(element: &str, action: Digest) -> Request {
+    /// The scan of an instantiated action (recorded as `base`) whose inputs changed.
+    pub(crate) fn changed(element: &str, base: Digest, action: Digest) -> Request {
         Request {
             element: element.to_owned(),
             key: action,
             template: action,
             command: None,
             keep_inputs: true,
+            recorded: Some(base),
         }
     }
 }
@@ -86,6 +92,8 @@ struct Pending {
     files: Vec<TreeFile>,
     /// The next sources' files, by path.
     sources: Arc<BTreeMap<String, TreeFile>>,
+    /// The scan of the recorded action over its own root, and that root's paths.
+    recorded: Option<(Digest, HashSet<String>)>,
 }
 
 /// Scans each request's compile and replaces, in `instantiator`, the actions whose inputs
@@ -114,8 +122,15 @@ pub(crate) fn rescan<S: Store + ?Sized>(
             }
         };
         let sources = instantiator.element(&request.element).and_then(|e| e.sources);
+        let recorded = match request.recorded {
+            Some(base) => Some(
+                DecodedAction::read(store, &base)
+                    .map_err(store_error(format!("reading action {base}")))?,
+            ),
+            None => None,
+        };
         match (parse_compile(&command.arguments).is_some(), sources) {
-            (true, Some(sources)) => compiles.push((request, decoded, command, sources)),
+            (true, Some(sources)) => compiles.push((request, decoded, command, sources, recorded)),
             _ => {
                 scanned.insert(request.key, Scanned::Stands);
             }
@@ -124,8 +139,13 @@ pub(crate) fn rescan<S: Store + ?Sized>(
     if compiles.is_empty() {
         return Ok(scanned);
     }
-    let mut roots: Vec<Digest> =
-        compiles.iter().flat_map(|(_, d, _, s)| [d.input_root, *s]).collect();
+    let mut roots: Vec<Digest> = compiles
+        .iter()
+        .flat_map(|(_, d, _, s, r)| {
+            [Some(d.input_root), Some(*s), r.as_ref().map(|r| r.input_root)]
+        })
+        .flatten()
+        .collect();
     roots.sort_unstable();
     roots.dedup();
     let forest = merkle::fetch_forest(store, &roots, limits)
@@ -133,7 +153,7 @@ pub(crate) fn rescan<S: Store + ?Sized>(
     let mut source_files: HashMap<Digest, Arc<BTreeMap<String, TreeFile>>> = HashMap::new();
     let mut pending = Vec::new();
     let mut scans = Vec::new();
-    for (request, decoded, command, sources) in compiles {
+    for (request, decoded, command, sources, recorded) in compiles {
         let key = request.key;
         let sources = match source_files.get(&sources) {
             Some(files) => files.clone(),
@@ -160,24 +180,56 @@ pub(crate) fn rescan<S: Store + ?Sized>(
         } else {
             Vec::new()
         };
-        let item = Pending {
-            key,
-            working_directory: command.working_directory.clone(),
-            new_command: request.command.clone(),
-            decoded,
-            files,
-            sources,
-        };
-        match scan_action(store, &item, command) {
+        let output = join(&command.working_directory, SCAN_FILE);
+        let mut recorded_scan = None;
+        if let Some(recorded) = &recorded {
+            let files = forest
+                .files(&recorded.input_root)
+                .map_err(store_error(format!("listing the input root of {key}'s recording")))?;
+            let paths: HashSet<String> = files.iter().map(|f| f.path.clone()).collect();
+            if paths.contains(&output) {
+                scanned.insert(key, Scanned::Stands);
+                continue;
+            }
+            match scan_action(store, &recorded.action, files, command.clone()) {
+                Ok(scan) => recorded_scan = Some((scan, paths)),
+                Err(why) => {
+                    scanned.insert(key, Scanned::Unpredictable(why));
+                    continue;
+                }
+            }
+        }
+        let mut root: BTreeMap<&str, &TreeFile> =
+            sources.iter().map(|(path, file)| (path.as_str(), file)).collect();
+        for file in &files {
+            root.insert(&file.path, file);
+        }
+        root.remove(output.as_str());
+        let root: Vec<TreeFile> = root.into_values().cloned().collect();
+        match scan_action(store, &decoded.action, root, command.clone()) {
             Ok(scan) => {
                 scans.push(scan);
-                pending.push(item);
+                scans.extend(recorded_scan.as_ref().map(|(scan, _)| *scan));
+                pending.push((
+                    Pending {
+                        key,
+                        working_directory: command.working_directory.clone(),
+                        new_command: request.command.clone(),
+                        decoded,
+                        files,
+                        sources,
+                        recorded: recorded_scan,
+                    },
+                    scan,
+                ));
             }
             Err(why) => {
                 scanned.insert(key, Scanned::Unpredictable(why));
             }
         }
     }
+    scans.sort_unstable();
+    scans.dedup();
     if let Some(remote) = stores.executor_cas {
         upload(store, remote, &scans, limits)?;
     }
@@ -185,7 +237,18 @@ pub(crate) fn rescan<S: Store + ?Sized>(
     executor.execute_all(&scans, &mut |finished| {
         outcomes.insert(finished.action, finished.outcome);
     });
-    for (item, scan) in pending.iter().zip(&scans) {
+    for (item, scan) in &pending {
+        if let Some((recorded_scan, paths)) = &item.recorded
+            && !lists_exactly(stores, recorded_scan, outcomes.get(recorded_scan), item, paths)
+        {
+            tracing::debug!(
+                "action {}: its recorded input root is not what its compiler reads (a client \
+                 that sends declared inputs): the overlay result stands",
+                item.key
+            );
+            scanned.insert(item.key, Scanned::Stands);
+            continue;
+        }
         let outcome = outcomes.get(scan).cloned();
         let result = listing(stores, scan, outcome)
             .and_then(|text| rebuild(store, item, &text).map_err(Failure::Unpredictable));
@@ -225,23 +288,16 @@ fn has_symlinks(forest: &Forest, root: &Digest) -> bool {
     false
 }
 
-/// Stores the scan of `item`: the compile's flags with `-M` into [`SCAN_FILE`], the same
-/// environment, platform and working directory, over the next sources with the instantiated
-/// root's files on top. `Err`: why no scan can be built.
+/// Stores the scan of a compile: its `command`'s flags with `-M` into [`SCAN_FILE`], the
+/// same environment, platform and working directory, over `files`, with `template`'s Action
+/// fields. `Err`: why no scan can be built.
 fn scan_action<S: Store + ?Sized>(
     store: &S,
-    item: &Pending,
+    template: &Action,
+    files: Vec<TreeFile>,
     command: Command,
 ) -> Result<Digest, String> {
     let compile = parse_compile(&command.arguments).ok_or("not a compile")?;
-    let output = join(&item.working_directory, SCAN_FILE);
-    let mut root: BTreeMap<&str, &TreeFile> =
-        item.sources.iter().map(|(path, file)| (path.as_str(), file)).collect();
-    for file in &item.files {
-        root.insert(&file.path, file);
-    }
-    root.remove(output.as_str());
-    let files: Vec<TreeFile> = root.into_values().cloned().collect();
     let input_root = merkle::build_tree(store, &files).map_err(|err| {
         format!("its scan's input root cannot be built: {}", sa_cas::error_chain(&err))
     })?;
@@ -262,12 +318,27 @@ fn scan_action<S: Store + ?Sized>(
     let action = Action {
         command_digest: Some(command_digest.to_proto()),
         input_root_digest: Some(input_root.to_proto()),
-        timeout: item.decoded.action.timeout,
-        platform: item.decoded.action.platform.clone(),
-        salt: item.decoded.action.salt.clone(),
+        timeout: template.timeout,
+        platform: template.platform.clone(),
+        salt: template.salt.clone(),
         ..Default::default()
     };
     write_message(store, &action).map_err(write)
+}
+
+/// Whether the recorded action's own scan lists exactly the files of its input root.
+fn lists_exactly<S: Store + ?Sized>(
+    stores: &Stores<'_, S>,
+    scan: &Digest,
+    outcome: Option<&Outcome>,
+    item: &Pending,
+    paths: &HashSet<String>,
+) -> bool {
+    let Ok(text) = listing(stores, scan, outcome.cloned()) else { return false };
+    let Ok(listed) = parse_make_deps(&text) else { return false };
+    let listed: HashSet<String> =
+        listed.iter().filter_map(|path| below(&item.working_directory, path)).collect();
+    &listed == paths
 }
 
 /// The listing a scan wrote, from its outcome (brought back into the build's store).

@@ -161,8 +161,9 @@ fn an_include_of_a_file_the_sources_lack_is_unpredictable_and_never_executed() {
         status.detail().contains("dependency scan") && status.detail().contains("gone.h"),
         "{status:?}"
     );
-    // Only the scan ran: the compile whose inputs cannot be known was not executed.
-    assert_eq!(executor.seen.lock().unwrap().len(), 1);
+    // Only the scans ran (the recorded action's, which lists its root, and the next one's):
+    // the compile whose inputs cannot be known was not executed.
+    assert_eq!(executor.seen.lock().unwrap().len(), 2);
     assert_eq!(report.submitted, 0);
 }
 
@@ -180,18 +181,25 @@ impl Executor for Counting<'_> {
     }
 }
 
-/// An executor answering every scan with `listing` as the scan's output (and running
-/// nothing else).
+/// An executor answering every scan with `listing` as the scan's output but the recorded
+/// action's (over `honest`, the recorded root: `main.c a.h`), and running nothing else.
 #[derive(Debug)]
 struct Lying<'s> {
     store: &'s dyn Store,
     listing: String,
+    honest: Digest,
 }
 
 impl Executor for Lying<'_> {
     fn execute_all(&self, actions: &[Digest], done: &mut dyn FnMut(Finished)) {
         for action in actions {
-            let digest = self.store.write_blob(self.listing.clone().into()).unwrap();
+            let decoded = sa_cas::DecodedAction::read(self.store, action).unwrap();
+            let listing = if decoded.input_root == self.honest {
+                "sa-record-deps: main.c a.h\n".to_owned()
+            } else {
+                self.listing.clone()
+            };
+            let digest = self.store.write_blob(listing.into()).unwrap();
             let file = OutputFile {
                 path: SCAN_FILE.into(),
                 digest: Some(digest.to_proto()),
@@ -218,7 +226,7 @@ fn a_lying_scan_cannot_add_a_file_the_sources_lack_or_reach_outside_the_root() {
         ("other: main.c\n", "does not start with the rule"),
     ] {
         let cas = MemoryCas::new(SHA);
-        let lying = Lying { store: &cas, listing: listing.into() };
+        let lying = Lying { store: &cas, listing: listing.into(), honest: tree(&cas, &v1) };
         let report = prime_next(&cas, &v1, &v1, &v2, &PrimeOptions::default(), Some(&lying));
         let status = &report.actions[0].status;
         assert_eq!(status.kind(), StatusKind::Unpredictable, "{listing}: {status:?}");
@@ -228,13 +236,13 @@ fn a_lying_scan_cannot_add_a_file_the_sources_lack_or_reach_outside_the_root() {
     // root stays what the overlays made it, and no file outside is read.
     let cas = MemoryCas::new(SHA);
     let listing = "sa-record-deps: main.c a.h /etc/passwd ../../etc/shadow sub/../../x.h\n";
-    let lying = Lying { store: &cas, listing: listing.into() };
+    let lying = Lying { store: &cas, listing: listing.into(), honest: tree(&cas, &v1) };
     let report = prime_next(&cas, &v1, &v1, &v2, &PrimeOptions::default(), Some(&lying));
     assert_eq!(report.actions[0].action, compile(&cas, &v2), "{:?}", report.actions);
     // A listing over the size limit is the executor's error, named.
     let cas = MemoryCas::new(SHA);
     let huge = format!("sa-record-deps: {}\n", "x".repeat(sa_prime::MAX_SCAN_BYTES as usize));
-    let lying = Lying { store: &cas, listing: huge };
+    let lying = Lying { store: &cas, listing: huge, honest: tree(&cas, &v1) };
     let report = prime_next(&cas, &v1, &v1, &v2, &PrimeOptions::default(), Some(&lying));
     let status = &report.actions[0].status;
     assert_eq!(status.kind(), StatusKind::Error, "{status:?}");
@@ -284,4 +292,32 @@ fn a_compilation_database_predicts_changed_flags_and_new_files_and_drops_what_is
     assert!(status.detail().contains("does not run it"), "{status:?}");
     assert_eq!(report.actions[1].status, Status::Executed, "{:?}", report.actions);
     assert_eq!(report.submitted, 1);
+}
+
+#[test]
+fn with_a_compilation_database_a_removed_header_no_longer_included_is_primed_exactly() {
+    let cas = MemoryCas::new(SHA);
+    let main_two = "#include \"a.h\"\n#include \"c.h\"\nint main(void) { return A + C; }\n";
+    let v1 = [("main.c", main_two), ("a.h", "#define A 0\n"), ("c.h", "#define C 0\n")];
+    let v2 = [("main.c", MAIN), ("a.h", "#define A 0\n")];
+    // Overlays alone: c.h is gone, so the action cannot be completed.
+    let report = prime_next(&cas, &v1, &v1, &v2, &PrimeOptions::default(), None);
+    assert_eq!(report.actions[0].status.kind(), StatusKind::Unpredictable, "{:?}", report.actions);
+    // The database says the compile runs: its inputs come from the scan of the next sources.
+    let cas = MemoryCas::new(SHA);
+    let report = prime_next(&cas, &v1, &v1, &v2, &planned(&["gcc -c main.c -o main.o"]), None);
+    assert_eq!(report.actions[0].status, Status::Executed, "{:?}", report.actions);
+    assert_eq!(report.actions[0].action, compile(&cas, &v2));
+}
+
+#[test]
+fn a_recorded_root_holding_more_than_the_compiler_reads_keeps_the_overlay_result() {
+    // Bazel sends every declared header of a target's dependencies, included or not: the
+    // recorded root is not what a scan lists, so a scan cannot say what the client will send.
+    let cas = MemoryCas::new(SHA);
+    let v1 = [("main.c", MAIN), ("a.h", "#define A 0\n"), ("declared.h", "int d;\n")];
+    let v2 = [("main.c", MAIN), ("a.h", "#define A 1\n"), ("declared.h", "int d;\n")];
+    let report = prime_next(&cas, &v1, &v1, &v2, &PrimeOptions::default(), None);
+    assert_eq!(report.actions[0].status, Status::Executed, "{:?}", report.actions);
+    assert_eq!(report.actions[0].action, compile(&cas, &v2), "the overlay result, declared.h kept");
 }
