@@ -265,8 +265,9 @@ fn command_of(store: &Path, text: &str) -> Result<sa_proto::reapi::Command> {
     Ok(sa_cas::read_message(&cas, &decoded.command()?, "Command")?)
 }
 
-/// Why a changed step was not primed: no earlier step had its outputs (`new`), one did with
-/// other arguments (`flags`), or with the same arguments (`inputs`).
+/// Why a changed step was not primed: an earlier step had its outputs with other arguments
+/// (`flags`) or the same (`inputs`), or its source with other outputs (`outputs`: a moved
+/// output directory), or none had either (`new`: a new source file).
 fn why_missed(store: &Path, action: &str, previous: &BTreeSet<String>) -> Result<&'static str> {
     #[allow(deprecated)] // sa record writes output_paths; the older lists count too
     let outputs = |c: &sa_proto::reapi::Command| {
@@ -274,12 +275,19 @@ fn why_missed(store: &Path, action: &str, previous: &BTreeSet<String>) -> Result
         o.sort();
         (c.working_directory.clone(), o)
     };
+    let source = |c: &sa_proto::reapi::Command| {
+        let compile = sa_compile::parse_compile(&c.arguments)?;
+        sa_compile::below(&c.working_directory, compile.source())
+    };
     let command = command_of(store, action)?;
     let mut why = "new";
     for earlier in previous {
         let before = command_of(store, earlier)?;
         if outputs(&before) == outputs(&command) {
-            why = if before.arguments == command.arguments { "inputs" } else { "flags" };
+            return Ok(if before.arguments == command.arguments { "inputs" } else { "flags" });
+        }
+        if source(&before).is_some() && source(&before) == source(&command) {
+            why = "outputs";
         }
     }
     Ok(why)

@@ -111,9 +111,25 @@ struct Primer {
     requested: Mutex<u64>,
     wake: Condvar,
     cancel: Mutex<Arc<AtomicBool>>,
+    /// The sources the running priming predicts for.
+    priming: Mutex<Option<Digest>>,
 }
 
 impl Primer {
+    /// Asks for a priming after the workspace changed: it now has `sources` (`None`: unknown).
+    /// The running priming is cancelled only if it predicts for other sources: a change that
+    /// leaves the snapshot as it was (an editor's save of the same bytes, a build writing
+    /// outputs the snapshot ignores) does not throw its work away.
+    fn sources_changed(&self, sources: Option<Digest>) {
+        let running = *self.priming.lock().unwrap_or_else(|e| e.into_inner());
+        self.request(running.is_none() || running != sources);
+    }
+
+    /// Marks the sources the running priming predicts for (`None`: none runs).
+    fn running(&self, sources: Option<Digest>) {
+        *self.priming.lock().unwrap_or_else(|e| e.into_inner()) = sources;
+    }
+
     /// Asks for a priming; `sources_changed` (the watcher's requests) also cancels the running
     /// one's unsubmitted waves, which the change made pointless.
     fn request(&self, sources_changed: bool) {
@@ -383,7 +399,9 @@ fn primer(service: &Service<'_>) {
     loop {
         let (generation, cancel) = service.primer.next(done);
         done = generation;
-        if let Err(err) = prime_once(service, &cancel) {
+        let primed = prime_once(service, &cancel);
+        service.primer.running(None);
+        if let Err(err) = primed {
             service.error("priming", &err);
         }
     }
@@ -398,6 +416,7 @@ fn prime_once(service: &Service<'_>, cancel: &AtomicBool) -> Result<()> {
         return Ok(()); // Nothing learned yet: the first build teaches.
     }
     let sources = service.snapshot()?;
+    service.primer.running(Some(sources));
     let plan = crate::commands::learned_plan(
         service.args,
         &service.store,
@@ -535,7 +554,8 @@ fn watch<'scope>(
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
-            service.primer.request(true);
+            let sources = service.snapshot().ok();
+            service.primer.sources_changed(sources);
         }
     });
     Ok(watcher)

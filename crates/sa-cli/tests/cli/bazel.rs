@@ -136,7 +136,11 @@ fn run(dir: &Path, with_sa: bool) -> Vec<Build> {
                 e["sources"] == sources.trim() && e["cancelled"] == false
             });
             assert_eq!(
-                (event["failed"].as_u64(), event["error"].as_u64(), event["incomplete"].as_u64()),
+                (
+                    event["failed"].as_u64(),
+                    event["error"].as_u64(),
+                    event["unpredictable"].as_u64()
+                ),
                 (Some(0), Some(0), Some(0)),
                 "{event}"
             );
