@@ -215,18 +215,9 @@ fn start_proxy(
     upstream: &str,
     record: &std::path::Path,
 ) -> Result<(std::process::Child, String)> {
-    let mut proxy = Command::new(sa)
-        .args(["--json", "proxy", "--listen", "127.0.0.1:0", "--upstream", upstream])
-        .arg("--record")
-        .arg(record)
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {sa} proxy"))?;
-    let mut line = String::new();
-    std::io::BufReader::new(proxy.stdout.take().context("proxy stdout")?).read_line(&mut line)?;
-    let started: Value = serde_json::from_str(&line).context("the proxy's first line")?;
-    let url = started["listening"].as_str().context("listening")?.replace("grpc://", "http://");
-    Ok((proxy, url))
+    let record = record.display().to_string();
+    let args = ["proxy", "--listen", "127.0.0.1:0", "--upstream", upstream, "--record", &record];
+    start_sa(sa, &args)
 }
 
 /// `sa serve` in front of `upstream`, learning builds of an empty workspace: the proxy with
@@ -238,29 +229,39 @@ fn start_serve(
 ) -> Result<(std::process::Child, String)> {
     let workspace = dir.join("serve-ws");
     std::fs::create_dir_all(&workspace)?;
-    let mut serve = Command::new(sa)
-        .args([
-            "--json",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            upstream,
-            "--name",
-            "bench",
-        ])
-        .arg("--workspace")
-        .arg(&workspace)
-        .arg("--record")
-        .arg(dir.join("serve-rec"))
+    let workspace = workspace.display().to_string();
+    let record = dir.join("serve-rec").display().to_string();
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        upstream,
+        "--name",
+        "bench",
+        "--workspace",
+        &workspace,
+        "--record",
+        &record,
+    ];
+    start_sa(sa, &args)
+}
+
+/// Starts `sa --json ARGS` (a proxy or serve) and returns it with the URL its first line
+/// says it listens on.
+fn start_sa(sa: &str, args: &[&str]) -> Result<(std::process::Child, String)> {
+    let mut child = Command::new(sa)
+        .arg("--json")
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
-        .with_context(|| format!("starting {sa} serve"))?;
+        .with_context(|| format!("starting {sa} {}", args[0]))?;
     let mut line = String::new();
-    std::io::BufReader::new(serve.stdout.take().context("serve stdout")?).read_line(&mut line)?;
-    let started: Value = serde_json::from_str(&line).context("serve's first line")?;
+    std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let started: Value = serde_json::from_str(&line)
+        .with_context(|| format!("the first line of {sa} {}", args[0]))?;
     let url = started["listening"].as_str().context("listening")?.replace("grpc://", "http://");
-    Ok((serve, url))
+    Ok((child, url))
 }
 
 fn peak_rss_kib(pid: u32) -> Result<u64> {

@@ -259,10 +259,15 @@ fn generate(
     config: &LearnConfig,
 ) -> Result<(sa_generator::Generated, Vec<LeftOut>), LearnError> {
     let mut gone = Vec::new();
-    // An entry whose Action cannot be read cannot be ordered: found first, one by one.
+    // An entry whose Action cannot be read cannot be ordered: found first, in batches (one by
+    // one only where a batch fails, so each failure names its Action).
     let mut readable = Vec::new();
-    for action in state.actions() {
-        match sa_cas::DecodedAction::read(store, &action) {
+    let actions = state.actions();
+    let blobs = sa_cas::merkle::read_each(store, &actions);
+    for (action, blob) in actions.into_iter().zip(blobs) {
+        let decoded = blob
+            .and_then(|data| sa_cas::DecodedAction::decode(store.digest_function(), &action, data));
+        match decoded {
             Ok(_) => readable.push(action),
             Err(e) if matches!(e.root_cause(), CasError::NotFound(_) | CasError::Decode { .. }) => {
                 gone.push(LeftOut { action, reason: sa_cas::error_chain(&e) })

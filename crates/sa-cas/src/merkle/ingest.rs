@@ -53,7 +53,7 @@ pub fn ingest_dir(
     top: &ConfinedDir,
     limits: &TreeLimits,
 ) -> Result<Digest, CasError> {
-    ingest_cached(cas, top, limits, &IngestCache::default())
+    ingest_with(cas, top, limits, None)
 }
 
 /// What a file was when it was last hashed: if its device, inode, size, mode and both times
@@ -129,6 +129,17 @@ pub fn ingest_cached(
     limits: &TreeLimits,
     cache: &IngestCache,
 ) -> Result<Digest, CasError> {
+    ingest_with(cas, top, limits, Some(cache))
+}
+
+/// [`ingest_dir`] with or without a cache: without one, a file costs its open and read, with
+/// no `fstat`, lookup or remembered stamp (a one-shot ingest has no next time).
+fn ingest_with(
+    cas: &(impl Cas + ?Sized),
+    top: &ConfinedDir,
+    limits: &TreeLimits,
+    cache: Option<&IngestCache>,
+) -> Result<Digest, CasError> {
     let function = cas.digest_function();
     // Scan: directories in pre-order; each holds its entries.
     let mut dirs: Vec<Vec<DiskEntry>> = Vec::new();
@@ -146,14 +157,22 @@ pub fn ingest_cached(
     // (unless the cache knows it unchanged).
     let hashed: Vec<(Digest, Option<Stamp>)> = files
         .par_iter()
-        .map(|rel| cache.digest(function, &open_below(top, rel)?, rel, &top.child_path(rel)))
+        .map(|rel| {
+            let file = open_below(top, rel)?;
+            match cache {
+                Some(cache) => cache.digest(function, &file, rel, &top.child_path(rel)),
+                None => Ok((function.hash_file(&ConfinedDir::fd_path(&file))?, None)),
+            }
+        })
         .collect::<Result<_, _>>()?;
     let digests: Vec<Digest> = hashed.iter().map(|(d, _)| *d).collect();
-    *cache.files.lock().unwrap_or_else(|e| e.into_inner()) = files
-        .iter()
-        .zip(&hashed)
-        .filter_map(|(rel, (digest, stamp))| stamp.map(|s| (rel.to_string(), (s, *digest))))
-        .collect();
+    if let Some(cache) = cache {
+        *cache.files.lock().unwrap_or_else(|e| e.into_inner()) = files
+            .iter()
+            .zip(&hashed)
+            .filter_map(|(rel, (digest, stamp))| stamp.map(|s| (rel.to_string(), (s, *digest))))
+            .collect();
+    }
     let file_digest: HashMap<&str, Digest> =
         files.iter().copied().zip(digests.iter().copied()).collect();
     let dir_blobs = build_directories(function, &dirs, &file_digest)?;

@@ -43,11 +43,16 @@ impl Drop for ProxyProcess {
     }
 }
 
-fn compile(ws: &Path, remote: &str, log: &Path, source: &str) {
+/// `sa --remote REMOTE record [--log LOG] -- gcc -c SOURCE -o SOURCE.o` in `ws`, which must
+/// succeed.
+pub(crate) fn compile(ws: &Path, remote: &str, log: Option<&Path>, source: &str) {
     let object = source.replace(".c", ".o");
-    let out = Process::new(env!("CARGO_BIN_EXE_sa"))
-        .args(["--remote", remote, "record", "--log"])
-        .arg(log)
+    let mut command = Process::new(env!("CARGO_BIN_EXE_sa"));
+    command.args(["--remote", remote, "record"]);
+    if let Some(log) = log {
+        command.arg("--log").arg(log);
+    }
+    let out = command
         .args(["--", "gcc", "-c", source, "-o", &object])
         .current_dir(ws)
         .env_remove("SA_CAS")
@@ -77,7 +82,7 @@ fn build_2_through_the_proxy_finds_every_changed_compile_primed() {
     {
         let proxy = ProxyProcess::start(&upstream, &record1);
         for source in sources {
-            compile(&ws, &proxy.endpoint, &log1, source);
+            compile(&ws, &proxy.endpoint, Some(&log1), source);
         }
     }
     let recording1 = record1.join("unknown.jsonl");
@@ -151,7 +156,7 @@ fn build_2_through_the_proxy_finds_every_changed_compile_primed() {
     {
         let proxy = ProxyProcess::start(&upstream, &record2);
         for source in sources {
-            compile(&ws, &proxy.endpoint, &log2, source);
+            compile(&ws, &proxy.endpoint, Some(&log2), source);
         }
     }
     let lines2 = sa_proxy::read_recording(&record2.join("unknown.jsonl"), 1 << 20).unwrap().lines;

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use sa_cas::testing::Casd;
 
+use crate::proxy::compile;
+
 use super::*;
 
 /// `sa serve` in the background, its JSON events on a channel, killed on drop.
@@ -85,18 +87,6 @@ impl Drop for ServeProcess {
     }
 }
 
-fn compile(ws: &Path, remote: &str, source: &str) {
-    let object = source.replace(".c", ".o");
-    let out = Process::new(env!("CARGO_BIN_EXE_sa"))
-        .args(["--remote", remote, "record", "--", "gcc", "-c", source, "-o", &object])
-        .current_dir(ws)
-        .env_remove("SA_CAS")
-        .env_remove("SA_REMOTE")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{source}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 #[test]
 fn serve_learns_every_build_and_primes_every_edit_with_no_command_between() {
     let dir = tempfile::tempdir().unwrap();
@@ -111,7 +101,7 @@ fn serve_learns_every_build_and_primes_every_edit_with_no_command_between() {
 
     // Build 1, clean: three compiles, learned once the invocation is quiet.
     for source in ["a.c", "b.c", "c.c"] {
-        compile(&ws, &serve.endpoint, source);
+        compile(&ws, &serve.endpoint, None, source);
     }
     let build = serve.wait_for("build", 60, |_| true);
     assert_eq!(
@@ -131,7 +121,7 @@ fn serve_learns_every_build_and_primes_every_edit_with_no_command_between() {
 
     // Build 2, incremental (what make re-runs): both are hits sa primed.
     for source in ["a.c", "c.c"] {
-        compile(&ws, &serve.endpoint, source);
+        compile(&ws, &serve.endpoint, None, source);
     }
     let build = serve.wait_for("build", 60, |_| true);
     assert_eq!(
@@ -148,7 +138,7 @@ fn serve_learns_every_build_and_primes_every_edit_with_no_command_between() {
     // b.c, untouched by builds 1 and 2 but for build 1, is still known: its edit is primed.
     std::fs::write(ws.join("b.c"), "int b(void) { return 3; }\n").unwrap();
     serve.wait_for("primed", 120, |e| e["changed"] == 1 && e["executed"] == 1);
-    compile(&ws, &serve.endpoint, "b.c");
+    compile(&ws, &serve.endpoint, None, "b.c");
     let build = serve.wait_for("build", 60, |_| true);
     assert_eq!(
         (build["hits"].as_u64(), build["primed_hits"].as_u64()),
