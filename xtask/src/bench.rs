@@ -552,7 +552,12 @@ fn bazel_section(root: &Path) -> Result<String> {
     writeln!(s)?;
     writeln!(
         s,
-        "`scripts/demo-bazel.sh` (machine: {}): Bazel 4.2.3 builds `examples/bazel` on          BuildGrid 0.9.1 (two `sa worker` bots) through `sa serve`, one output base and no          clean, for three edits in a row (`examples/bazel/edits`); no `sa` command runs between          builds. Then the same three incremental builds without `sa`, on a fresh BuildGrid. A          build's time is Bazel's wall time; *primed by sa* counts the remote cache hits that          `sa serve` executed before the build asked.",
+        "`scripts/demo-bazel.sh` (machine: {}): Bazel 4.2.3 builds `examples/bazel` on \
+         BuildGrid 0.9.1 (two `sa worker` bots) through `sa serve`, one output base and no \
+         clean, for three edits in a row (`examples/bazel/edits`); no `sa` command runs between \
+         builds. Then the same three incremental builds without `sa`, on a fresh BuildGrid. A \
+         build's time is Bazel's wall time; *primed by sa* counts the remote cache hits that \
+         `sa serve` executed before the build asked.",
         machine().replace("release profile", "`sa` debug build")
     )?;
     writeln!(s)?;
