@@ -8,7 +8,7 @@ use sa_cas::merkle::TreeLimits;
 use sa_cas::{CasError, Digest, Store};
 use sa_generator::Progress;
 use sa_generator::graph::Graph;
-use sa_generator::model::Origin;
+use sa_generator::model::{Origin, OriginKind};
 
 mod error;
 mod plan;
@@ -118,6 +118,9 @@ pub struct InstantiatedAction {
     pub unresolved: usize,
     /// Why, for the first few unresolved overlays.
     pub unresolved_reasons: Vec<String>,
+    /// The kind and target digest of each unresolved overlay, sorted, distinct: the input
+    /// files whose content the next build cannot be known to have.
+    pub unresolved_targets: Vec<(OriginKind, Digest)>,
 }
 
 type Shared<T> = Arc<OnceLock<Result<Arc<T>, Arc<CasError>>>>;

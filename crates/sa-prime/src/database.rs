@@ -115,6 +115,7 @@ pub(crate) fn match_plan<S: Store + ?Sized>(
             command: Some(command),
             keep_inputs: r.outcome.complete,
             recorded: None,
+            drop: Vec::new(),
         });
     }
     for (r, used) in recorded.iter().zip(&used) {
@@ -157,6 +158,7 @@ pub(crate) fn match_plan<S: Store + ?Sized>(
                 command: Some(command),
                 keep_inputs: false,
                 recorded: None,
+                drop: Vec::new(),
             }),
             None => {
                 matched.not_run.insert(

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use sa_cas::merkle::{self, TreeLimits};
 use sa_cas::{Blob, CasError, Digest, Store, read_message};
 use sa_exec::{Executor, ExecutorCounters, Outcome};
+use sa_generator::model::OriginKind;
 use sa_instantiator::{InstantiateError, InstantiatedAction, Instantiator};
 use sa_proto::reapi::{Action, ActionResult};
 
@@ -356,6 +357,25 @@ pub fn prime_until<S: Store + ?Sized>(
                     })
                     .filter(|(_, o)| seen.insert(o.action))
                     .map(|(element, o)| rescan::Request::changed(element, o.base, o.action)),
+            );
+            // Actions whose only unknown inputs are sources gone from the next sources (a
+            // header renamed or removed): their scan says what they read now.
+            changed.extend(
+                outcomes
+                    .iter()
+                    .filter(|(_, o)| {
+                        !o.complete
+                            && !o.unresolved_targets.is_empty()
+                            && o.unresolved_targets
+                                .iter()
+                                .all(|(kind, _)| *kind == OriginKind::Source)
+                            && !scans.contains_key(&o.action)
+                    })
+                    .filter(|(_, o)| seen.insert(o.action))
+                    .map(|(element, o)| {
+                        let gone = o.unresolved_targets.iter().map(|(_, d)| *d).collect();
+                        rescan::Request::gone(element, o.base, o.action, gone)
+                    }),
             );
             if !changed.is_empty() && !cancel.load(Ordering::Relaxed) {
                 events(Event::Scan { actions: changed.len() });

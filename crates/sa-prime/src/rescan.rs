@@ -65,6 +65,9 @@ pub(crate) struct Request {
     /// by scan, as recc and `sa record` do; Bazel sends every declared header instead, and
     /// its overlay result stands).
     pub recorded: Option<Digest>,
+    /// Input files of the template to leave out (sources the overlays could not resolve: gone
+    /// from the next sources); a request that drops any always rebuilds.
+    pub drop: Vec<Digest>,
 }
 
 impl Request {
@@ -77,7 +80,15 @@ impl Request {
             command: None,
             keep_inputs: true,
             recorded: Some(base),
+            drop: Vec::new(),
         }
+    }
+
+    /// The scan of an instantiated action (recorded as `base`) that could not be completed
+    /// because source files it read are gone (`gone`: their digests): a renamed or removed
+    /// header. The scan says what it reads now.
+    pub(crate) fn gone(element: &str, base: Digest, action: Digest, gone: Vec<Digest>) -> Request {
+        Request { drop: gone, ..Request::changed(element, base, action) }
     }
 }
 
@@ -94,6 +105,8 @@ struct Pending {
     sources: Arc<BTreeMap<String, TreeFile>>,
     /// The scan of the recorded action over its own root, and that root's paths.
     recorded: Option<(Digest, HashSet<String>)>,
+    /// Whether template files were left out (the action must be rebuilt).
+    dropped: bool,
 }
 
 /// Scans each request's compile and replaces, in `instantiator`, the actions whose inputs
@@ -174,9 +187,11 @@ pub(crate) fn rescan<S: Store + ?Sized>(
                 scanned.insert(key, Scanned::Stands);
                 continue;
             }
-            forest
+            let mut files = forest
                 .files(&decoded.input_root)
-                .map_err(store_error(format!("listing the input root of {key}")))?
+                .map_err(store_error(format!("listing the input root of {key}")))?;
+            files.retain(|f| !request.drop.contains(&f.digest));
+            files
         } else {
             Vec::new()
         };
@@ -219,6 +234,7 @@ pub(crate) fn rescan<S: Store + ?Sized>(
                         files,
                         sources,
                         recorded: recorded_scan,
+                        dropped: !request.drop.is_empty(),
                     },
                     scan,
                 ));
@@ -416,7 +432,7 @@ fn rebuild<S: Store + ?Sized>(
     let mut added: Vec<&String> =
         listed.iter().filter(|p| !recorded.contains(p.as_str())).collect();
     added.sort_unstable();
-    if kept == item.files.len() && added.is_empty() && item.new_command.is_none() {
+    if kept == item.files.len() && added.is_empty() && item.new_command.is_none() && !item.dropped {
         return Ok(None);
     }
     for path in added {

@@ -295,14 +295,15 @@ fn a_compilation_database_predicts_changed_flags_and_new_files_and_drops_what_is
 }
 
 #[test]
-fn with_a_compilation_database_a_removed_header_no_longer_included_is_primed_exactly() {
+fn a_removed_header_no_longer_included_is_primed_exactly_with_or_without_a_database() {
     let cas = MemoryCas::new(SHA);
     let main_two = "#include \"a.h\"\n#include \"c.h\"\nint main(void) { return A + C; }\n";
     let v1 = [("main.c", main_two), ("a.h", "#define A 0\n"), ("c.h", "#define C 0\n")];
     let v2 = [("main.c", MAIN), ("a.h", "#define A 0\n")];
-    // Overlays alone: c.h is gone, so the action cannot be completed.
+    // c.h is gone, so its overlay cannot resolve; the scan says main.c no longer reads it.
     let report = prime_next(&cas, &v1, &v1, &v2, &PrimeOptions::default(), None);
-    assert_eq!(report.actions[0].status.kind(), StatusKind::Unpredictable, "{:?}", report.actions);
+    assert_eq!(report.actions[0].status, Status::Executed, "{:?}", report.actions);
+    assert_eq!(report.actions[0].action, compile(&cas, &v2));
     // The database says the compile runs: its inputs come from the scan of the next sources.
     let cas = MemoryCas::new(SHA);
     let report = prime_next(&cas, &v1, &v1, &v2, &planned(&["gcc -c main.c -o main.o"]), None);
@@ -320,4 +321,21 @@ fn a_recorded_root_holding_more_than_the_compiler_reads_keeps_the_overlay_result
     let report = prime_next(&cas, &v1, &v1, &v2, &PrimeOptions::default(), None);
     assert_eq!(report.actions[0].status, Status::Executed, "{:?}", report.actions);
     assert_eq!(report.actions[0].action, compile(&cas, &v2), "the overlay result, declared.h kept");
+}
+
+#[test]
+fn a_renamed_header_is_primed_exactly_without_a_database() {
+    let cas = MemoryCas::new(SHA);
+    let v1 = [("main.c", MAIN), ("a.h", "#define A 0\n")];
+    let renamed = "#include \"b.h\"\nint main(void) { return A; }\n";
+    let v2 = [("main.c", renamed), ("b.h", "#define A 0\n")];
+    let report = prime_next(&cas, &v1, &v1, &v2, &PrimeOptions::default(), None);
+    assert_eq!(report.actions[0].status, Status::Executed, "{:?}", report.actions);
+    assert_eq!(report.actions[0].action, compile(&cas, &v2));
+    // Without the re-scan a.h's overlay cannot resolve: unpredictable, never run.
+    let cas = MemoryCas::new(SHA);
+    let options = PrimeOptions { rescan: false, ..Default::default() };
+    let report = prime_next(&cas, &v1, &v1, &v2, &options, None);
+    assert_eq!(report.actions[0].status.kind(), StatusKind::Unpredictable);
+    assert_eq!(report.submitted, 0);
 }

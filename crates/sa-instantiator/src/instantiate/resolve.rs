@@ -39,6 +39,7 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             skipped: 0,
             unresolved: 0,
             unresolved_reasons: Vec::new(),
+            unresolved_targets: Vec::new(),
         };
         let mut changing: BTreeMap<Digest, &[u32]> = BTreeMap::new();
         let same_target =
@@ -63,6 +64,8 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
                     Resolution::Skip => outcome.skipped += 1,
                     Resolution::Unresolved(reason) => {
                         outcome.unresolved += 1;
+                        let kind = work.overlays[id as usize].0.kind;
+                        outcome.unresolved_targets.push((kind, *target));
                         if outcome.unresolved_reasons.len() < 3 {
                             outcome.unresolved_reasons.push(reason);
                         }
@@ -71,6 +74,8 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             }
         }
         outcome.complete = outcome.unresolved == 0;
+        outcome.unresolved_targets.sort_unstable();
+        outcome.unresolved_targets.dedup();
         Ok((outcome, changing))
     }
 
