@@ -256,11 +256,18 @@ pub fn generate_observed(
     let function = store.digest_function();
     check_input(input, function)?;
     let mut run = Run { element: &input.element.name, config, stats: GenerateStats::default() };
-    let roots = run.input_roots(store, &input.subactions)?;
+    let element = input.element.name.as_str();
+    let roots =
+        timed(element, "read the subactions", || run.input_roots(store, &input.subactions))?;
     let trees = origin_trees(input);
-    let (forest, roots) = run.fetch_trees(store, &trees, input.element.artifact, roots)?;
-    let index = run.origin_index(store, &forest, &trees, &roots)?;
-    let artifact_overlays = run.artifact_overlays(&forest, &index, input.element.artifact)?;
+    let (forest, roots) = timed(element, "fetch the trees", || {
+        run.fetch_trees(store, &trees, input.element.artifact, roots)
+    })?;
+    let index =
+        timed(element, "index the origins", || run.origin_index(store, &forest, &trees, &roots))?;
+    let artifact_overlays = timed(element, "trace the artifact", || {
+        run.artifact_overlays(&forest, &index, input.element.artifact)
+    })?;
     progress(Progress::Planned(roots.len()));
     let store_error = |source| GenerateError::Store {
         element: input.element.name.clone(),
@@ -268,19 +275,31 @@ pub fn generate_observed(
     };
     // The output goes to the store as it is encoded: a large element's is hundreds of MiB.
     let mut sink = store.spool().map_err(store_error)?;
-    let indexed = run
-        .encode(&forest, &index, &roots, &artifact_overlays, sink.as_mut(), progress)
-        .map_err(store_error)?;
-    drop(forest);
-    let digest = sink.commit().map_err(store_error)?;
+    let indexed = timed(element, "attribute and encode", || {
+        run.encode(&forest, &index, &roots, &artifact_overlays, sink.as_mut(), progress)
+    })
+    .map_err(store_error)?;
+    timed(element, "free the trees", || drop(forest));
+    let digest = timed(element, "store the blob", || sink.commit()).map_err(store_error)?;
     let stored_index = if config.skip_index {
         None
     } else {
         let table = (0..index.len() as u32).map(|id| (index.origin(id).clone(), *index.digest(id)));
         let actions_index = ActionsIndex::new(digest, table.collect(), indexed);
-        Some(actions_index.store(store).map_err(store_error)?)
+        Some(
+            timed(element, "store the actions index", || actions_index.store(store))
+                .map_err(store_error)?,
+        )
     };
     Ok(Generated { digest, index: stored_index, stats: run.stats })
+}
+
+/// Runs `step` of generating for `element`, its time logged at debug level (`sa -vv`).
+fn timed<T>(element: &str, step: &str, work: impl FnOnce() -> T) -> T {
+    let start = std::time::Instant::now();
+    let result = work();
+    tracing::debug!(element, "generate: {step}: {:.3}s", start.elapsed().as_secs_f64());
+    result
 }
 
 /// One run of [`generate`]: the element, the options, and the statistics gathered so far.
