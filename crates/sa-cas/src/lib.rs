@@ -51,7 +51,7 @@ pub use digest::{CopyError, Digest, DigestFunction, HASH_LEN, Hasher};
 pub use error::{CasError, ResultExt, error_chain};
 pub use grpc::{
     Backoff, Exhausted, GrpcCas, GrpcConfig, GrpcConnection, Retry, RetryLimit, RetryPolicy,
-    is_transient, lazy_channel, retry_call,
+    is_transient, lazy_channel, retry_call, warm_channel,
 };
 pub use keyed::{Entry, EntryKey};
 pub use limited::Limited;

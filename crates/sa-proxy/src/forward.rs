@@ -202,10 +202,11 @@ impl Proxy {
             })?;
             headers.push((name, value));
         }
-        let channel = {
-            let _guard = runtime.enter();
-            sa_cas::lazy_channel(&config.upstream).map_err(ProxyError::Upstream)?
-        };
+        // Connected now where the upstream answers: the proxy then holds its upstream
+        // connection before clients can take every file descriptor.
+        let channel = runtime
+            .block_on(sa_cas::warm_channel(&config.upstream))
+            .map_err(ProxyError::Upstream)?;
         let activity = Arc::new(Activity::default());
         let state = Arc::new(State {
             channel,

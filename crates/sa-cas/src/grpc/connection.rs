@@ -159,6 +159,29 @@ pub fn lazy_channel(config: &GrpcConfig) -> Result<Channel, CasError> {
     })
 }
 
+/// [`lazy_channel`], connected now when the server answers within the connect timeout (one
+/// attempt, no retries): a forwarder that holds its upstream connection from the start does
+/// not need a new descriptor for it later, when clients may have taken them all. A server
+/// that is down or slow now gives the lazy channel, which connects on first use.
+pub async fn warm_channel(config: &GrpcConfig) -> Result<Channel, CasError> {
+    let connected = match target(config)? {
+        Target::Tcp(endpoint) => {
+            tokio::time::timeout(config.connect_timeout, endpoint.connect()).await
+        }
+        Target::Unix(endpoint, path) => {
+            tokio::time::timeout(
+                config.connect_timeout,
+                endpoint.connect_with_connector(unix_connector(path)),
+            )
+            .await
+        }
+    };
+    match connected {
+        Ok(Ok(channel)) => Ok(channel),
+        _ => lazy_channel(config),
+    }
+}
+
 fn target(config: &GrpcConfig) -> Result<Target, CasError> {
     let endpoint_text = config.endpoint.as_str();
     if let Some(path) = endpoint_text.strip_prefix("unix:") {

@@ -16,7 +16,7 @@ mod retry;
 
 pub use client::GrpcCas;
 pub use config::GrpcConfig;
-pub use connection::{GrpcConnection, lazy_channel};
+pub use connection::{GrpcConnection, lazy_channel, warm_channel};
 pub use retry::{Backoff, Exhausted, Retry, RetryLimit, RetryPolicy, is_transient, retry_call};
 
 /// The largest gRPC message we send: servers commonly receive at most 4 MiB.
