@@ -307,6 +307,7 @@ fn print_report(ui: &mut Ui, report: &PrimeReport, executor: &str) -> Result<()>
                 },
                 "retries": report.counters.retries,
                 "resumed_streams": report.counters.resumed,
+                "parked_streams": report.counters.parked,
                 "resubmitted": report.counters.resubmitted,
             }
         }))?;

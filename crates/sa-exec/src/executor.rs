@@ -107,6 +107,9 @@ pub struct ExecutorCounters {
     pub resumed: u64,
     /// Operations the service no longer knew (it restarted) and that were submitted again.
     pub resubmitted: u64,
+    /// Accepted streams closed while the service was exhausted, their operations followed
+    /// again with `WaitExecution` once there was room.
+    pub parked: u64,
 }
 
 /// Runs actions on this machine with [`execute_cached`], against one store: its blobs are the
@@ -203,6 +206,7 @@ struct Counters {
     retries: AtomicU64,
     resumed: AtomicU64,
     resubmitted: AtomicU64,
+    parked: AtomicU64,
     warned: AtomicBool,
 }
 
@@ -238,10 +242,7 @@ impl Executor for RemoteExecutor {
     fn execute_all(&self, actions: &[Digest], done: &mut dyn FnMut(Finished)) {
         let (sender, receiver) = mpsc::channel();
         let jobs = self.options.jobs.max(1);
-        let limit = Arc::new(Limit {
-            semaphore: Arc::new(tokio::sync::Semaphore::new(jobs)),
-            current: AtomicUsize::new(jobs),
-        });
+        let limit = Limit::new(jobs);
         let runtime = self.connection.runtime();
         for action in actions {
             let sender = sender.clone();
@@ -268,32 +269,128 @@ impl Executor for RemoteExecutor {
             retries: self.counters.retries.load(Ordering::Relaxed),
             resumed: self.counters.resumed.load(Ordering::Relaxed),
             resubmitted: self.counters.resubmitted.load(Ordering::Relaxed),
+            parked: self.counters.parked.load(Ordering::Relaxed),
         }
     }
 }
 
-/// The executions allowed in flight: `jobs` at first, one fewer each time the service
-/// answers RESOURCE_EXHAUSTED to an Execute (never below one), so a run settles at what the
-/// service can hold instead of retrying against its limit. (An Execute stream holds a server
-/// thread for its whole life in servers such as BuildGrid.)
+/// The executions allowed in flight: `jobs` at first; when the service answers
+/// RESOURCE_EXHAUSTED to an Execute, at most half the streams it has accepted and not yet
+/// finished (never below one), and accepted streams over that are *parked*: closed, their
+/// operations followed again with `WaitExecution` once there is room. An Execute stream holds
+/// a server thread for its whole life in servers such as BuildGrid, and the service's workers
+/// need threads of the same pool to upload results and take leases: a client holding all the
+/// service can hold would starve them, and every stream would wait for results no worker can
+/// report (seen: BuildGrid with 8 threads, 7 streams open, a worker's upload refused for 600 s).
 struct Limit {
     semaphore: Arc<tokio::sync::Semaphore>,
-    current: AtomicUsize,
+    /// Woken when the limit comes down, for streams to park.
+    lowered: tokio::sync::Notify,
+    /// Streams the service accepted (answered with an operation) that are still open.
+    accepted: AtomicUsize,
+    permits: std::sync::Mutex<Permits>,
+}
+
+/// How many permits exist (held or free), and how many there should be.
+#[derive(Debug)]
+struct Permits {
+    total: usize,
+    target: usize,
+}
+
+/// One execution's place under the [`Limit`]; given back on drop, or forgotten while the
+/// limit is coming down.
+struct Permit {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    limit: Arc<Limit>,
 }
 
 impl Limit {
-    /// Gives up `permit` for good if the limit may shrink; else returns it.
-    fn shrink(&self, permit: tokio::sync::OwnedSemaphorePermit) {
-        let shrunk = self
-            .current
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n > 1).then(|| n - 1));
-        match shrunk {
-            Ok(before) => {
-                permit.forget();
-                tracing::debug!(limit = before - 1, "RESOURCE_EXHAUSTED: fewer executions at once");
-            }
-            Err(_) => drop(permit),
+    fn new(jobs: usize) -> Arc<Limit> {
+        Arc::new(Limit {
+            semaphore: Arc::new(tokio::sync::Semaphore::new(jobs)),
+            accepted: AtomicUsize::new(0),
+            lowered: tokio::sync::Notify::new(),
+            permits: std::sync::Mutex::new(Permits { total: jobs, target: jobs }),
+        })
+    }
+
+    async fn acquire(self: &Arc<Self>) -> Permit {
+        let permit = self.semaphore.clone().acquire_owned().await.expect("never closed");
+        Permit { permit: Some(permit), limit: self.clone() }
+    }
+
+    /// The service answered RESOURCE_EXHAUSTED: at most half the accepted streams from now on.
+    fn exhausted(&self) {
+        let mut permits = self.permits.lock().unwrap_or_else(|e| e.into_inner());
+        let half = (self.accepted.load(Ordering::Relaxed) / 2).max(1);
+        if half < permits.target {
+            permits.target = half;
+            tracing::debug!(limit = half, "RESOURCE_EXHAUSTED: fewer executions at once");
         }
+        let excess = permits.total - permits.target;
+        permits.total -= self.semaphore.forget_permits(excess);
+        if permits.total > permits.target {
+            self.lowered.notify_waiters();
+        }
+    }
+
+    /// Returns once `permit` should be given up for the limit to come down (and has been).
+    async fn parked(&self, permit: &mut Permit) {
+        loop {
+            let lowered = self.lowered.notified();
+            if permit.park() {
+                return;
+            }
+            lowered.await;
+        }
+    }
+
+    /// Permits that exist now (held or free).
+    #[cfg(test)]
+    fn total(&self) -> usize {
+        self.permits.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+}
+
+impl Permit {
+    /// Gives this permit up for good if the limit is over its target.
+    fn park(&mut self) -> bool {
+        let mut permits = self.limit.permits.lock().unwrap_or_else(|e| e.into_inner());
+        if permits.total <= permits.target {
+            return false;
+        }
+        let Some(permit) = self.permit.take() else { return false };
+        permits.total -= 1;
+        permit.forget();
+        true
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let Some(permit) = self.permit.take() else { return };
+        let mut permits = self.limit.permits.lock().unwrap_or_else(|e| e.into_inner());
+        if permits.total > permits.target {
+            permits.total -= 1;
+            permit.forget();
+        }
+    }
+}
+
+/// Counts a stream the service accepted for as long as it stays open.
+struct Accepted<'a>(&'a AtomicUsize);
+
+impl<'a> Accepted<'a> {
+    fn new(count: &'a AtomicUsize) -> Accepted<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        Accepted(count)
+    }
+}
+
+impl Drop for Accepted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -312,17 +409,19 @@ enum Broken {
     Status(Status),
     /// The stream ended before the operation was done.
     Ended,
+    /// The stream was closed to bring the limit down; the operation goes on.
+    Parked,
 }
 
 impl Call {
     async fn run(&self) -> Finished {
-        let permit = self.acquire().await;
+        let permit = self.limit.acquire().await;
         let started = Instant::now();
         let outcome = self.follow(permit, started).await;
         Finished { action: self.action, outcome, latency: started.elapsed() }
     }
 
-    async fn follow(&self, permit: tokio::sync::OwnedSemaphorePermit, started: Instant) -> Outcome {
+    async fn follow(&self, permit: Permit, started: Instant) -> Outcome {
         let action = self.action;
         let deadline = started + self.options.timeout;
         let mut operation_name: Option<String> = None;
@@ -345,7 +444,8 @@ impl Call {
                 ));
             }
             let before = operation_name.clone();
-            let broken = match self.attempt(&mut operation_name, deadline - now).await {
+            let held = permit.as_mut().expect("held while a stream is open");
+            let broken = match self.attempt(&mut operation_name, held, deadline - now).await {
                 Ok(outcome) => return outcome,
                 Err(broken) => broken,
             };
@@ -356,6 +456,14 @@ impl Call {
             let status = match broken {
                 Broken::Ended => Status::unavailable("the stream ended before the result"),
                 Broken::Status(status) => status,
+                Broken::Parked => {
+                    // Followed again with WaitExecution once the limit has room.
+                    tracing::debug!(%action, "stream parked while the service is exhausted");
+                    self.counters.parked.fetch_add(1, Ordering::Relaxed);
+                    drop(permit.take());
+                    permit = Some(self.limit.acquire().await);
+                    continue;
+                }
             };
             if before.is_some() && status.code() == Code::NotFound {
                 // WaitExecution on an operation the service no longer knows: submit again.
@@ -399,20 +507,15 @@ impl Call {
             }
             tracing::debug!(%action, code = ?status.code(), ?delay, "retrying");
             if status.code() == Code::ResourceExhausted {
-                // Wait outside the limit, which shrinks by this permit if it still can.
-                if let Some(held) = permit.take() {
-                    self.limit.shrink(held);
-                }
+                // Wait outside the limit, which comes down first.
+                self.limit.exhausted();
+                drop(permit.take());
                 tokio::time::sleep(delay).await;
-                permit = Some(self.acquire().await);
+                permit = Some(self.limit.acquire().await);
             } else {
                 tokio::time::sleep(delay).await;
             }
         }
-    }
-
-    async fn acquire(&self) -> tokio::sync::OwnedSemaphorePermit {
-        self.limit.semaphore.clone().acquire_owned().await.expect("never closed")
     }
 
     /// One Execute (no operation yet) or WaitExecution (resuming `operation`) stream, read
@@ -420,6 +523,7 @@ impl Call {
     async fn attempt(
         &self,
         operation_name: &mut Option<String>,
+        permit: &mut Permit,
         remaining: Duration,
     ) -> Result<Outcome, Broken> {
         let mut client =
@@ -445,8 +549,18 @@ impl Call {
             }
         };
         let mut stream = response.map_err(Broken::Status)?.into_inner();
+        let mut accepted = None;
         loop {
-            let operation = match stream.message().await {
+            let message = if accepted.is_some() {
+                // An accepted stream parks when the limit comes down; the operation goes on.
+                tokio::select! {
+                    message = stream.message() => message,
+                    () = self.limit.parked(permit) => return Err(Broken::Parked),
+                }
+            } else {
+                stream.message().await
+            };
+            let operation = match message {
                 Ok(Some(operation)) => operation,
                 Ok(None) => return Err(Broken::Ended),
                 Err(status) => return Err(Broken::Status(status)),
@@ -454,6 +568,7 @@ impl Call {
             if !operation.name.is_empty() {
                 *operation_name = Some(operation.name.clone());
             }
+            accepted.get_or_insert_with(|| Accepted::new(&self.limit.accepted));
             if operation.done {
                 // Read the stream to its end (the trailers) rather than drop it: a dropped
                 // stream is a RST_STREAM, and servers guarding against rapid resets (gRPC C++,
@@ -512,5 +627,46 @@ impl Call {
                 "Execute {action}: the operation finished without a result"
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failing unwrap names the line, which is what a test wants
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_exhausted_leaves_half_the_accepted_streams_and_room_for_the_services_workers() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(async {
+            let limit = Limit::new(64);
+            // Six streams accepted by the service, a seventh answered RESOURCE_EXHAUSTED.
+            let held = acquire(&limit, 7).await;
+            let accepted: Vec<Accepted<'_>> =
+                (0..6).map(|_| Accepted::new(&limit.accepted)).collect();
+            limit.exhausted();
+            // The 57 free permits are gone at once; the held ones go as they are given back.
+            assert_eq!(limit.total(), 7);
+            assert_eq!(limit.semaphore.available_permits(), 0);
+            drop(accepted);
+            drop(held);
+            assert_eq!(limit.total(), 3);
+            assert_eq!(limit.semaphore.available_permits(), 3);
+            // A later burst with fewer streams open brings it lower; never below one.
+            limit.exhausted();
+            assert_eq!(limit.total(), 1);
+            let one = limit.acquire().await;
+            assert!(limit.semaphore.clone().try_acquire_owned().is_err());
+            drop(one);
+            assert_eq!(limit.semaphore.available_permits(), 1);
+        });
+    }
+
+    async fn acquire(limit: &Arc<Limit>, n: usize) -> Vec<Permit> {
+        let mut permits = Vec::new();
+        for _ in 0..n {
+            permits.push(limit.acquire().await);
+        }
+        permits
     }
 }
