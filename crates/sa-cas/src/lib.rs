@@ -59,4 +59,4 @@ pub use local::{LocalCas, LocalCasConfig};
 pub use memory::MemoryCas;
 pub use metered::{Meter, Metered, StoreStats};
 pub use spool::BlobSink;
-pub use store::{ActionCache, Blob, Cas, Store, read_message, write_message};
+pub use store::{ActionCache, Blob, Cas, Store, decode_message, read_message, write_message};

@@ -143,7 +143,15 @@ pub fn read_message<M: Message + Default>(
     digest: &Digest,
     what: &'static str,
 ) -> Result<M, CasError> {
-    let data = cas.read_blob(digest)?;
+    decode_message(digest, cas.read_blob(digest)?, what)
+}
+
+/// Decodes the message read as `digest`; `what` names the type in errors.
+pub fn decode_message<M: Message + Default>(
+    digest: &Digest,
+    data: Bytes,
+    what: &'static str,
+) -> Result<M, CasError> {
     M::decode(data).map_err(|source| CasError::Decode { what, digest: *digest, source })
 }
 

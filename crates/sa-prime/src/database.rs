@@ -13,12 +13,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use sa_cas::{DecodedAction, Digest, Store, read_message, write_message};
+use sa_cas::{Digest, Store, write_message};
 use sa_compile::{below, parse_compile};
 use sa_instantiator::InstantiatedAction;
 use sa_proto::reapi::Command;
 
-use crate::rescan::{Request, Scanned};
+use crate::rescan::{Request, Scanned, read_actions, read_commands};
 use crate::{PrimeError, store_error};
 
 /// A compile the next build runs, from its compilation database.
@@ -60,16 +60,21 @@ pub(crate) fn match_plan<S: Store + ?Sized>(
 ) -> Result<Matched, PrimeError> {
     let mut matched = Matched::default();
     let mut recorded = Vec::new();
+    let planned_for = |element: &String| planned.iter().any(|p| &p.element == element);
+    let bases: Vec<Digest> =
+        outcomes.iter().filter(|(e, _)| planned_for(e)).map(|(_, o)| o.base).collect();
+    let actions = read_actions(store, &bases)?;
+    let mut command_of = HashMap::with_capacity(actions.len());
+    for (base, decoded) in &actions {
+        let digest = decoded.command().map_err(store_error(format!("reading action {base}")))?;
+        command_of.insert(*base, digest);
+    }
+    let commands = read_commands(store, &command_of.values().copied().collect::<Vec<_>>())?;
     for (element, outcome) in outcomes {
-        if !planned.iter().any(|p| &p.element == element) {
+        if !planned_for(element) {
             continue;
         }
-        let base = &outcome.base;
-        let decoded = DecodedAction::read(store, base)
-            .map_err(store_error(format!("reading action {base}")))?;
-        let digest = decoded.command().map_err(store_error(format!("reading action {base}")))?;
-        let command: Command = read_message(store, &digest, "Command")
-            .map_err(store_error(format!("reading the command of action {base}")))?;
+        let command = commands[&command_of[&outcome.base]].clone();
         let Some(compile) = parse_compile(&command.arguments) else { continue };
         let mut outputs = command.output_paths.clone();
         outputs.sort();

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use sa_cas::merkle::{self, Forest, TreeFile, TreeLimits};
-use sa_cas::{CasError, DecodedAction, Digest, Store, read_message, write_message};
+use sa_cas::{CasError, DecodedAction, Digest, Store, decode_message, write_message};
 use sa_compile::{below, parse_compile, parse_make_deps};
 use sa_exec::{Executor, Outcome};
 use sa_instantiator::Instantiator;
@@ -120,30 +120,30 @@ pub(crate) fn rescan<S: Store + ?Sized>(
 ) -> Result<HashMap<Digest, Scanned>, PrimeError> {
     let store = stores.build;
     let mut scanned = HashMap::new();
+    // Every Action the requests name, then every Command they need, each in one batch.
+    let wanted: Vec<Digest> =
+        requests.iter().flat_map(|r| [Some(r.template), r.recorded]).flatten().collect();
+    let decoded = read_actions(store, &wanted)?;
+    let mut command_digests: Vec<Digest> = Vec::new();
+    for request in requests.iter().filter(|r| r.command.is_none()) {
+        let template = &request.template;
+        let digest = decoded[template]
+            .command()
+            .map_err(store_error(format!("reading action {template}")))?;
+        command_digests.push(digest);
+    }
+    let commands = read_commands(store, &command_digests)?;
     let mut compiles = Vec::new();
     for request in requests {
-        let template = &request.template;
-        let decoded = DecodedAction::read(store, template)
-            .map_err(store_error(format!("reading action {template}")))?;
+        let template = decoded[&request.template].clone();
         let command = match &request.command {
             Some(command) => command.clone(),
-            None => {
-                let digest =
-                    decoded.command().map_err(store_error(format!("reading action {template}")))?;
-                read_message(store, &digest, "Command")
-                    .map_err(store_error(format!("reading the command of action {template}")))?
-            }
+            None => commands[&template.command().expect("read above")].clone(),
         };
         let sources = instantiator.element(&request.element).and_then(|e| e.sources);
-        let recorded = match request.recorded {
-            Some(base) => Some(
-                DecodedAction::read(store, &base)
-                    .map_err(store_error(format!("reading action {base}")))?,
-            ),
-            None => None,
-        };
+        let recorded = request.recorded.map(|base| decoded[&base].clone());
         match (parse_compile(&command.arguments).is_some(), sources) {
-            (true, Some(sources)) => compiles.push((request, decoded, command, sources, recorded)),
+            (true, Some(sources)) => compiles.push((request, template, command, sources, recorded)),
             _ => {
                 scanned.insert(request.key, Scanned::Stands);
             }
@@ -166,17 +166,17 @@ pub(crate) fn rescan<S: Store + ?Sized>(
     let mut source_files: HashMap<Digest, Arc<BTreeMap<String, TreeFile>>> = HashMap::new();
     let mut pending = Vec::new();
     let mut scans = Vec::new();
-    for (request, decoded, command, sources, recorded) in compiles {
+    for (request, decoded, command, sources_root, recorded) in compiles {
         let key = request.key;
-        let sources = match source_files.get(&sources) {
+        let sources = match source_files.get(&sources_root) {
             Some(files) => files.clone(),
             None => {
                 let files = forest
-                    .files(&sources)
-                    .map_err(store_error(format!("listing the sources {sources}")))?;
+                    .files(&sources_root)
+                    .map_err(store_error(format!("listing the sources {sources_root}")))?;
                 let files: Arc<BTreeMap<String, TreeFile>> =
                     Arc::new(files.into_iter().map(|f| (f.path.clone(), f)).collect());
-                source_files.insert(sources, files.clone());
+                source_files.insert(sources_root, files.clone());
                 files
             }
         };
@@ -206,7 +206,8 @@ pub(crate) fn rescan<S: Store + ?Sized>(
                 scanned.insert(key, Scanned::Stands);
                 continue;
             }
-            match scan_action(store, &recorded.action, files, command.clone()) {
+            // Over the recorded root itself, as the recording had it.
+            match scan_action(store, &recorded.action, recorded.input_root, command.clone()) {
                 Ok(scan) => recorded_scan = Some((scan, paths)),
                 Err(why) => {
                     scanned.insert(key, Scanned::Unpredictable(why));
@@ -214,13 +215,13 @@ pub(crate) fn rescan<S: Store + ?Sized>(
                 }
             }
         }
-        let mut root: BTreeMap<&str, &TreeFile> =
-            sources.iter().map(|(path, file)| (path.as_str(), file)).collect();
-        for file in &files {
-            root.insert(&file.path, file);
-        }
-        root.remove(output.as_str());
-        let root: Vec<TreeFile> = root.into_values().cloned().collect();
+        let root = match scan_root(store, sources_root, &sources, &files, &output) {
+            Ok(root) => root,
+            Err(why) => {
+                scanned.insert(key, Scanned::Unpredictable(why));
+                continue;
+            }
+        };
         match scan_action(store, &decoded.action, root, command.clone()) {
             Ok(scan) => {
                 scans.push(scan);
@@ -282,6 +283,43 @@ pub(crate) fn rescan<S: Store + ?Sized>(
     Ok(scanned)
 }
 
+/// The Actions `digests` name, read in batches and decoded.
+pub(crate) fn read_actions<S: Store + ?Sized>(
+    store: &S,
+    digests: &[Digest],
+) -> Result<HashMap<Digest, DecodedAction>, PrimeError> {
+    let function = store.digest_function();
+    let mut wanted = digests.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut decoded = HashMap::with_capacity(wanted.len());
+    for (digest, raw) in wanted.iter().zip(merkle::read_each(store, &wanted)) {
+        let action = raw
+            .and_then(|raw| DecodedAction::decode(function, digest, raw))
+            .map_err(store_error(format!("reading action {digest}")))?;
+        decoded.insert(*digest, action);
+    }
+    Ok(decoded)
+}
+
+/// The Commands `digests` name, read in batches and decoded.
+pub(crate) fn read_commands<S: Store + ?Sized>(
+    store: &S,
+    digests: &[Digest],
+) -> Result<HashMap<Digest, Command>, PrimeError> {
+    let mut wanted = digests.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut commands = HashMap::with_capacity(wanted.len());
+    for (digest, raw) in wanted.iter().zip(merkle::read_each(store, &wanted)) {
+        let command = raw
+            .and_then(|raw| decode_message(digest, raw, "Command"))
+            .map_err(store_error(format!("reading command {digest}")))?;
+        commands.insert(*digest, command);
+    }
+    Ok(commands)
+}
+
 enum Failure {
     Unpredictable(String),
     Error(String),
@@ -304,19 +342,42 @@ fn has_symlinks(forest: &Forest, root: &Digest) -> bool {
     false
 }
 
+/// The input root a compile's scan reads: the next sources with `files` (the instantiated
+/// root's) on top, without the scan's own `output`. When every file is the sources' own and
+/// the output is not a source, that is the sources' root as it is: no tree is built (a
+/// workspace's sources are one tree, shared by all its compiles).
+fn scan_root<S: Store + ?Sized>(
+    store: &S,
+    sources_root: Digest,
+    sources: &BTreeMap<String, TreeFile>,
+    files: &[TreeFile],
+    output: &str,
+) -> Result<Digest, String> {
+    if !sources.contains_key(output) && files.iter().all(|f| sources.get(&f.path) == Some(f)) {
+        return Ok(sources_root);
+    }
+    let mut root: BTreeMap<&str, &TreeFile> =
+        sources.iter().map(|(path, file)| (path.as_str(), file)).collect();
+    for file in files {
+        root.insert(&file.path, file);
+    }
+    root.remove(output);
+    let root: Vec<TreeFile> = root.into_values().cloned().collect();
+    merkle::build_tree(store, &root).map_err(|err| {
+        format!("its scan's input root cannot be built: {}", sa_cas::error_chain(&err))
+    })
+}
+
 /// Stores the scan of a compile: its `command`'s flags with `-M` into [`SCAN_FILE`], the
-/// same environment, platform and working directory, over `files`, with `template`'s Action
-/// fields. `Err`: why no scan can be built.
+/// same environment, platform and working directory, over `input_root`, with `template`'s
+/// Action fields. `Err`: why no scan can be built.
 fn scan_action<S: Store + ?Sized>(
     store: &S,
     template: &Action,
-    files: Vec<TreeFile>,
+    input_root: Digest,
     command: Command,
 ) -> Result<Digest, String> {
     let compile = parse_compile(&command.arguments).ok_or("not a compile")?;
-    let input_root = merkle::build_tree(store, &files).map_err(|err| {
-        format!("its scan's input root cannot be built: {}", sa_cas::error_chain(&err))
-    })?;
     let mut arguments = compile.deps_args().to_vec();
     arguments.extend(["-MF".into(), SCAN_FILE.into()]);
     // The platform is the recorded one, in whichever field the recording used.
