@@ -44,6 +44,9 @@ pub struct ActionsIndex {
     speculative_actions: Digest,
     overlays: Vec<(Origin, Digest)>,
     actions: Vec<IndexedAction>,
+    /// The [`InputSkeleton`](crate::InputSkeleton) of the actions' input trees, where the
+    /// generator wrote one and the index is trusted (see [`ActionsIndex::input_skeleton`]).
+    input_skeleton: Option<Digest>,
 }
 
 /// Why a `SpeculativeActions` blob cannot be indexed.
@@ -128,7 +131,20 @@ impl ActionsIndex {
                 action
             })
             .collect();
-        ActionsIndex { speculative_actions, overlays: table, actions }
+        ActionsIndex { speculative_actions, overlays: table, actions, input_skeleton: None }
+    }
+
+    /// The index naming `skeleton`, the [`InputSkeleton`](crate::InputSkeleton) of its
+    /// actions' input trees.
+    pub fn with_input_skeleton(self, skeleton: Digest) -> ActionsIndex {
+        ActionsIndex { input_skeleton: Some(skeleton), ..self }
+    }
+
+    /// The skeleton of the actions' input trees the generator wrote: only in an index loaded
+    /// with [`ActionsIndex::load_named`] (trusted as the graph naming it is), never in one
+    /// found through the ActionCache, which nothing can check it against.
+    pub fn input_skeleton(&self) -> Option<&Digest> {
+        self.input_skeleton.as_ref()
     }
 
     /// The index of an encoded `SpeculativeActions` (`digest` is its digest), decoded one
@@ -223,6 +239,7 @@ impl ActionsIndex {
                     }
                 })
                 .collect(),
+            input_skeleton: self.input_skeleton.map(|d| d.to_proto()),
         };
         Blob::from_message(function, &message)
     }
@@ -282,7 +299,13 @@ impl ActionsIndex {
             }
             actions.push(IndexedAction { base, overlays: ids });
         }
-        Ok(ActionsIndex { speculative_actions: *expected, overlays, actions })
+        let input_skeleton = message
+            .input_skeleton
+            .as_ref()
+            .map(|d| Digest::from_proto(function, d))
+            .transpose()
+            .map_err(|e| format!("ActionsIndex.input_skeleton: {e}"))?;
+        Ok(ActionsIndex { speculative_actions: *expected, overlays, actions, input_skeleton })
     }
 
     /// The ActionCache key of the index of `speculative_actions`, and the blobs that key names
@@ -416,7 +439,8 @@ impl ActionsIndex {
         };
         let entry = || format!("{} ({})", what(), key.digest);
         Ok(match ActionsIndex::from_blob(function, speculative_actions, &data) {
-            Ok(index) => Lookup::Found(index),
+            // Whoever can write the ActionCache chose this index: its skeleton is not used.
+            Ok(index) => Lookup::Found(ActionsIndex { input_skeleton: None, ..index }),
             Err(reason) => Lookup::Invalid(format!("{}: index {digest}: {reason}", entry())),
         })
     }

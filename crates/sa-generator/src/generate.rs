@@ -18,6 +18,7 @@ use sa_proto::wire::{
 use crate::actions_index::{ActionsIndex, IndexedAction};
 use crate::index::OriginIndex;
 use crate::model::{Origin, OriginKind};
+use crate::skeleton::InputSkeleton;
 
 /// An element's trees: its name and, where they exist, its source and artifact roots.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -273,6 +274,20 @@ pub fn generate_observed(
         element: input.element.name.clone(),
         source: Box::new(source),
     };
+    // The shape of the input trees, for instantiations that read only what changes.
+    let skeleton = if config.skip_index {
+        None
+    } else {
+        let blob = timed(element, "build the input skeleton", || {
+            InputSkeleton::from_forest(&forest, roots.iter().map(|(_, root)| root))
+                .map(|skeleton| skeleton.to_blob(function))
+        })
+        .map_err(store_error)?;
+        let digest = *blob.digest();
+        timed(element, "store the input skeleton", || store.write_blobs(&[blob]))
+            .map_err(store_error)?;
+        Some(digest)
+    };
     // The output goes to the store as it is encoded: a large element's is hundreds of MiB.
     let mut sink = store.spool().map_err(store_error)?;
     let indexed = timed(element, "attribute and encode", || {
@@ -285,7 +300,10 @@ pub fn generate_observed(
         None
     } else {
         let table = (0..index.len() as u32).map(|id| (index.origin(id).clone(), *index.digest(id)));
-        let actions_index = ActionsIndex::new(digest, table.collect(), indexed);
+        let mut actions_index = ActionsIndex::new(digest, table.collect(), indexed);
+        if let Some(skeleton) = skeleton {
+            actions_index = actions_index.with_input_skeleton(skeleton);
+        }
         Some(
             timed(element, "store the actions index", || actions_index.store(store))
                 .map_err(store_error)?,

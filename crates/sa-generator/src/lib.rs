@@ -48,6 +48,7 @@ mod generate;
 pub mod graph;
 mod index;
 pub mod model;
+pub mod skeleton;
 
 pub use actions_index::{ActionsIndex, IndexedAction};
 pub use generate::{
@@ -55,3 +56,4 @@ pub use generate::{
     SkippedSubaction, generate, generate_observed,
 };
 pub use index::{Candidates, OriginIndex};
+pub use skeleton::InputSkeleton;

@@ -243,12 +243,23 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         if !self.elements.contains_key(element) {
             return Err(InstantiateError::InvalidInput(format!("unknown element {element:?}")));
         }
-        let (overlays, actions) = self.actions_index(element, speculative_actions)?.into_parts();
+        let index = self.actions_index(element, speculative_actions)?;
+        let skeleton = index.input_skeleton().copied();
+        let (overlays, actions) = index.into_parts();
         progress(Progress::Planned(actions.len()));
         let resolutions = self.resolve_ahead(element, &overlays, &actions)?;
         let planned = self.plan(element, &overlays, actions, &resolutions)?;
-        let forest = self.fetch_input_trees(element, &planned)?;
-        let work = ElementWork::new(&forest, overlays, resolutions);
+        let on_the_way = match skeleton {
+            Some(skeleton) => {
+                self.fetch_on_the_way(element, &skeleton, &overlays, &resolutions, &planned)?
+            }
+            None => None,
+        };
+        let (forest, skeleton) = match on_the_way {
+            Some((forest, skeleton)) => (forest, Some(skeleton)),
+            None => (self.fetch_input_trees(element, &planned)?, None),
+        };
+        let work = ElementWork::new(&forest, overlays, resolutions, skeleton.as_ref());
         self.run_waves(element, &work, &planned, progress)
     }
 }

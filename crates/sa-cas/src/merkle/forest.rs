@@ -121,6 +121,28 @@ pub fn fetch_forest(
     Ok(forest)
 }
 
+/// Reads and decodes exactly the directories `digests` (not what they hold) in batches, each
+/// validated as [`fetch_forest`] validates: a forest whose directories' children may be
+/// absent, for a walk that knows which ones it visits. No expansion is counted.
+pub fn fetch_directories(
+    cas: &(impl Cas + ?Sized),
+    digests: &[Digest],
+    limits: &TreeLimits,
+) -> Result<Forest, CasError> {
+    let mut wanted = digests.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    if wanted.len() > limits.max_directories {
+        return Err(CasError::LimitExceeded(format!(
+            "more than {} directories in one fetch",
+            limits.max_directories
+        )));
+    }
+    let names = Names::default();
+    let directories = fetch_level(cas, &wanted, &HashMap::new(), limits, &names)?;
+    Ok(Forest { directories: directories.into_iter().collect(), expansions: HashMap::new() })
+}
+
 /// Reads and decodes the directories below `roots`, one level (one set of batches) at a time,
 /// within the depth and count limits.
 fn fetch_levels(

@@ -21,8 +21,8 @@ pub use codec::{
     Dir, DirEntry, FileEntry, SymlinkEntry, decode_directory, directory_blob, validate_directory,
 };
 pub use forest::{
-    Expansion, Forest, PartialForest, TreeFile, fetch_forest, fetch_forest_partial, fetch_tree,
-    join,
+    Expansion, Forest, PartialForest, TreeFile, fetch_directories, fetch_forest,
+    fetch_forest_partial, fetch_tree, join,
 };
 pub use ingest::{IngestCache, build_tree, ingest, ingest_cached, ingest_dir};
 pub use materialize::{

@@ -85,6 +85,9 @@ pub enum StoreStep {
     /// Fetching the input trees of the element's actions.
     #[error("fetching the input trees")]
     FetchingInputTrees,
+    /// Reading the input skeleton its actions index names.
+    #[error("reading the input skeleton {0}")]
+    ReadingSkeleton(Digest),
     /// Storing the instantiated Directories and Actions.
     #[error("storing the instantiated actions")]
     StoringActions,

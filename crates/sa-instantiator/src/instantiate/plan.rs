@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use sa_cas::merkle::{self, Forest};
 use sa_cas::{CasError, DecodedAction, Digest, Store};
 use sa_generator::actions_index::{IndexError, Lookup};
-use sa_generator::{ActionsIndex, IndexedAction, Progress};
+use sa_generator::{ActionsIndex, IndexedAction, InputSkeleton, Progress};
 
 use super::error::StoreStep;
 use super::{
@@ -306,6 +306,50 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
                 source: Box::new(source),
             })?;
         Ok(forest)
+    }
+
+    /// With the [`InputSkeleton`] the generator wrote (`skeleton`, named by a trusted index):
+    /// only the directories on the way to a digest that may change, fetched alone, and the
+    /// skeleton; `None` (the trees are then fetched whole) when the skeleton does not hold
+    /// a changing action's input root.
+    pub(super) fn fetch_on_the_way(
+        &self,
+        element: &str,
+        skeleton: &Digest,
+        overlays: &Overlays,
+        resolutions: &Resolutions,
+        planned: &[Planned],
+    ) -> Result<Option<(Forest, InputSkeleton)>, InstantiateError> {
+        let store_error = |step, source| InstantiateError::Store {
+            element: element.into(),
+            step: Box::new(step),
+            source: Box::new(source),
+        };
+        let digest = *skeleton;
+        let skeleton = InputSkeleton::load(self.store, &digest, &self.config.limits)
+            .map_err(|source| store_error(StoreStep::ReadingSkeleton(digest), source))?;
+        let roots = planned.iter().filter_map(|p| p.tree.as_ref().map(|(root, _)| root));
+        if let Some(root) = roots.clone().find(|root| skeleton.id(root).is_none()) {
+            tracing::warn!(
+                "element {element:?}: the input skeleton {digest} does not hold the input root                  {root}; fetching the input trees whole"
+            );
+            return Ok(None);
+        }
+        let changing = overlays
+            .iter()
+            .zip(resolutions)
+            .filter(|((_, target), resolution)| may_replace(resolution.get(), target))
+            .map(|((_, target), _)| target);
+        let wanted: Vec<Digest> =
+            skeleton.ancestors(changing).into_iter().map(|id| *skeleton.directory(id)).collect();
+        tracing::debug!(
+            "element {element:?}: {} of the {} directories of its input trees are on the way to              a change",
+            wanted.len(),
+            skeleton.len()
+        );
+        let forest = merkle::fetch_directories(self.store, &wanted, &self.config.limits)
+            .map_err(|source| store_error(StoreStep::FetchingInputTrees, source))?;
+        Ok(Some((forest, skeleton)))
     }
 
     /// Rewrites the actions in waves: an action runs after the producers it names (ACTION

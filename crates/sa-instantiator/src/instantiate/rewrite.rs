@@ -8,6 +8,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use sa_cas::merkle::{DirEntry, Forest, join};
 use sa_cas::{Blob, CasError, Digest, Store};
+use sa_generator::InputSkeleton;
 use sa_generator::model::{Origin, SuffixChooser, compare_for};
 
 use super::{
@@ -43,19 +44,53 @@ pub(super) struct Changes {
     pub(super) at_root: Vec<(Digest, u32)>,
 }
 
+/// The shape of an element's input trees: from the fetched trees themselves, or from the
+/// [`InputSkeleton`] the generator wrote (then only the directories on the way to a changing
+/// digest were fetched). Directories have dense ids (4 bytes where a digest takes 48: a large
+/// element's trees hold millions of entries).
+pub(super) enum Shape<'f> {
+    Trees {
+        /// Each directory of the forest by id.
+        dir_ids: HashMap<Digest, u32>,
+        /// Directory id → ids of the directories it appears in.
+        parents: Vec<Vec<u32>>,
+        /// File digest → ids of the directories that hold it directly, for the digests that
+        /// may change (the others never need their ancestors).
+        holders: HashMap<Digest, Vec<u32>>,
+    },
+    Skeleton(&'f InputSkeleton),
+}
+
+impl Shape<'_> {
+    fn dir_id(&self, digest: &Digest) -> Option<u32> {
+        match self {
+            Shape::Trees { dir_ids, .. } => dir_ids.get(digest).copied(),
+            Shape::Skeleton(skeleton) => skeleton.id(digest),
+        }
+    }
+
+    fn parents(&self, id: u32) -> &[u32] {
+        match self {
+            Shape::Trees { parents, .. } => &parents[id as usize],
+            Shape::Skeleton(skeleton) => skeleton.parents(id),
+        }
+    }
+
+    fn holders(&self, file: &Digest) -> &[u32] {
+        match self {
+            Shape::Trees { holders, .. } => holders.get(file).map_or(&[], Vec::as_slice),
+            Shape::Skeleton(skeleton) => skeleton.holders(file),
+        }
+    }
+}
+
 /// What one element's rewrite shares between its actions.
 pub(super) struct ElementWork<'f> {
     pub(super) forest: &'f Forest,
     pub(super) overlays: Vec<(Origin, Digest)>,
     pub(super) resolutions: Vec<OnceLock<Resolution>>,
-    /// Each directory of the forest by a dense id (4 bytes where a digest takes 48: a large
-    /// element's forest holds millions of entries).
-    pub(super) dir_ids: HashMap<Digest, u32>,
-    /// Directory id → ids of the directories it appears in (within this element's input trees).
-    pub(super) parents: Vec<Vec<u32>>,
-    /// File digest → ids of the directories that hold it directly, for the digests that may
-    /// change (the others never need their ancestors).
-    pub(super) holders: HashMap<Digest, Vec<u32>>,
+    /// Which directory holds which, and which directories hold each changing digest.
+    pub(super) shape: Shape<'f>,
     /// Changing digest → ids of every directory whose subtree holds it, sorted.
     pub(super) ancestors: DashMap<Digest, Arc<Vec<u32>>>,
     pub(super) raw_dirs: DashMap<Digest, Bytes>,
@@ -138,7 +173,12 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         }
         let (digest, path, signature) = key;
         let function = digest.function();
-        let directory = work.forest.get(&digest).expect("input trees were fetched");
+        // Every directory on the way to a changing digest was fetched; a shape that says
+        // otherwise is an error, never a panic.
+        let directory = work
+            .forest
+            .get(&digest)
+            .ok_or_else(|| RewriteError::Store(Box::new(CasError::NotFound(digest))))?;
         let mut files: HashMap<&str, Digest> = HashMap::new();
         for file in &directory.files {
             let old = file.digest;
@@ -183,10 +223,38 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
 }
 
 impl<'f> ElementWork<'f> {
-    pub(super) fn new(forest: &'f Forest, overlays: Overlays, resolutions: Resolutions) -> Self {
+    /// The work of an element whose input trees were fetched whole (`skeleton: None`), or
+    /// only on the way to the digests that may change (their shape in `skeleton`).
+    pub(super) fn new(
+        forest: &'f Forest,
+        overlays: Overlays,
+        resolutions: Resolutions,
+        skeleton: Option<&'f InputSkeleton>,
+    ) -> Self {
+        let shape = match skeleton {
+            Some(skeleton) => Shape::Skeleton(skeleton),
+            None => Shape::of_trees(forest, &overlays, &resolutions),
+        };
+        ElementWork {
+            forest,
+            overlays,
+            resolutions,
+            shape,
+            ancestors: DashMap::new(),
+            raw_dirs: DashMap::new(),
+            memo: DashMap::new(),
+            groups: DashMap::new(),
+            next_group: std::sync::atomic::AtomicU32::new(0),
+            written: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Shape<'_> {
+    fn of_trees(forest: &Forest, overlays: &Overlays, resolutions: &Resolutions) -> Self {
         let may_change: HashSet<Digest> = overlays
             .iter()
-            .zip(&resolutions)
+            .zip(resolutions)
             .filter(|((_, target), resolution)| may_replace(resolution.get(), target))
             .map(|((_, target), _)| *target)
             .collect();
@@ -207,22 +275,11 @@ impl<'f> ElementWork<'f> {
                 }
             }
         }
-        ElementWork {
-            forest,
-            overlays,
-            resolutions,
-            dir_ids,
-            parents,
-            holders,
-            ancestors: DashMap::new(),
-            raw_dirs: DashMap::new(),
-            memo: DashMap::new(),
-            groups: DashMap::new(),
-            next_group: std::sync::atomic::AtomicU32::new(0),
-            written: Mutex::new(Vec::new()),
-        }
+        Shape::Trees { dir_ids, parents, holders }
     }
+}
 
+impl ElementWork<'_> {
     /// An action's changes: each changing target's overlay group (interned), and those its
     /// input root holds.
     pub(super) fn changes(&self, changing: &BTreeMap<Digest, &[u32]>, root: &Digest) -> Changes {
@@ -231,9 +288,9 @@ impl<'f> ElementWork<'f> {
         for (target, ids) in changing {
             let group = self.intern(ids);
             if self
-                .dir_ids
-                .get(root)
-                .is_some_and(|id| self.ancestors_of(target).binary_search(id).is_ok())
+                .shape
+                .dir_id(root)
+                .is_some_and(|id| self.ancestors_of(target).binary_search(&id).is_ok())
             {
                 at_root.push((*target, group.id));
             }
@@ -255,7 +312,7 @@ impl<'f> ElementWork<'f> {
             return out;
         }
         let ids: Vec<Option<u32>> =
-            children.iter().map(|child| self.dir_ids.get(&child.digest).copied()).collect();
+            children.iter().map(|child| self.shape.dir_id(&child.digest)).collect();
         let mut positions: HashMap<u32, Vec<usize>> = HashMap::with_capacity(children.len());
         for (i, id) in ids.iter().enumerate() {
             if let Some(id) = id {
@@ -316,10 +373,10 @@ impl<'f> ElementWork<'f> {
             return found.clone();
         }
         let mut seen: HashSet<u32> = HashSet::new();
-        let mut stack: Vec<u32> = self.holders.get(target).cloned().unwrap_or_default();
+        let mut stack: Vec<u32> = self.shape.holders(target).to_vec();
         while let Some(dir) = stack.pop() {
             if seen.insert(dir) {
-                stack.extend(self.parents[dir as usize].iter().copied());
+                stack.extend_from_slice(self.shape.parents(dir));
             }
         }
         let mut found: Vec<u32> = seen.into_iter().collect();

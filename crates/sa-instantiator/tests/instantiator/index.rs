@@ -6,7 +6,7 @@ use prost::Message;
 use sa_cas::{ActionCache, Cas, Digest, DigestFunction, LocalCas, LocalCasConfig, Store};
 use sa_generator::actions_index::Lookup;
 use sa_generator::{
-    ActionsIndex, ElementTrees, GenerateConfig, GenerateInput, Generated, generate,
+    ActionsIndex, ElementTrees, GenerateConfig, GenerateInput, Generated, InputSkeleton, generate,
 };
 use sa_instantiator::{
     ElementState, IndexStats, InstantiateConfig, InstantiatedAction, Instantiator,
@@ -83,8 +83,20 @@ fn the_index_generate_stores_is_the_one_derived_from_its_blob() {
     let Lookup::Found(stored) = ActionsIndex::load(&c.cas, &c.generated.digest).unwrap() else {
         panic!("generate stores the index")
     };
-    assert_eq!(stored, derived);
-    assert_eq!(Some(*derived.to_blob(F).digest()), c.generated.index);
+    assert_eq!(stored, derived, "found through the ActionCache: the skeleton is not used");
+    // The graph's index is the derived one naming the skeleton of the input trees.
+    let named = c.generated.index.unwrap();
+    let Lookup::Found(trusted) =
+        ActionsIndex::load_named(&c.cas, &c.generated.digest, &named).unwrap()
+    else {
+        panic!("the index generate names")
+    };
+    let skeleton = *trusted.input_skeleton().expect("generate writes the input skeleton");
+    assert_eq!(*derived.clone().with_input_skeleton(skeleton).to_blob(F).digest(), named);
+    let shape = InputSkeleton::load(&c.cas, &skeleton, &Default::default()).unwrap();
+    let roots: Vec<Digest> = c.roots.to_vec();
+    let forest = sa_cas::merkle::fetch_forest(&c.cas, &roots, &Default::default()).unwrap();
+    assert_eq!(shape, InputSkeleton::from_forest(&forest, &roots).unwrap());
     assert_eq!(derived.actions().len(), 2);
     // a.c and b.c each once, common.h once although both actions hold it.
     assert_eq!(derived.overlays().len(), 3);
@@ -320,7 +332,9 @@ fn a_lying_index_in_the_action_cache_changes_nothing_that_runs() {
         let Lookup::Found(replaced) = ActionsIndex::load(&c.cas, &spec).unwrap() else {
             panic!("{what}: replaced")
         };
-        assert_eq!(Some(*replaced.to_blob(F).digest()), c.generated.index, "{what}");
+        let derived =
+            ActionsIndex::from_speculative_actions(F, spec, &c.cas.read_blob(&spec).unwrap());
+        assert_eq!(replaced, derived.unwrap(), "{what}");
     }
 }
 
@@ -358,4 +372,73 @@ fn a_named_index_that_is_not_the_blobs_is_refused_and_rebuilt() {
         };
         assert_eq!(stats, expected, "{what}");
     }
+}
+
+/// Two compile steps whose input roots hold `lib/include/l.h` and directories of their own
+/// (`src/`, `deep/x/y/`, each with a generated file the sources lack); `l.h` changes.
+#[test]
+fn with_the_graphs_index_only_the_directories_on_the_way_to_a_change_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = LocalCas::open(dir.path().join("store"), LocalCasConfig::default()).unwrap();
+    let src = files(&[
+        ("lib/include/l.h", "v1"),
+        ("lib/include/m.h", "m"),
+        ("src/a.c", "a"),
+        ("src/b.c", "b"),
+        ("deep/x/y/z.h", "z"),
+    ]);
+    let sources = ingest(&cas, &dir.path().join("src1"), &src);
+    let inputs = [
+        vec!["lib/include/l.h", "lib/include/m.h", "src/a.c", "deep/x/y/z.h"],
+        vec!["lib/include/l.h", "src/b.c"],
+    ];
+    let mut roots = Vec::new();
+    let mut actions = Vec::new();
+    for (i, paths) in inputs.iter().enumerate() {
+        let mut input: super::Files = paths.iter().map(|p| (p.to_string(), src[*p].clone())).collect();
+        input.insert("src/gen.h".into(), format!("generated {i}"));
+        input.insert("deep/x/y/gen.h".into(), format!("generated {i}"));
+        let root = ingest(&cas, &dir.path().join(format!("in-{i}")), &input);
+        roots.push(root);
+        actions.push(super::action(&cas, &format!("cc -c {i}"), root));
+    }
+    let input = GenerateInput {
+        element: ElementTrees { name: "e".into(), sources: Some(sources), artifact: None },
+        dependencies: vec![],
+        subactions: actions.clone(),
+        earlier_sources: Vec::new(),
+    };
+    let generated = generate(&cas, &input, &GenerateConfig::default()).unwrap();
+    let spec = generated.digest;
+    let mut edited = src.clone();
+    edited.insert("lib/include/l.h".into(), "v2".into());
+    let sources2 = ingest(&cas, &dir.path().join("src2"), &edited);
+    let (expected, _) = instantiate(&cas, sources2, &spec, false);
+    assert!(expected.iter().all(|o| o.complete && o.applied == 1), "{expected:?}");
+
+    // Every directory of the input roots but the roots, lib/ and lib/include/ disappears.
+    let forest = sa_cas::merkle::fetch_forest(&cas, &roots, &Default::default()).unwrap();
+    let mut on_the_way = roots.clone();
+    for root in &roots {
+        let lib = forest.get(root).unwrap().directories.iter().find(|d| &*d.name == "lib");
+        let lib = lib.unwrap().digest;
+        on_the_way.push(lib);
+        on_the_way.push(forest.get(&lib).unwrap().directories[0].digest);
+    }
+    let mut removed = 0;
+    for digest in forest.directories().keys().filter(|d| !on_the_way.contains(d)) {
+        std::fs::remove_file(object_path(&cas, digest)).unwrap();
+        removed += 1;
+    }
+    assert_eq!(removed, 8, "src/, deep/, deep/x/, deep/x/y/ of each");
+    let (outcomes, stats) = instantiate_named(&cas, sources2, &spec, generated.index);
+    assert_eq!(outcomes, expected, "the same actions, byte for byte");
+    assert_eq!(stats, IndexStats { loaded: 1, built: 0, rebuilt: 0 });
+
+    // Found through the ActionCache, the same index's skeleton is not trusted: the trees are
+    // read whole, and the missing directories are named.
+    let state = ElementState { name: "e".into(), sources: Some(sources2), ..Default::default() };
+    let instantiator = Instantiator::new(&cas, vec![state], InstantiateConfig::default()).unwrap();
+    let err = instantiator.instantiate_element("e", &spec).unwrap_err();
+    assert!(sa_cas::error_chain(&err).contains("missing"), "{}", sa_cas::error_chain(&err));
 }

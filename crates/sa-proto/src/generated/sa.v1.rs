@@ -16,6 +16,44 @@ pub struct ActionsIndex {
     /// The blob's actions, in the blob's order.
     #[prost(message, repeated, tag = "3")]
     pub actions: ::prost::alloc::vec::Vec<IndexedAction>,
+    /// The InputSkeleton of the actions' input trees, as the generator wrote it
+    /// (absent in an index rebuilt from the blob). Used only where the index is
+    /// trusted (named by the build graph): it cannot be checked without the trees.
+    #[prost(message, optional, tag = "4")]
+    pub input_skeleton: ::core::option::Option<
+        super::super::build::bazel::remote::execution::v2::Digest,
+    >,
+}
+/// The shape of the input trees of one SpeculativeActions blob's actions, without
+/// names: which directory holds which, and which directories hold each file
+/// digest. With it, an instantiation reads only the directories on the way to a
+/// file that changes, not the actions' whole input trees.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct InputSkeleton {
+    /// Every distinct Directory of the input trees, ascending: a directory's id is
+    /// its position here.
+    #[prost(message, repeated, tag = "1")]
+    pub directories: ::prost::alloc::vec::Vec<
+        super::super::build::bazel::remote::execution::v2::Digest,
+    >,
+    /// For each directory (by id), how many distinct directories hold it.
+    #[prost(uint32, repeated, tag = "2")]
+    pub parent_counts: ::prost::alloc::vec::Vec<u32>,
+    /// Those parents' ids, directory after directory, each directory's ascending
+    /// and written as its difference from the one before (the first from zero).
+    #[prost(uint32, repeated, tag = "3")]
+    pub parent_deltas: ::prost::alloc::vec::Vec<u32>,
+    /// Every distinct file digest the directories hold, ascending.
+    #[prost(message, repeated, tag = "4")]
+    pub files: ::prost::alloc::vec::Vec<
+        super::super::build::bazel::remote::execution::v2::Digest,
+    >,
+    /// For each file digest, how many directories hold it directly.
+    #[prost(uint32, repeated, tag = "5")]
+    pub holder_counts: ::prost::alloc::vec::Vec<u32>,
+    /// Those directories' ids, file after file, in the same delta form.
+    #[prost(uint32, repeated, tag = "6")]
+    pub holder_deltas: ::prost::alloc::vec::Vec<u32>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct IndexedAction {
