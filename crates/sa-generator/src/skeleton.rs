@@ -49,20 +49,29 @@ impl InputSkeleton {
         directories.par_sort_unstable();
         let get = |digest: &Digest| forest.get(digest).expect("seen above");
         // Distinct file digests, by dense id (a pair costs 8 bytes where a digest takes 48).
-        let distinct: HashSet<Digest> = directories
+        // (foldhash: millions of lookups; seeded per process, as hashbrown's default.)
+        let state = foldhash::fast::RandomState::default();
+        let distinct: HashSet<Digest, _> = directories
             .par_iter()
-            .fold(HashSet::new, |mut set, digest| {
-                set.extend(get(digest).files.iter().map(|f| f.digest));
-                set
-            })
-            .reduce(HashSet::new, |mut a, b| {
-                a.extend(b);
-                a
-            });
+            .fold(
+                || HashSet::with_hasher(state),
+                |mut set, digest| {
+                    set.extend(get(digest).files.iter().map(|f| f.digest));
+                    set
+                },
+            )
+            .reduce(
+                || HashSet::with_hasher(state),
+                |mut a, b| {
+                    a.extend(b);
+                    a
+                },
+            );
         let mut files: Vec<Digest> = distinct.into_iter().collect();
         files.par_sort_unstable();
-        let file_ids: HashMap<Digest, u32> =
-            files.iter().enumerate().map(|(i, d)| (*d, i as u32)).collect();
+        let mut file_ids: HashMap<Digest, u32, _> =
+            HashMap::with_capacity_and_hasher(files.len(), state);
+        file_ids.extend(files.iter().enumerate().map(|(i, d)| (*d, i as u32)));
         let dir_id = |digest: &Digest| {
             directories.binary_search(digest).expect("every child was seen") as u32
         };

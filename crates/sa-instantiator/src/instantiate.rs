@@ -17,7 +17,7 @@ mod rewrite;
 
 use error::RewriteError;
 pub use error::{InstantiateError, StoreStep};
-use plan::Planned;
+use plan::{OnTheWay, Planned};
 use resolve::{Resolution, may_replace};
 use rewrite::ElementWork;
 
@@ -243,23 +243,43 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         if !self.elements.contains_key(element) {
             return Err(InstantiateError::InvalidInput(format!("unknown element {element:?}")));
         }
-        let index = self.actions_index(element, speculative_actions)?;
+        let index =
+            timed(element, "load the index", || self.actions_index(element, speculative_actions))?;
         let skeleton = index.input_skeleton().copied();
         let (overlays, actions) = index.into_parts();
         progress(Progress::Planned(actions.len()));
-        let resolutions = self.resolve_ahead(element, &overlays, &actions)?;
-        let planned = self.plan(element, &overlays, actions, &resolutions)?;
+        let resolutions = timed(element, "resolve the overlays", || {
+            self.resolve_ahead(element, &overlays, &actions)
+        })?;
+        let planned = timed(element, "read the changing actions", || {
+            self.plan(element, &overlays, actions, &resolutions)
+        })?;
         let on_the_way = match skeleton {
-            Some(skeleton) => {
-                self.fetch_on_the_way(element, &skeleton, &overlays, &resolutions, &planned)?
-            }
+            Some(skeleton) => timed(element, "fetch the directories on the way", || {
+                self.fetch_on_the_way(element, &skeleton, &overlays, &resolutions, &planned)
+            })?,
             None => None,
         };
-        let (forest, skeleton) = match on_the_way {
-            Some((forest, skeleton)) => (forest, Some(skeleton)),
-            None => (self.fetch_input_trees(element, &planned)?, None),
+        let (forest, raw, skeleton) = match on_the_way {
+            Some(OnTheWay { forest, raw, skeleton }) => (forest, raw, Some(skeleton)),
+            None => {
+                let forest = timed(element, "fetch the input trees", || {
+                    self.fetch_input_trees(element, &planned)
+                })?;
+                (forest, Vec::new(), None)
+            }
         };
-        let work = ElementWork::new(&forest, overlays, resolutions, skeleton.as_ref());
-        self.run_waves(element, &work, &planned, progress)
+        let work = timed(element, "index the trees", || {
+            ElementWork::new(&forest, overlays, resolutions, skeleton.as_ref(), raw)
+        });
+        timed(element, "rewrite and store", || self.run_waves(element, &work, &planned, progress))
     }
+}
+
+/// Runs `step` of instantiating `element`, its time logged at debug level (`sa -vv`).
+fn timed<T>(element: &str, step: &str, work: impl FnOnce() -> T) -> T {
+    let start = std::time::Instant::now();
+    let result = work();
+    tracing::debug!(element, "instantiate: {step}: {:.3}s", start.elapsed().as_secs_f64());
+    result
 }

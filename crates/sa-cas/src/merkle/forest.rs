@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use bytes::Bytes;
 use rayon::prelude::*;
 
 use super::batch::*;
@@ -123,12 +124,13 @@ pub fn fetch_forest(
 
 /// Reads and decodes exactly the directories `digests` (not what they hold) in batches, each
 /// validated as [`fetch_forest`] validates: a forest whose directories' children may be
-/// absent, for a walk that knows which ones it visits. No expansion is counted.
+/// absent, for a walk that knows which ones it visits, and each directory's bytes as read
+/// (for a rewrite that splices them). No expansion is counted.
 pub fn fetch_directories(
     cas: &(impl Cas + ?Sized),
     digests: &[Digest],
     limits: &TreeLimits,
-) -> Result<Forest, CasError> {
+) -> Result<(Forest, Vec<(Digest, Bytes)>), CasError> {
     let mut wanted = digests.to_vec();
     wanted.sort_unstable();
     wanted.dedup();
@@ -139,8 +141,18 @@ pub fn fetch_directories(
         )));
     }
     let names = Names::default();
-    let directories = fetch_level(cas, &wanted, &HashMap::new(), limits, &names)?;
-    Ok(Forest { directories: directories.into_iter().collect(), expansions: HashMap::new() })
+    let blobs = read_in_batches(cas, &wanted)?;
+    let directories = wanted
+        .par_iter()
+        .zip(blobs.par_iter())
+        .map(|(digest, data)| {
+            decode_dir(digest, data, limits, Some(&names))
+                .map_err(|err| err.context(format!("Directory {digest}")))
+                .map(|directory| (*digest, directory))
+        })
+        .collect::<Result<HashMap<_, _>, _>>()?;
+    let raw = wanted.into_iter().zip(blobs).collect();
+    Ok((Forest { directories, expansions: HashMap::new() }, raw))
 }
 
 /// Reads and decodes the directories below `roots`, one level (one set of batches) at a time,

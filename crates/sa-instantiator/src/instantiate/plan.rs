@@ -18,6 +18,14 @@ use super::{
     Resolutions, may_replace,
 };
 
+/// What [`Instantiator::fetch_on_the_way`] read: the directories on the way to a change,
+/// decoded and as bytes (each is spliced), and the skeleton that named them.
+pub(super) struct OnTheWay {
+    pub(super) forest: Forest,
+    pub(super) raw: Vec<(Digest, Bytes)>,
+    pub(super) skeleton: InputSkeleton,
+}
+
 pub(super) struct Planned {
     pub(super) base: Digest,
     /// Overlay ids (into the element's interned overlays), sorted by target digest then id:
@@ -319,19 +327,26 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         overlays: &Overlays,
         resolutions: &Resolutions,
         planned: &[Planned],
-    ) -> Result<Option<(Forest, InputSkeleton)>, InstantiateError> {
+    ) -> Result<Option<OnTheWay>, InstantiateError> {
         let store_error = |step, source| InstantiateError::Store {
             element: element.into(),
             step: Box::new(step),
             source: Box::new(source),
         };
         let digest = *skeleton;
+        let started = std::time::Instant::now();
         let skeleton = InputSkeleton::load(self.store, &digest, &self.config.limits)
             .map_err(|source| store_error(StoreStep::ReadingSkeleton(digest), source))?;
+        tracing::debug!(
+            element,
+            "instantiate: read the input skeleton: {:.3}s",
+            started.elapsed().as_secs_f64()
+        );
         let roots = planned.iter().filter_map(|p| p.tree.as_ref().map(|(root, _)| root));
         if let Some(root) = roots.clone().find(|root| skeleton.id(root).is_none()) {
             tracing::warn!(
-                "element {element:?}: the input skeleton {digest} does not hold the input root                  {root}; fetching the input trees whole"
+                "element {element:?}: the input skeleton {digest} does not hold the input root \
+                 {root}; fetching the input trees whole"
             );
             return Ok(None);
         }
@@ -343,13 +358,14 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         let wanted: Vec<Digest> =
             skeleton.ancestors(changing).into_iter().map(|id| *skeleton.directory(id)).collect();
         tracing::debug!(
-            "element {element:?}: {} of the {} directories of its input trees are on the way to              a change",
+            "element {element:?}: {} of the {} directories of its input trees are on the way to \
+             a change",
             wanted.len(),
             skeleton.len()
         );
-        let forest = merkle::fetch_directories(self.store, &wanted, &self.config.limits)
+        let (forest, raw) = merkle::fetch_directories(self.store, &wanted, &self.config.limits)
             .map_err(|source| store_error(StoreStep::FetchingInputTrees, source))?;
-        Ok(Some((forest, skeleton)))
+        Ok(Some(OnTheWay { forest, raw, skeleton }))
     }
 
     /// Rewrites the actions in waves: an action runs after the producers it names (ACTION

@@ -224,12 +224,14 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
 
 impl<'f> ElementWork<'f> {
     /// The work of an element whose input trees were fetched whole (`skeleton: None`), or
-    /// only on the way to the digests that may change (their shape in `skeleton`).
+    /// only on the way to the digests that may change (their shape in `skeleton`, their bytes
+    /// in `raw`, spliced without reading them again).
     pub(super) fn new(
         forest: &'f Forest,
         overlays: Overlays,
         resolutions: Resolutions,
         skeleton: Option<&'f InputSkeleton>,
+        raw: Vec<(Digest, Bytes)>,
     ) -> Self {
         let shape = match skeleton {
             Some(skeleton) => Shape::Skeleton(skeleton),
@@ -241,7 +243,7 @@ impl<'f> ElementWork<'f> {
             resolutions,
             shape,
             ancestors: DashMap::new(),
-            raw_dirs: DashMap::new(),
+            raw_dirs: raw.into_iter().collect(),
             memo: DashMap::new(),
             groups: DashMap::new(),
             next_group: std::sync::atomic::AtomicU32::new(0),

@@ -395,7 +395,8 @@ fn with_the_graphs_index_only_the_directories_on_the_way_to_a_change_are_read() 
     let mut roots = Vec::new();
     let mut actions = Vec::new();
     for (i, paths) in inputs.iter().enumerate() {
-        let mut input: super::Files = paths.iter().map(|p| (p.to_string(), src[*p].clone())).collect();
+        let mut input: super::Files =
+            paths.iter().map(|p| (p.to_string(), src[*p].clone())).collect();
         input.insert("src/gen.h".into(), format!("generated {i}"));
         input.insert("deep/x/y/gen.h".into(), format!("generated {i}"));
         let root = ingest(&cas, &dir.path().join(format!("in-{i}")), &input);
