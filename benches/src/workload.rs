@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 /// The size of a workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Profile {
-    /// `small`, `medium` or `large`.
+    /// `small`, `medium`, `large` or `xlarge`.
     pub name: &'static str,
     /// Base header directories and headers in each.
     pub base_dirs: usize,
@@ -107,6 +107,8 @@ impl Profile {
                 lib_shared: 100,
                 lib_own: 50,
             }),
+            // Ten times large: ten times the application (60,060 actions, ~60M references).
+            "xlarge" => Some(Profile { name: "xlarge", app_dirs: 600, ..Profile::named("large")? }),
             _ => None,
         }
     }

@@ -6,7 +6,7 @@
 //!   when the checked-in code differs from what would be generated.
 //! - `layering`: fail if any workspace crate depends on one its place in the crates' DAG
 //!   (`layering::DAG`) does not reach.
-//! - `workload --profile small|medium|large --out DIR [--seed N]`: the synthetic two-build
+//! - `workload --profile small|medium|large|xlarge --out DIR [--seed N]`: the synthetic two-build
 //!   workload (runs the `sa-workload` binary of sa-benches in release mode).
 //! - `bench-report [--profiles medium,large] [--runs N]`: writes BENCHMARKS.md.
 //! - `replay --bundle B [--project lz4|zlib] (--last N [--end C] | --commits A,B,…) [--dir D] [--database]`: a real

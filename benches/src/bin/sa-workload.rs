@@ -1,4 +1,4 @@
-//! `sa-workload --profile small|medium|large --out DIR [--seed N]`: writes the synthetic
+//! `sa-workload --profile small|medium|large|xlarge --out DIR [--seed N]`: writes the synthetic
 //! two-build workload (a local store, `build1.json`, `build2.json`, `truth.json`,
 //! `workload.json`) into DIR, which must not exist. Run it as `cargo xtask workload`.
 //! `--edit` picks what changes between the builds: `many` (the default: most actions change),
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use sa_benches::workload::{self, Edit, Profile};
 
-const USAGE: &str = "sa-workload --profile small|medium|large --out DIR [--seed N] \
+const USAGE: &str = "sa-workload --profile small|medium|large|xlarge --out DIR [--seed N] \
                      [--edit many|app-source|lib-header]";
 use sa_cas::{LocalCas, LocalCasConfig};
 
