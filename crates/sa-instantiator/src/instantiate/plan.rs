@@ -318,8 +318,8 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
 
     /// With the [`InputSkeleton`] the generator wrote (`skeleton`, named by a trusted index):
     /// only the directories on the way to a digest that may change, fetched alone, and the
-    /// skeleton; `None` (the trees are then fetched whole) when the skeleton does not hold
-    /// a changing action's input root.
+    /// skeleton; `None` (the trees are then fetched whole) when the store lacks the skeleton
+    /// or it does not hold a changing action's input root.
     pub(super) fn fetch_on_the_way(
         &self,
         element: &str,
@@ -335,8 +335,17 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         };
         let digest = *skeleton;
         let started = std::time::Instant::now();
-        let skeleton = InputSkeleton::load(self.store, &digest, &self.config.limits)
-            .map_err(|source| store_error(StoreStep::ReadingSkeleton(digest), source))?;
+        let skeleton = match InputSkeleton::load(self.store, &digest, &self.config.limits) {
+            Ok(skeleton) => skeleton,
+            // A cache the store may have evicted (as an LRU store does): the trees, whole.
+            Err(CasError::NotFound(_)) => {
+                tracing::warn!(
+                    "element {element:?}: the input skeleton {digest} is not in the store;                      fetching the input trees whole"
+                );
+                return Ok(None);
+            }
+            Err(source) => return Err(store_error(StoreStep::ReadingSkeleton(digest), source)),
+        };
         tracing::debug!(
             element,
             "instantiate: read the input skeleton: {:.3}s",

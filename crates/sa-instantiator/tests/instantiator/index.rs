@@ -436,6 +436,30 @@ fn with_the_graphs_index_only_the_directories_on_the_way_to_a_change_are_read() 
     assert_eq!(outcomes, expected, "the same actions, byte for byte");
     assert_eq!(stats, IndexStats { loaded: 1, built: 0, rebuilt: 0 });
 
+    // A skeleton the store evicted: the trees are read whole (and fail on what is gone).
+    let Lookup::Found(index) =
+        ActionsIndex::load_named(&cas, &spec, &generated.index.unwrap()).unwrap()
+    else {
+        panic!("the index generate names")
+    };
+    let skeleton = *index.input_skeleton().unwrap();
+    let kept = std::fs::read(object_path(&cas, &skeleton)).unwrap();
+    std::fs::remove_file(object_path(&cas, &skeleton)).unwrap();
+    let state = ElementState {
+        name: "e".into(),
+        sources: Some(sources2),
+        previous_speculative_actions: Some(spec),
+        previous_actions_index: generated.index,
+        ..Default::default()
+    };
+    let instantiator = Instantiator::new(&cas, vec![state], InstantiateConfig::default()).unwrap();
+    let err = sa_cas::error_chain(&instantiator.instantiate_element("e", &spec).unwrap_err());
+    assert!(err.contains("input root of Action") && err.contains("missing blob"), "{err}");
+    assert!(!err.contains("skeleton"), "{err}");
+    std::fs::write(object_path(&cas, &skeleton), kept).unwrap();
+    let (outcomes, _) = instantiate_named(&cas, sources2, &spec, generated.index);
+    assert_eq!(outcomes, expected, "the skeleton back: read on the way again");
+
     // Found through the ActionCache, the same index's skeleton is not trusted: the trees are
     // read whole, and the missing directories are named.
     let state = ElementState { name: "e".into(), sources: Some(sources2), ..Default::default() };
