@@ -45,9 +45,18 @@ impl InputSkeleton {
             let directory = forest.get(&digest).ok_or(CasError::NotFound(digest))?;
             stack.extend(directory.directories.iter().map(|d| d.digest));
         }
-        let mut directories: Vec<Digest> = seen.into_iter().collect();
+        Ok(InputSkeleton::of_directories(forest, seen.into_iter().collect()))
+    }
+
+    /// The skeleton of every tree `forest` holds whole.
+    pub fn of_forest(forest: &Forest) -> InputSkeleton {
+        InputSkeleton::of_directories(forest, forest.directories().keys().copied().collect())
+    }
+
+    /// The skeleton of `directories`, which `forest` holds with every directory below them.
+    fn of_directories(forest: &Forest, mut directories: Vec<Digest>) -> InputSkeleton {
         directories.par_sort_unstable();
-        let get = |digest: &Digest| forest.get(digest).expect("seen above");
+        let get = |digest: &Digest| forest.get(digest).expect("the forest holds it");
         // Distinct file digests, by dense id (a pair costs 8 bytes where a digest takes 48).
         // (foldhash: millions of lookups; seeded per process, as hashbrown's default.)
         let state = foldhash::fast::RandomState::default();
@@ -95,7 +104,7 @@ impl InputSkeleton {
             invert(directories.len(), held.iter().map(|(children, _)| children.as_slice()));
         let (holder_offsets, holders) =
             invert(files.len(), held.iter().map(|(_, files)| files.as_slice()));
-        Ok(InputSkeleton { directories, parent_offsets, parents, files, holder_offsets, holders })
+        InputSkeleton { directories, parent_offsets, parents, files, holder_offsets, holders }
     }
 
     /// How many distinct directories the trees have.

@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use sa_cas::merkle::{self, Forest, TreeFile, TreeLimits};
 use sa_cas::{CasError, DecodedAction, Digest, Store, decode_message, write_message};
 use sa_compile::{below, parse_compile, parse_make_deps};
@@ -289,17 +290,9 @@ pub(crate) fn read_actions<S: Store + ?Sized>(
     digests: &[Digest],
 ) -> Result<HashMap<Digest, DecodedAction>, PrimeError> {
     let function = store.digest_function();
-    let mut wanted = digests.to_vec();
-    wanted.sort_unstable();
-    wanted.dedup();
-    let mut decoded = HashMap::with_capacity(wanted.len());
-    for (digest, raw) in wanted.iter().zip(merkle::read_each(store, &wanted)) {
-        let action = raw
-            .and_then(|raw| DecodedAction::decode(function, digest, raw))
-            .map_err(store_error(format!("reading action {digest}")))?;
-        decoded.insert(*digest, action);
-    }
-    Ok(decoded)
+    read_decoded(store, digests, "action", |digest, raw| {
+        DecodedAction::decode(function, digest, raw)
+    })
 }
 
 /// The Commands `digests` name, read in batches and decoded.
@@ -307,17 +300,28 @@ pub(crate) fn read_commands<S: Store + ?Sized>(
     store: &S,
     digests: &[Digest],
 ) -> Result<HashMap<Digest, Command>, PrimeError> {
+    read_decoded(store, digests, "command", |digest, raw| decode_message(digest, raw, "Command"))
+}
+
+/// Each distinct blob of `digests` read (in batches) and decoded; the first failure is an
+/// error naming the `what` and its digest.
+fn read_decoded<S: Store + ?Sized, T>(
+    store: &S,
+    digests: &[Digest],
+    what: &str,
+    decode: impl Fn(&Digest, Bytes) -> Result<T, CasError>,
+) -> Result<HashMap<Digest, T>, PrimeError> {
     let mut wanted = digests.to_vec();
     wanted.sort_unstable();
     wanted.dedup();
-    let mut commands = HashMap::with_capacity(wanted.len());
+    let mut decoded = HashMap::with_capacity(wanted.len());
     for (digest, raw) in wanted.iter().zip(merkle::read_each(store, &wanted)) {
-        let command = raw
-            .and_then(|raw| decode_message(digest, raw, "Command"))
-            .map_err(store_error(format!("reading command {digest}")))?;
-        commands.insert(*digest, command);
+        let value = raw
+            .and_then(|raw| decode(digest, raw))
+            .map_err(store_error(format!("reading {what} {digest}")))?;
+        decoded.insert(*digest, value);
     }
-    Ok(commands)
+    Ok(decoded)
 }
 
 enum Failure {

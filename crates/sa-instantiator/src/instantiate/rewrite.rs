@@ -1,6 +1,7 @@
 //! Rewriting input trees: only directories on the way to a changing digest are read and
 //! spliced, memoized by (directory, path, overlay groups), so equal subtrees are shared.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -13,7 +14,7 @@ use sa_generator::model::{Origin, SuffixChooser, compare_for};
 
 use super::{
     InstantiateError, InstantiatedAction, Instantiator, Overlays, Planned, Resolution, Resolutions,
-    RewriteError, may_replace,
+    RewriteError,
 };
 use crate::splice;
 
@@ -44,53 +45,16 @@ pub(super) struct Changes {
     pub(super) at_root: Vec<(Digest, u32)>,
 }
 
-/// The shape of an element's input trees: from the fetched trees themselves, or from the
-/// [`InputSkeleton`] the generator wrote (then only the directories on the way to a changing
-/// digest were fetched). Directories have dense ids (4 bytes where a digest takes 48: a large
-/// element's trees hold millions of entries).
-pub(super) enum Shape<'f> {
-    Trees {
-        /// Each directory of the forest by id.
-        dir_ids: HashMap<Digest, u32>,
-        /// Directory id → ids of the directories it appears in.
-        parents: Vec<Vec<u32>>,
-        /// File digest → ids of the directories that hold it directly, for the digests that
-        /// may change (the others never need their ancestors).
-        holders: HashMap<Digest, Vec<u32>>,
-    },
-    Skeleton(&'f InputSkeleton),
-}
-
-impl Shape<'_> {
-    fn dir_id(&self, digest: &Digest) -> Option<u32> {
-        match self {
-            Shape::Trees { dir_ids, .. } => dir_ids.get(digest).copied(),
-            Shape::Skeleton(skeleton) => skeleton.id(digest),
-        }
-    }
-
-    fn parents(&self, id: u32) -> &[u32] {
-        match self {
-            Shape::Trees { parents, .. } => &parents[id as usize],
-            Shape::Skeleton(skeleton) => skeleton.parents(id),
-        }
-    }
-
-    fn holders(&self, file: &Digest) -> &[u32] {
-        match self {
-            Shape::Trees { holders, .. } => holders.get(file).map_or(&[], Vec::as_slice),
-            Shape::Skeleton(skeleton) => skeleton.holders(file),
-        }
-    }
-}
-
 /// What one element's rewrite shares between its actions.
 pub(super) struct ElementWork<'f> {
     pub(super) forest: &'f Forest,
     pub(super) overlays: Vec<(Origin, Digest)>,
     pub(super) resolutions: Vec<OnceLock<Resolution>>,
-    /// Which directory holds which, and which directories hold each changing digest.
-    pub(super) shape: Shape<'f>,
+    /// Which directory holds which, and which directories hold each file digest: the
+    /// [`InputSkeleton`] the generator wrote (then only the directories on the way to a
+    /// changing digest were fetched), or that of the fetched trees. Directories have dense ids
+    /// (4 bytes where a digest takes 48: a large element's trees hold millions of entries).
+    pub(super) shape: Cow<'f, InputSkeleton>,
     /// Changing digest → ids of every directory whose subtree holds it, sorted.
     pub(super) ancestors: DashMap<Digest, Arc<Vec<u32>>>,
     pub(super) raw_dirs: DashMap<Digest, Bytes>,
@@ -234,8 +198,8 @@ impl<'f> ElementWork<'f> {
         raw: Vec<(Digest, Bytes)>,
     ) -> Self {
         let shape = match skeleton {
-            Some(skeleton) => Shape::Skeleton(skeleton),
-            None => Shape::of_trees(forest, &overlays, &resolutions),
+            Some(skeleton) => Cow::Borrowed(skeleton),
+            None => Cow::Owned(InputSkeleton::of_forest(forest)),
         };
         ElementWork {
             forest,
@@ -252,35 +216,6 @@ impl<'f> ElementWork<'f> {
     }
 }
 
-impl Shape<'_> {
-    fn of_trees(forest: &Forest, overlays: &Overlays, resolutions: &Resolutions) -> Self {
-        let may_change: HashSet<Digest> = overlays
-            .iter()
-            .zip(resolutions)
-            .filter(|((_, target), resolution)| may_replace(resolution.get(), target))
-            .map(|((_, target), _)| *target)
-            .collect();
-        let mut digests: Vec<Digest> = forest.directories().keys().copied().collect();
-        digests.sort_unstable();
-        let dir_ids: HashMap<Digest, u32> =
-            digests.iter().enumerate().map(|(i, d)| (*d, i as u32)).collect();
-        let mut parents: Vec<Vec<u32>> = vec![Vec::new(); digests.len()];
-        let mut holders: HashMap<Digest, Vec<u32>> = HashMap::new();
-        for (id, digest) in digests.iter().enumerate() {
-            let directory = forest.get(digest).expect("listed by the forest");
-            for dir in &directory.directories {
-                parents[dir_ids[&dir.digest] as usize].push(id as u32);
-            }
-            for file in &directory.files {
-                if may_change.contains(&file.digest) {
-                    holders.entry(file.digest).or_default().push(id as u32);
-                }
-            }
-        }
-        Shape::Trees { dir_ids, parents, holders }
-    }
-}
-
 impl ElementWork<'_> {
     /// An action's changes: each changing target's overlay group (interned), and those its
     /// input root holds.
@@ -291,7 +226,7 @@ impl ElementWork<'_> {
             let group = self.intern(ids);
             if self
                 .shape
-                .dir_id(root)
+                .id(root)
                 .is_some_and(|id| self.ancestors_of(target).binary_search(&id).is_ok())
             {
                 at_root.push((*target, group.id));
@@ -314,7 +249,7 @@ impl ElementWork<'_> {
             return out;
         }
         let ids: Vec<Option<u32>> =
-            children.iter().map(|child| self.shape.dir_id(&child.digest)).collect();
+            children.iter().map(|child| self.shape.id(&child.digest)).collect();
         let mut positions: HashMap<u32, Vec<usize>> = HashMap::with_capacity(children.len());
         for (i, id) in ids.iter().enumerate() {
             if let Some(id) = id {
