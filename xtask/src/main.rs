@@ -8,7 +8,8 @@
 //!   (`layering::DAG`) does not reach.
 //! - `workload --profile small|medium|large|xlarge --out DIR [--seed N]`: the synthetic two-build
 //!   workload (runs the `sa-workload` binary of sa-benches in release mode).
-//! - `bench-report [--profiles medium,large] [--runs N]`: writes BENCHMARKS.md.
+//! - `bench-report [--profiles medium,large,xlarge] [--runs N] [--only prime|replay|bazel|profiles]`:
+//!   writes BENCHMARKS.md (`--only profiles`: the profiles alone, to `target/bench/profiles.md`).
 //! - `replay --bundle B [--project lz4|zlib] (--last N [--end C] | --commits A,B,…) [--dir D] [--database]`: a real
 //!   history built commit after commit through `sa record`, primed between commits.
 
@@ -44,7 +45,7 @@ fn main() -> ExitCode {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask codegen [--check] | layering | workload --profile P --out DIR [--seed N] | bench-report [--profiles A,B] [--runs N] | replay --bundle B [--project P] (--last N [--end C] | --commits A,B) [--dir D]"
+        "usage: cargo xtask codegen [--check] | layering | workload --profile P --out DIR [--seed N] | bench-report [--profiles A,B,C] [--runs N] [--only prime|replay|bazel|profiles] | replay --bundle B [--project P] (--last N [--end C] | --commits A,B) [--dir D]"
     );
     ExitCode::from(2)
 }

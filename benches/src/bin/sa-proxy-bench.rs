@@ -1,4 +1,4 @@
-//! `sa-proxy-bench --sa PATH [--nginx PATH]`: what `sa proxy` costs in front of a real
+//! `sa-proxy-bench --sa PATH [--nginx PATH] [--perf FILE]`: what `sa proxy` costs in front of a real
 //! buildbox-casd on loopback. Added latency per unary RPC (FindMissingBlobs of one digest,
 //! direct, through `sa proxy` and, with `--nginx`, through nginx's `grpc_pass` (h2c both
 //! sides), calls interleaved), the proxy's CPU time per unary call, ByteStream read and write
@@ -278,6 +278,7 @@ fn main() -> Result<()> {
     let clients: usize = arg(&args, "--clients", Some("64"))?.parse()?;
     let upload_mib: usize = arg(&args, "--upload-mib", Some("100"))?.parse()?;
     let nginx_path = arg(&args, "--nginx", Some("")).ok().filter(|p| !p.is_empty());
+    let perf_out = arg(&args, "--perf", Some("")).ok().filter(|p| !p.is_empty());
     let dir = tempfile::tempdir()?;
     let casd = Casd::start(&dir.path().join("casd"));
     let mut nginx = match &nginx_path {
@@ -320,6 +321,26 @@ fn main() -> Result<()> {
             task.await??;
         }
         let concurrent_seconds = start.elapsed().as_secs_f64();
+        // After every measurement: the proxy profiled by `perf` over proxied unary calls alone.
+        if let Some(out) = &perf_out {
+            let mut perf = Command::new("perf")
+                .args(["record", "-F", "4999", "-g", "-o", out, "-p"])
+                .arg(proxy.id().to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting `perf record` (Debian package linux-perf)")?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            unary_latency(&[None, Some(&proxied), None, None], calls).await?;
+            Command::new("kill")
+                .args(["-INT", &perf.id().to_string()])
+                .status()
+                .context("stopping perf")?;
+            let status = perf.wait()?;
+            if !std::path::Path::new(out).exists() {
+                bail!("`perf record` wrote no profile ({status})");
+            }
+        }
         let p50 = [percentile(&times[0], 0.5), percentile(&times[1], 0.5)];
         let p99 = [percentile(&times[0], 0.99), percentile(&times[1], 0.99)];
         let nginx_numbers = (!times[2].is_empty()).then(|| {

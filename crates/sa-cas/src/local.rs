@@ -358,13 +358,20 @@ impl Cas for LocalCas {
     }
 
     fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, CasError> {
-        let mut missing = Vec::new();
-        for digest in to_look_up(self.config.digest_function, digests)? {
-            if !self.present(&digest)? {
-                missing.push(digest);
-            }
-        }
-        Ok(missing)
+        let wanted = to_look_up(self.config.digest_function, digests)?;
+        // One `statx` each: thousands of them after a rewrite, so in parallel as reads are.
+        let missing: Vec<Option<Digest>> = if wanted.len() >= PARALLEL_BATCH {
+            wanted
+                .par_iter()
+                .map(|digest| Ok((!self.present(digest)?).then_some(*digest)))
+                .collect::<Result<_, CasError>>()?
+        } else {
+            wanted
+                .iter()
+                .map(|digest| Ok((!self.present(digest)?).then_some(*digest)))
+                .collect::<Result<_, CasError>>()?
+        };
+        Ok(missing.into_iter().flatten().collect())
     }
 
     fn find_missing_for_write(&self, digests: &[Digest]) -> Result<Vec<Digest>, CasError> {

@@ -20,6 +20,9 @@ use crate::index::OriginIndex;
 use crate::model::{Origin, OriginKind};
 use crate::skeleton::InputSkeleton;
 
+/// Each directory's attributed entries at a path (foldhash: one lookup per directory visited).
+type Memo = DashMap<(Digest, String), Arc<Entry>, foldhash::fast::RandomState>;
+
 /// An element's trees: its name and, where they exist, its source and artifact roots.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ElementTrees {
@@ -494,7 +497,7 @@ impl Run<'_> {
     ) -> Result<Vec<IndexedAction>, CasError> {
         let producer_index: HashMap<Digest, usize> =
             roots.iter().enumerate().map(|(i, (a, _))| (*a, i)).collect();
-        let memo: DashMap<(Digest, String), Arc<Entry>> = DashMap::new();
+        let memo: Memo = DashMap::default();
         let encodings: Encodings = (0..index.len()).map(|_| Default::default()).collect();
         let mut indexed = Vec::new();
         let mut out = Vec::new();
@@ -565,7 +568,7 @@ fn attribute(
     forest: &Forest,
     index: &OriginIndex,
     encodings: &Encodings,
-    memo: &DashMap<(Digest, String), Arc<Entry>>,
+    memo: &Memo,
     action: &Digest,
     root: &Digest,
     allowed: impl Fn(&Origin) -> bool,
@@ -739,7 +742,7 @@ fn tree_origins(
 fn occurrence(
     forest: &Forest,
     index: &OriginIndex,
-    memo: &DashMap<(Digest, String), Arc<Entry>>,
+    memo: &Memo,
     digest: &Digest,
     path: String,
 ) -> Arc<Entry> {

@@ -34,7 +34,8 @@ pub struct OriginIndex {
     digests: Vec<Digest>,
     /// Each origin's position in [`overlay_order`] (with its own digest as the target).
     ranks: Vec<u32>,
-    by_digest: HashMap<Digest, Candidates>,
+    /// foldhash: one lookup per input file reference (millions), keyed by digests.
+    by_digest: HashMap<Digest, Candidates, foldhash::fast::RandomState>,
 }
 
 impl OriginIndex {
@@ -45,7 +46,7 @@ impl OriginIndex {
         entries.dedup();
         let mut origins = Vec::with_capacity(entries.len());
         let mut digests = Vec::with_capacity(entries.len());
-        let mut by_digest: HashMap<Digest, Candidates> = HashMap::new();
+        let mut by_digest: HashMap<Digest, Candidates, _> = HashMap::default();
         for (digest, origin) in entries {
             let id = u32::try_from(origins.len()).expect("fewer than 2^32 origins");
             let candidates = by_digest.entry(digest).or_default();

@@ -170,7 +170,7 @@ pub struct SuffixChooser {
 
 #[derive(Debug)]
 struct TrieNode {
-    children: HashMap<Box<str>, u32>,
+    children: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
     best: u32,
 }
 
@@ -187,7 +187,7 @@ impl SuffixChooser {
                 .then_with(|| a.cmp(b))
                 .is_lt()
         };
-        let mut nodes = vec![TrieNode { children: HashMap::new(), best: ids[0] }];
+        let mut nodes = vec![TrieNode { children: HashMap::default(), best: ids[0] }];
         for &id in ids {
             let mut node = 0usize;
             if better(id, nodes[0].best) {
@@ -198,7 +198,7 @@ impl SuffixChooser {
                     Some(&child) => child as usize,
                     None => {
                         let child = nodes.len();
-                        nodes.push(TrieNode { children: HashMap::new(), best: id });
+                        nodes.push(TrieNode { children: HashMap::default(), best: id });
                         let index = u32::try_from(child).expect("fewer than 2^32 trie nodes");
                         nodes[node].children.insert(component.into(), index);
                         child

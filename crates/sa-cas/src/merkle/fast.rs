@@ -12,7 +12,7 @@ use sa_proto::wire::{
     SYMLINK_NODE_TARGET, Value,
 };
 
-use super::codec::{Dir, DirEntry, FileEntry, Names, SymlinkEntry};
+use super::codec::{Dir, DirEntry, FileEntry, NameCache, SymlinkEntry};
 use super::names::{TreeLimits, check_entry_names};
 use crate::digest::{Digest, DigestFunction};
 
@@ -55,7 +55,7 @@ pub(super) fn decode_dir_fast(
     digest_of_blob: &Digest,
     data: &[u8],
     limits: &TreeLimits,
-    names: Option<&Names>,
+    names: Option<&NameCache<'_>>,
 ) -> Option<Dir> {
     let function = digest_of_blob.function();
     let name = |n: &str| super::codec::name_of(names, n);

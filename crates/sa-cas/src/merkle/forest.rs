@@ -1,7 +1,11 @@
 //! Fetching trees: every distinct Directory once, level by level in batches, with the
 //! counts the limits bound.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap as StdHashMap, HashSet as StdHashSet};
+
+/// The maps of a fetch: keyed by digests, millions of lookups (foldhash, seeded per process).
+type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = StdHashSet<K, foldhash::fast::RandomState>;
 
 use bytes::Bytes;
 use rayon::prelude::*;
@@ -108,10 +112,10 @@ pub fn fetch_forest(
     limits: &TreeLimits,
 ) -> Result<Forest, CasError> {
     let mut forest =
-        Forest { directories: fetch_levels(cas, roots, limits)?, expansions: HashMap::new() };
+        Forest { directories: fetch_levels(cas, roots, limits)?, expansions: HashMap::default() };
     let order = check_acyclic(&forest)?;
     forest.expansions = expansions(&forest.directories, &order);
-    let mut seen = HashSet::new();
+    let mut seen = HashSet::default();
     let mut entries = 0u64;
     for root in roots.iter().filter(|r| seen.insert(**r)) {
         let one = forest.expansion(root).entries;
@@ -145,14 +149,17 @@ pub fn fetch_directories(
     let directories = wanted
         .par_iter()
         .zip(blobs.par_iter())
-        .map(|(digest, data)| {
-            decode_dir(digest, data, limits, Some(&names))
-                .map_err(|err| err.context(format!("Directory {digest}")))
-                .map(|directory| (*digest, directory))
-        })
+        .map_init(
+            || names.cache(),
+            |names, (digest, data)| {
+                decode_dir(digest, data, limits, Some(names))
+                    .map_err(|err| err.context(format!("Directory {digest}")))
+                    .map(|directory| (*digest, directory))
+            },
+        )
         .collect::<Result<HashMap<_, _>, _>>()?;
     let raw = wanted.into_iter().zip(blobs).collect();
-    Ok((Forest { directories, expansions: HashMap::new() }, raw))
+    Ok((Forest { directories, expansions: HashMap::default() }, raw))
 }
 
 /// Reads and decodes the directories below `roots`, one level (one set of batches) at a time,
@@ -162,11 +169,11 @@ fn fetch_levels(
     roots: &[Digest],
     limits: &TreeLimits,
 ) -> Result<HashMap<Digest, Dir>, CasError> {
-    let mut directories: HashMap<Digest, Dir> = HashMap::new();
+    let mut directories: HashMap<Digest, Dir> = HashMap::default();
     // Where each directory was first seen, to name its path in errors.
-    let mut parent: HashMap<Digest, (Digest, String)> = HashMap::new();
+    let mut parent: HashMap<Digest, (Digest, String)> = HashMap::default();
     let mut frontier: Vec<Digest> = {
-        let mut seen = HashSet::new();
+        let mut seen = HashSet::default();
         roots.iter().copied().filter(|d| seen.insert(*d)).collect()
     };
     let root_set: HashSet<Digest> = frontier.iter().copied().collect();
@@ -219,11 +226,14 @@ fn fetch_level(
             frontier
                 .par_iter()
                 .zip(blobs.par_iter())
-                .map(|(digest, data)| {
-                    decode_dir(digest, data, limits, Some(names))
-                        .map_err(|err| err.context(describe(parent, digest)))
-                        .map(|directory| (*digest, directory))
-                })
+                .map_init(
+                    || names.cache(),
+                    |names, (digest, data)| {
+                        decode_dir(digest, data, limits, Some(names))
+                            .map_err(|err| err.context(describe(parent, digest)))
+                            .map(|directory| (*digest, directory))
+                    },
+                )
                 .collect::<Result<Vec<_>, _>>()
         })
         .map_err(|err| match err.root_cause() {
@@ -238,7 +248,8 @@ fn fetch_level(
 /// What a full walk below each directory lists, counted bottom-up (children come after their
 /// parents in `order`), each directory once.
 fn expansions(directories: &HashMap<Digest, Dir>, order: &[Digest]) -> HashMap<Digest, Expansion> {
-    let mut expansions: HashMap<Digest, Expansion> = HashMap::with_capacity(order.len());
+    let mut expansions: HashMap<Digest, Expansion> =
+        HashMap::with_capacity_and_hasher(order.len(), Default::default());
     for digest in order.iter().rev() {
         let directory = &directories[digest];
         let mut total = Expansion {
@@ -262,10 +273,10 @@ fn expansions(directories: &HashMap<Digest, Dir>, order: &[Digest]) -> HashMap<D
 /// itself, and every walk of the forest relies on its being a DAG. Kahn's algorithm, linear in
 /// directories and edges; returns the directories parents first.
 pub(super) fn check_acyclic(forest: &Forest) -> Result<Vec<Digest>, CasError> {
-    let mut children: HashMap<&Digest, Vec<Digest>> = HashMap::new();
+    let mut children: HashMap<&Digest, Vec<Digest>> = HashMap::default();
     let mut parents: HashMap<&Digest, usize> = forest.directories.keys().map(|d| (d, 0)).collect();
     for (digest, directory) in &forest.directories {
-        let mut seen = HashSet::new();
+        let mut seen = HashSet::default();
         for child in &directory.directories {
             let child = child.digest;
             if seen.insert(child) {

@@ -340,7 +340,8 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             // A cache the store may have evicted (as an LRU store does): the trees, whole.
             Err(CasError::NotFound(_)) => {
                 tracing::warn!(
-                    "element {element:?}: the input skeleton {digest} is not in the store;                      fetching the input trees whole"
+                    "element {element:?}: the input skeleton {digest} is not in the store; \
+                     fetching the input trees whole"
                 );
                 return Ok(None);
             }

@@ -2,11 +2,11 @@
 //! spliced, memoized by (directory, path, overlay groups), so equal subtrees are shared.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet as StdHashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
-use dashmap::DashMap;
+use dashmap::DashMap as StdDashMap;
 use sa_cas::merkle::{DirEntry, Forest, join};
 use sa_cas::{Blob, CasError, Digest, Store};
 use sa_generator::InputSkeleton;
@@ -17,6 +17,13 @@ use super::{
     RewriteError,
 };
 use crate::splice;
+
+/// The rewrite's maps are keyed by digests, names and ids, looked up per directory entry on
+/// the way to a change: foldhash (seeded per process), not SipHash.
+type Fast = foldhash::fast::RandomState;
+type HashMap<K, V> = StdHashMap<K, V, Fast>;
+type HashSet<K> = StdHashSet<K, Fast>;
+type DashMap<K, V> = StdDashMap<K, V, Fast>;
 
 /// A rewritten subtree: the directory, its path, and the action's replacement choices for the
 /// changing digests it holds (target, overlay ids). Equal keys rewrite to equal digests.
@@ -143,7 +150,7 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             .forest
             .get(&digest)
             .ok_or_else(|| RewriteError::Store(Box::new(CasError::NotFound(digest))))?;
-        let mut files: HashMap<&str, Digest> = HashMap::new();
+        let mut files: HashMap<&str, Digest> = HashMap::default();
         for file in &directory.files {
             let old = file.digest;
             if let Some(group) = changes.groups.get(&old) {
@@ -155,7 +162,7 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
                 }
             }
         }
-        let mut dirs: HashMap<&str, Digest> = HashMap::new();
+        let mut dirs: HashMap<&str, Digest> = HashMap::default();
         let below = work.child_signatures(&directory.directories, &signature);
         for (dir, child_signature) in directory.directories.iter().zip(below) {
             let old = dir.digest;
@@ -206,10 +213,10 @@ impl<'f> ElementWork<'f> {
             overlays,
             resolutions,
             shape,
-            ancestors: DashMap::new(),
+            ancestors: DashMap::default(),
             raw_dirs: raw.into_iter().collect(),
-            memo: DashMap::new(),
-            groups: DashMap::new(),
+            memo: DashMap::default(),
+            groups: DashMap::default(),
             next_group: std::sync::atomic::AtomicU32::new(0),
             written: Mutex::new(Vec::new()),
         }
@@ -220,7 +227,7 @@ impl ElementWork<'_> {
     /// An action's changes: each changing target's overlay group (interned), and those its
     /// input root holds.
     pub(super) fn changes(&self, changing: &BTreeMap<Digest, &[u32]>, root: &Digest) -> Changes {
-        let mut groups = HashMap::with_capacity(changing.len());
+        let mut groups = HashMap::with_capacity_and_hasher(changing.len(), Fast::default());
         let mut at_root = Vec::new();
         for (target, ids) in changing {
             let group = self.intern(ids);
@@ -250,7 +257,8 @@ impl ElementWork<'_> {
         }
         let ids: Vec<Option<u32>> =
             children.iter().map(|child| self.shape.id(&child.digest)).collect();
-        let mut positions: HashMap<u32, Vec<usize>> = HashMap::with_capacity(children.len());
+        let mut positions: HashMap<u32, Vec<usize>> =
+            HashMap::with_capacity_and_hasher(children.len(), Fast::default());
         for (i, id) in ids.iter().enumerate() {
             if let Some(id) = id {
                 positions.entry(*id).or_default().push(i);
@@ -309,7 +317,7 @@ impl ElementWork<'_> {
         if let Some(found) = self.ancestors.get(target) {
             return found.clone();
         }
-        let mut seen: HashSet<u32> = HashSet::new();
+        let mut seen: HashSet<u32> = HashSet::default();
         let mut stack: Vec<u32> = self.shape.holders(target).to_vec();
         while let Some(dir) = stack.pop() {
             if seen.insert(dir) {
