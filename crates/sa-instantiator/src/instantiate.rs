@@ -251,14 +251,18 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         let resolutions = timed(element, "resolve the overlays", || {
             self.resolve_ahead(element, &overlays, &actions)
         })?;
+        let effects = resolve::effects(&overlays, &resolutions);
         let planned = timed(element, "read the changing actions", || {
-            self.plan(element, &overlays, actions, &resolutions)
+            self.plan(element, &overlays, actions, &effects)
         })?;
+        let changing = planned.iter().filter(|p| p.tree.is_some()).count();
         let on_the_way = match skeleton {
-            Some(skeleton) => timed(element, "fetch the directories on the way", || {
-                self.fetch_on_the_way(element, &skeleton, &overlays, &resolutions, &planned)
-            })?,
-            None => None,
+            Some(skeleton) if skeleton_pays(changing, planned.len()) => {
+                timed(element, "fetch the directories on the way", || {
+                    self.fetch_on_the_way(element, &skeleton, &overlays, &resolutions, &planned)
+                })?
+            }
+            _ => None,
         };
         let (forest, raw, skeleton) = match on_the_way {
             Some(OnTheWay { forest, raw, skeleton }) => (forest, raw, Some(skeleton)),
@@ -270,11 +274,23 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             }
         };
         let work = timed(element, "index the trees", || {
-            ElementWork::new(&forest, overlays, resolutions, skeleton.as_ref(), raw)
+            ElementWork::new(&forest, overlays, resolutions, effects, skeleton.as_ref(), raw)
         });
         timed(element, "rewrite and store", || self.run_waves(element, &work, &planned, progress))
     }
 }
+
+/// Whether reading the element's input skeleton (its size follows all the element's
+/// directories) costs less than reading the `changing` actions' trees whole (their size follows
+/// those actions): when at least one action in [`SKELETON_SHARE`] changes. Measured on large:
+/// the skeleton read costs what about a hundred actions' whole trees do; an app-source edit
+/// (one of 6060 actions) takes 0.12 s without it, 0.27 s with it.
+fn skeleton_pays(changing: usize, actions: usize) -> bool {
+    changing > 0 && changing.saturating_mul(SKELETON_SHARE) >= actions
+}
+
+/// See [`skeleton_pays`].
+const SKELETON_SHARE: usize = 32;
 
 /// Runs `step` of instantiating `element`, its time logged at debug level (`sa -vv`).
 fn timed<T>(element: &str, step: &str, work: impl FnOnce() -> T) -> T {

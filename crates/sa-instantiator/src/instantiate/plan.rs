@@ -13,6 +13,7 @@ use sa_generator::actions_index::{IndexError, Lookup};
 use sa_generator::{ActionsIndex, IndexedAction, InputSkeleton, Progress};
 
 use super::error::StoreStep;
+use super::resolve::Effect;
 use super::{
     ElementWork, IndexStats, InstantiateError, InstantiatedAction, Instantiator, Overlays,
     Resolutions, may_replace,
@@ -206,13 +207,10 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         element: &str,
         overlays: &Overlays,
         actions: Vec<IndexedAction>,
-        resolutions: &Resolutions,
+        effects: &[Effect],
     ) -> Result<Vec<Planned>, InstantiateError> {
         let may_change = |action: &IndexedAction| {
-            action
-                .overlays
-                .iter()
-                .any(|&id| may_replace(resolutions[id as usize].get(), &overlays[id as usize].1))
+            action.overlays.iter().any(|&id| effects[id as usize].may_change())
         };
         let changing: Vec<bool> = actions.par_iter().map(may_change).collect();
         let to_read: Vec<Digest> =

@@ -3,7 +3,9 @@
 //! the instantiated producer's result.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use rayon::prelude::*;
 
 use sa_cas::merkle::{self};
 use sa_cas::{CasError, Digest, Store};
@@ -19,6 +21,44 @@ pub(super) enum Resolution {
     Replace(Digest),
     Skip,
     Unresolved(String),
+}
+
+/// What an overlay's resolution, where it is known before the waves, does to its target: one
+/// byte per overlay, from which an action that changes nothing is counted without touching its
+/// resolutions (most actions of a small edit change nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Effect {
+    Unchanged = 0,
+    Skipped = 1,
+    Changes = 2,
+    Unresolved = 3,
+    /// Resolved during the waves (its producer is one of the element's own actions).
+    Pending = 4,
+}
+
+impl Effect {
+    /// Whether an overlay with this effect may change its action.
+    pub(super) fn may_change(self) -> bool {
+        matches!(self, Effect::Changes | Effect::Pending)
+    }
+}
+
+/// Each overlay's [`Effect`], by id.
+pub(super) fn effects(
+    overlays: &[(Origin, Digest)],
+    resolutions: &[OnceLock<Resolution>],
+) -> Vec<Effect> {
+    overlays
+        .par_iter()
+        .zip(resolutions)
+        .map(|((_, target), resolution)| match resolution.get() {
+            None => Effect::Pending,
+            Some(Resolution::Replace(new)) if new != target => Effect::Changes,
+            Some(Resolution::Replace(_)) => Effect::Unchanged,
+            Some(Resolution::Skip) => Effect::Skipped,
+            Some(Resolution::Unresolved(_)) => Effect::Unresolved,
+        })
+        .collect()
 }
 
 impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
@@ -42,6 +82,20 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
             unresolved_targets: Vec::new(),
         };
         let mut changing: BTreeMap<Digest, &[u32]> = BTreeMap::new();
+        // An action none of whose overlays changes anything (known ahead): counted from the
+        // effects alone.
+        let mut counts = [0usize; 5];
+        for &id in &planned.overlay_ids {
+            counts[work.effects[id as usize] as usize] += 1;
+        }
+        if counts[Effect::Changes as usize] == 0
+            && counts[Effect::Unresolved as usize] == 0
+            && counts[Effect::Pending as usize] == 0
+        {
+            outcome.unchanged = counts[Effect::Unchanged as usize];
+            outcome.skipped = counts[Effect::Skipped as usize];
+            return Ok((outcome, changing));
+        }
         let same_target =
             |a: &u32, b: &u32| work.overlays[*a as usize].1 == work.overlays[*b as usize].1;
         for ids in planned.overlay_ids.chunk_by(same_target) {

@@ -12,6 +12,7 @@ use sa_cas::{Blob, CasError, Digest, Store};
 use sa_generator::InputSkeleton;
 use sa_generator::model::{Origin, SuffixChooser, compare_for};
 
+use super::resolve::Effect;
 use super::{
     InstantiateError, InstantiatedAction, Instantiator, Overlays, Planned, Resolution, Resolutions,
     RewriteError,
@@ -57,6 +58,8 @@ pub(super) struct ElementWork<'f> {
     pub(super) forest: &'f Forest,
     pub(super) overlays: Vec<(Origin, Digest)>,
     pub(super) resolutions: Vec<OnceLock<Resolution>>,
+    /// What each overlay's resolution known before the waves does (see [`Effect`]).
+    pub(super) effects: Vec<Effect>,
     /// Which directory holds which, and which directories hold each file digest: the
     /// [`InputSkeleton`] the generator wrote (then only the directories on the way to a
     /// changing digest were fetched), or that of the fetched trees. Directories have dense ids
@@ -201,6 +204,7 @@ impl<'f> ElementWork<'f> {
         forest: &'f Forest,
         overlays: Overlays,
         resolutions: Resolutions,
+        effects: Vec<Effect>,
         skeleton: Option<&'f InputSkeleton>,
         raw: Vec<(Digest, Bytes)>,
     ) -> Self {
@@ -212,6 +216,7 @@ impl<'f> ElementWork<'f> {
             forest,
             overlays,
             resolutions,
+            effects,
             shape,
             ancestors: DashMap::default(),
             raw_dirs: raw.into_iter().collect(),

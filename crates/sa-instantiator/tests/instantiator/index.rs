@@ -467,3 +467,65 @@ fn with_the_graphs_index_only_the_directories_on_the_way_to_a_change_are_read() 
     let err = instantiator.instantiate_element("e", &spec).unwrap_err();
     assert!(sa_cas::error_chain(&err).contains("missing"), "{}", sa_cas::error_chain(&err));
 }
+
+#[test]
+fn the_skeleton_is_read_only_when_enough_actions_change_to_pay_for_it() {
+    // 40 compiles, each of its own source and the library header. An edit of one source
+    // changes one action in 40: its tree is read whole, the skeleton not at all (a skeleton
+    // the store serves corrupt goes unnoticed); an edit of the header changes all 40: the
+    // skeleton is read, and a corrupt one is an error naming it.
+    let dir = tempfile::tempdir().unwrap();
+    let cas = LocalCas::open(dir.path().join("store"), LocalCasConfig::default()).unwrap();
+    let mut pairs: Vec<(String, String)> =
+        (0..40).map(|i| (format!("src/{i}.c"), format!("int f{i};"))).collect();
+    pairs.push(("lib/include/l.h".into(), "v1".into()));
+    let refs: Vec<(&str, &str)> = pairs.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+    let src = files(&refs);
+    let sources = ingest(&cas, &dir.path().join("src1"), &src);
+    let mut actions = Vec::new();
+    for i in 0..40 {
+        let path = format!("src/{i}.c");
+        let input = files(&[(&path, &src[&path]), ("lib/include/l.h", &src["lib/include/l.h"])]);
+        let root = ingest(&cas, &dir.path().join(format!("in-{i}")), &input);
+        actions.push(super::action(&cas, &format!("cc -c {i}"), root));
+    }
+    let input = GenerateInput {
+        element: ElementTrees { name: "e".into(), sources: Some(sources), artifact: None },
+        dependencies: vec![],
+        subactions: actions,
+        earlier_sources: Vec::new(),
+    };
+    let generated = generate(&cas, &input, &GenerateConfig::default()).unwrap();
+    let spec = generated.digest;
+    let Lookup::Found(index) =
+        ActionsIndex::load_named(&cas, &spec, &generated.index.unwrap()).unwrap()
+    else {
+        panic!("the index generate names")
+    };
+    let skeleton = *index.input_skeleton().unwrap();
+    let path = object_path(&cas, &skeleton);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, vec![0xff; skeleton.size() as usize]).unwrap();
+
+    let mut one = src.clone();
+    one.insert("src/7.c".into(), "int g7;".into());
+    let one = ingest(&cas, &dir.path().join("src2"), &one);
+    let (expected, _) = instantiate(&cas, one, &spec, false);
+    assert_eq!(expected.iter().filter(|o| o.applied == 1).count(), 1, "{expected:?}");
+    let (outcomes, _) = instantiate_named(&cas, one, &spec, generated.index);
+    assert_eq!(outcomes, expected, "one action in 40: the skeleton is not read");
+
+    let mut header = src.clone();
+    header.insert("lib/include/l.h".into(), "v2".into());
+    let header = ingest(&cas, &dir.path().join("src3"), &header);
+    let state = ElementState {
+        name: "e".into(),
+        sources: Some(header),
+        previous_speculative_actions: Some(spec),
+        previous_actions_index: generated.index,
+        ..Default::default()
+    };
+    let instantiator = Instantiator::new(&cas, vec![state], InstantiateConfig::default()).unwrap();
+    let err = sa_cas::error_chain(&instantiator.instantiate_element("e", &spec).unwrap_err());
+    assert!(err.contains(&skeleton.to_string()), "all 40 change: the skeleton is read: {err}");
+}
