@@ -36,14 +36,22 @@ impl InputSkeleton {
         forest: &Forest,
         roots: impl IntoIterator<Item = &'r Digest>,
     ) -> Result<InputSkeleton, CasError> {
-        let mut seen: HashSet<Digest> = HashSet::new();
-        let mut stack: Vec<Digest> = roots.into_iter().copied().collect();
-        while let Some(digest) = stack.pop() {
-            if !seen.insert(digest) {
-                continue;
+        // (foldhash: a lookup per edge of every tree; seeded per process.)
+        let mut seen: HashSet<Digest, _> =
+            HashSet::with_hasher(foldhash::fast::RandomState::default());
+        let mut stack: Vec<Digest> = Vec::new();
+        for root in roots {
+            if seen.insert(*root) {
+                stack.push(*root);
             }
+        }
+        while let Some(digest) = stack.pop() {
             let directory = forest.get(&digest).ok_or(CasError::NotFound(digest))?;
-            stack.extend(directory.directories.iter().map(|d| d.digest));
+            for child in &directory.directories {
+                if seen.insert(child.digest) {
+                    stack.push(child.digest);
+                }
+            }
         }
         Ok(InputSkeleton::of_directories(forest, seen.into_iter().collect()))
     }
@@ -81,9 +89,12 @@ impl InputSkeleton {
         let mut file_ids: HashMap<Digest, u32, _> =
             HashMap::with_capacity_and_hasher(files.len(), state);
         file_ids.extend(files.iter().enumerate().map(|(i, d)| (*d, i as u32)));
-        let dir_id = |digest: &Digest| {
-            directories.binary_search(digest).expect("every child was seen") as u32
-        };
+        // A map, not a binary search of the sorted list: on a million directories each step
+        // of the search is a cache miss (on xlarge this step grew 11 to 19× for 10×).
+        let mut dir_ids: HashMap<Digest, u32, _> =
+            HashMap::with_capacity_and_hasher(directories.len(), state);
+        dir_ids.extend(directories.iter().enumerate().map(|(i, d)| (*d, i as u32)));
+        let dir_id = |digest: &Digest| *dir_ids.get(digest).expect("every child was seen");
         // Each directory's children and files, as ids.
         let held: Vec<(Vec<u32>, Vec<u32>)> = directories
             .par_iter()
