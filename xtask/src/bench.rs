@@ -1461,10 +1461,21 @@ fn render_xlarge_targets(s: &mut String, r: &ProfileReport, large: &ProfileRepor
                     .collect::<Vec<_>>()
                     .join(", ");
                 let gib = |t: &Timed| t.disk_read_kib as f64 / (1 << 20) as f64;
+                let disk = if gib(&x) >= 0.1 {
+                    format!(
+                        "a run read up to {:.1} GiB from disk rather than the page cache (GNU \
+                         time's file system inputs; large: {:.2} GiB): the machine's memory \
+                         does not hold xlarge's store and the process's peak both",
+                        gib(&x),
+                        gib(&l)
+                    )
+                } else {
+                    "no run read as much as 0.1 GiB from disk (GNU time's file system \
+                     inputs), so the growth is in memory and CPU"
+                        .to_owned()
+                };
                 format!(
-                    ": a run read up to {:.1} GiB from disk rather than the page cache (GNU \
-                     time's file system inputs; large: {:.2} GiB): the machine's memory does not \
-                     hold xlarge's store and the process's peak both. The floors grow faster \
+                    ": {disk}. The floors grow faster \
                      than the work too: the read floor {read_floor:.1}× \
                      and `sa-floor` (the same reads through `sa`'s store path) \
                      {store_floor:.1}× for {directories:.0}× the directories, the same work per \
@@ -1473,9 +1484,7 @@ fn render_xlarge_targets(s: &mut String, r: &ProfileReport, large: &ProfileRepor
                      the input skeleton's directory ids from a map instead of a binary search \
                      of the sorted list (each step of it a cache miss on xlarge: that step \
                      grew 11 to 19× in runs here), foldhash for the fetch's and the rewrite's \
-                     maps",
-                    gib(&x),
-                    gib(&l)
+                     maps"
                 )
             }
         )?;
