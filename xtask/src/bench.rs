@@ -1003,16 +1003,17 @@ fn render_proxy(s: &mut String, p: &Value, profile: &str) -> Result<()> {
     writeln!(s)?;
     let added = f("unary_added_p50_us");
     let nginx_added = nginx("added_p50_us");
+    let latency_met = added <= nginx_added && (nginx_added > 100.0 || added <= 100.0);
     writeln!(
         s,
         "- added latency per unary RPC at p50 ≤ nginx's in the same run ({nginx_added:.0} µs), and \
          ≤ 100 µs where nginx manages that: {added:.0} µs — {}{}",
-        verdict(added <= nginx_added && (nginx_added > 100.0 || added <= 100.0)),
-        if added <= nginx_added {
+        verdict(latency_met),
+        if latency_met {
             String::new()
         } else {
             format!(
-                ": {:.0} µs more than nginx. Traced (`strace -f` on the proxy): a unary call is \
+                ": {:+.0} µs against nginx. Traced (`strace -f` on the proxy): a unary call is \
                  one read and one write on each side except the answer to the client, which \
                  goes out in two writes, the response's headers and message, then its \
                  trailers: hyper's HTTP/2 server sends a body's frames from the stream's task \
@@ -1431,8 +1432,7 @@ fn render_xlarge_targets(s: &mut String, r: &ProfileReport, large: &ProfileRepor
     writeln!(s)?;
     let read_floor = r.read_floor.seconds / large.read_floor.seconds;
     let store_floor = r.floor.seconds / large.floor.seconds;
-    let step_time = step;
-    for (step, x, l, xs, ls) in [
+    for (verb, x, l, xs, ls) in [
         ("generate", r.generate, large.generate, &r.generate_steps, &large.generate_steps),
         (
             "instantiate",
@@ -1446,7 +1446,7 @@ fn render_xlarge_targets(s: &mut String, r: &ProfileReport, large: &ProfileRepor
         let rss = x.max_rss_kib as f64 / l.max_rss_kib as f64;
         writeln!(
             s,
-            "- {step} time ≤ 11× large's: {time:.1}× — {}{}",
+            "- {verb} time ≤ 11× large's: {time:.1}× — {}{}",
             verdict(time <= 11.0),
             if time <= 11.0 {
                 String::new()
@@ -1455,7 +1455,7 @@ fn render_xlarge_targets(s: &mut String, r: &ProfileReport, large: &ProfileRepor
                 let grown = xs
                     .iter()
                     .filter_map(|(name, seconds)| {
-                        let before = step_time(ls, name);
+                        let before = step(ls, name);
                         (before >= 0.05).then(|| format!("{name} {:.1}×", seconds / before))
                     })
                     .collect::<Vec<_>>()
@@ -1490,10 +1490,10 @@ fn render_xlarge_targets(s: &mut String, r: &ProfileReport, large: &ProfileRepor
         )?;
         writeln!(
             s,
-            "- {step} peak RSS ≤ 3× large's: {rss:.1}× ({:.2} GiB) — {}{}",
+            "- {verb} peak RSS ≤ 3× large's: {rss:.1}× ({:.2} GiB) — {}{}",
             x.max_rss_kib as f64 / (1 << 20) as f64,
             verdict(rss <= 3.0),
-            if rss > 3.0 && step == "generate" {
+            if rss > 3.0 && verb == "generate" {
                 format!(
                     ": generate holds the forest of every distinct directory and the \
                      element's attribution, both of which grow {directories:.0}× here: this \

@@ -360,16 +360,11 @@ impl Cas for LocalCas {
     fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, CasError> {
         let wanted = to_look_up(self.config.digest_function, digests)?;
         // One `statx` each: thousands of them after a rewrite, so in parallel as reads are.
+        let absent = |digest: &Digest| Ok((!self.present(digest)?).then_some(*digest));
         let missing: Vec<Option<Digest>> = if wanted.len() >= PARALLEL_BATCH {
-            wanted
-                .par_iter()
-                .map(|digest| Ok((!self.present(digest)?).then_some(*digest)))
-                .collect::<Result<_, CasError>>()?
+            wanted.par_iter().map(absent).collect::<Result<_, CasError>>()?
         } else {
-            wanted
-                .iter()
-                .map(|digest| Ok((!self.present(digest)?).then_some(*digest)))
-                .collect::<Result<_, CasError>>()?
+            wanted.iter().map(absent).collect::<Result<_, CasError>>()?
         };
         Ok(missing.into_iter().flatten().collect())
     }

@@ -18,7 +18,7 @@ mod rewrite;
 use error::RewriteError;
 pub use error::{InstantiateError, StoreStep};
 use plan::{OnTheWay, Planned};
-use resolve::{Resolution, may_replace};
+use resolve::Resolution;
 use rewrite::ElementWork;
 
 /// The state of one element of the build about to run.
@@ -259,7 +259,7 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         let on_the_way = match skeleton {
             Some(skeleton) if skeleton_pays(changing, planned.len()) => {
                 timed(element, "fetch the directories on the way", || {
-                    self.fetch_on_the_way(element, &skeleton, &overlays, &resolutions, &planned)
+                    self.fetch_on_the_way(element, &skeleton, &overlays, &effects, &planned)
                 })?
             }
             _ => None,

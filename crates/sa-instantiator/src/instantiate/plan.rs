@@ -16,7 +16,7 @@ use super::error::StoreStep;
 use super::resolve::Effect;
 use super::{
     ElementWork, IndexStats, InstantiateError, InstantiatedAction, Instantiator, Overlays,
-    Resolutions, may_replace,
+    Resolutions,
 };
 
 /// What [`Instantiator::fetch_on_the_way`] read: the directories on the way to a change,
@@ -323,7 +323,7 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         element: &str,
         skeleton: &Digest,
         overlays: &Overlays,
-        resolutions: &Resolutions,
+        effects: &[Effect],
         planned: &[Planned],
     ) -> Result<Option<OnTheWay>, InstantiateError> {
         let store_error = |step, source| InstantiateError::Store {
@@ -360,8 +360,8 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         }
         let changing = overlays
             .iter()
-            .zip(resolutions)
-            .filter(|((_, target), resolution)| may_replace(resolution.get(), target))
+            .zip(effects)
+            .filter(|(_, effect)| effect.may_change())
             .map(|((_, target), _)| target);
         let wanted: Vec<Digest> =
             skeleton.ancestors(changing).into_iter().map(|id| *skeleton.directory(id)).collect();

@@ -298,13 +298,3 @@ impl<'s, S: Store + ?Sized> Instantiator<'s, S> {
         })
     }
 }
-
-/// Whether an overlay may replace `target` with another digest: its resolution does, or it is
-/// not known yet (it waits for a producer of the element).
-pub(super) fn may_replace(resolution: Option<&Resolution>, target: &Digest) -> bool {
-    match resolution {
-        None => true,
-        Some(Resolution::Replace(new)) => new != target,
-        Some(Resolution::Skip | Resolution::Unresolved(_)) => false,
-    }
-}
